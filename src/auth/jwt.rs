@@ -1,0 +1,333 @@
+//! JWT verification in-process, with a cache of verified tokens.
+//!
+//! Algorithms are pinned by configuration (HS256 from `JWT_SECRET`; RS256,
+//! ES256 or EdDSA from the PEM keys in `JWT_PUBLIC_KEYS`), never taken from the
+//! token: the header's `alg` only selects among the configured keys, and
+//! `none` is not an algorithm this code knows. `exp` is required, `nbf`
+//! honoured, with a leeway (30 s by default).
+//!
+//! A verified token is cached until it expires, so a client that reuses its
+//! token pays one hash-map lookup per request instead of a signature check.
+//! The cache only remembers what the signature proved; whether the
+//! organisation is still active is checked on every request by the caller.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::JwtConfig;
+
+/// The seed's JWTPayload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub user_id: String,
+    pub organization_id: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+impl Claims {
+    pub fn has_permission(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == permission || p == "*")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtError {
+    /// Not a JWT, bad signature, wrong or unconfigured algorithm, wrong issuer/audience.
+    Invalid,
+    Expired,
+    NotYetValid,
+    /// No verification key is configured at all.
+    NotConfigured,
+}
+
+impl JwtError {
+    pub fn code(self) -> &'static str {
+        match self {
+            JwtError::Invalid => "invalid_token",
+            JwtError::Expired => "token_expired",
+            JwtError::NotYetValid => "token_not_yet_valid",
+            JwtError::NotConfigured => "jwt_not_configured",
+        }
+    }
+}
+
+struct Key {
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+pub struct JwtVerifier {
+    keys: Vec<Key>,
+    leeway: u64,
+    cache: DashMap<Box<str>, Arc<Claims>, ahash::RandomState>,
+    cache_capacity: usize,
+}
+
+impl JwtVerifier {
+    pub fn from_config(config: &JwtConfig, cache_capacity: usize) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = config.leeway_secs;
+            v.validate_nbf = true;
+            // A configured issuer/audience must be present, not just match when present.
+            let mut required = vec!["exp"];
+            required.extend(config.issuer.as_ref().map(|_| "iss"));
+            required.extend(config.audience.as_ref().map(|_| "aud"));
+            v.set_required_spec_claims(&required);
+            v.validate_aud = config.audience.is_some();
+            if let Some(aud) = &config.audience {
+                v.set_audience(&[aud]);
+            }
+            if let Some(iss) = &config.issuer {
+                v.set_issuer(&[iss]);
+            }
+            v
+        };
+        if let Some(secret) = &config.hs256_secret {
+            keys.push(Key { decoding: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) });
+        }
+        if let Some(path) = &config.public_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("JWT_PUBLIC_KEYS: {}: {e}", path.display()))?;
+            for (i, pem) in split_pem_blocks(&text).enumerate() {
+                let (decoding, alg) = parse_public_key(pem.as_bytes())
+                    .ok_or_else(|| format!("JWT_PUBLIC_KEYS: key {} is not an RSA, EC P-256 or Ed25519 public key", i + 1))?;
+                keys.push(Key { decoding, validation: validation(alg) });
+            }
+        }
+        Ok(JwtVerifier { keys, leeway: config.leeway_secs, cache: DashMap::default(), cache_capacity })
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Verifies `token` at `now` (unix seconds), from the cache when it was verified before.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, JwtError> {
+        if let Some(hit) = self.cache.get(token) {
+            let claims = hit.value().clone();
+            drop(hit);
+            return self.check_times(&claims, now).map(|()| claims);
+        }
+        let claims = Arc::new(self.verify_signature(token)?);
+        self.check_times(&claims, now)?;
+        if self.cache.len() >= self.cache_capacity {
+            // Crude but bounded: tokens are cheap to re-verify, memory is not free.
+            self.cache.clear();
+        }
+        self.cache.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Claims, JwtError> {
+        if self.keys.is_empty() {
+            return Err(JwtError::NotConfigured);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+        let mut last = JwtError::Invalid;
+        for key in self.keys.iter().filter(|k| k.validation.algorithms.contains(&header.alg)) {
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => {
+                    last = match e.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
+                        jsonwebtoken::errors::ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+                        _ => JwtError::Invalid,
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn check_times(&self, claims: &Claims, now: u64) -> Result<(), JwtError> {
+        if now > claims.exp.saturating_add(self.leeway) {
+            // Left in the cache: the capacity sweep drops it; answering is what matters.
+            return Err(JwtError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| now + self.leeway < nbf) {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
+    }
+}
+
+fn split_pem_blocks(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split("-----BEGIN ")
+        .filter(|chunk| chunk.contains("-----END "))
+        .map(|chunk| format!("-----BEGIN {}", chunk.trim_end()))
+}
+
+fn parse_public_key(pem: &[u8]) -> Option<(DecodingKey, Algorithm)> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Some((k, Algorithm::RS256));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Some((k, Algorithm::ES256));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Some((k, Algorithm::EdDSA));
+    }
+    None
+}
+
+/// Signs claims with HS256: `edge token issue`, `--dev` and tests.
+pub fn issue_hs256(claims: &Claims, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 signing of serialisable claims cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            user_id: "u1".into(),
+            organization_id: "org_a".into(),
+            email: "a@example.com".into(),
+            role: "admin".into(),
+            permissions: vec!["events:write".into()],
+            app_id: None,
+            iat: NOW - 10,
+            exp,
+            nbf: None,
+            iss: None,
+            aud: None,
+        }
+    }
+
+    fn verifier() -> JwtVerifier {
+        let config = JwtConfig { hs256_secret: Some(SECRET.to_vec()), leeway_secs: 30, ..Default::default() };
+        JwtVerifier::from_config(&config, 16).unwrap()
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn valid_token_verifies_and_is_cached() {
+        let v = verifier();
+        let t = issue_hs256(&claims(u64::MAX / 2), SECRET);
+        assert_eq!(v.verify(&t, NOW).unwrap().organization_id, "org_a");
+        assert_eq!(v.cache.len(), 1);
+        assert_eq!(v.verify(&t, NOW).unwrap().user_id, "u1");
+    }
+
+    #[test]
+    fn forged_signature_is_refused() {
+        let v = verifier();
+        let t = issue_hs256(&claims(u64::MAX / 2), b"another-secret-another-secret-xx");
+        assert_eq!(v.verify(&t, NOW).unwrap_err(), JwtError::Invalid);
+        // Tampered payload, original signature.
+        let good = issue_hs256(&claims(u64::MAX / 2), SECRET);
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut c = claims(u64::MAX / 2);
+        c.organization_id = "org_victim".into();
+        let forged = format!("{}.{}.{}", parts[0], b64(&serde_json::to_string(&c).unwrap()), parts[2]);
+        assert_eq!(v.verify(&forged, NOW).unwrap_err(), JwtError::Invalid);
+    }
+
+    #[test]
+    fn expiry_uses_leeway_even_from_cache() {
+        let v = verifier();
+        let t = issue_hs256(&claims(NOW + 5), SECRET);
+        assert!(v.verify(&t, NOW).is_ok());
+        assert!(v.verify(&t, NOW + 35).is_ok(), "within 30 s leeway");
+        assert_eq!(v.verify(&t, NOW + 36).unwrap_err(), JwtError::Expired, "cached token still expires");
+        let old = issue_hs256(&claims(1_000), SECRET);
+        assert_eq!(v.verify(&old, NOW).unwrap_err(), JwtError::Expired);
+    }
+
+    #[test]
+    fn missing_exp_is_refused() {
+        let v = verifier();
+        let header = b64(r#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = b64(r#"{"user_id":"u","organization_id":"o","iat":1}"#);
+        let msg = format!("{header}.{payload}");
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(msg.as_bytes());
+        let sig = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mac.finalize().into_bytes());
+        assert_eq!(v.verify(&format!("{msg}.{sig}"), NOW).unwrap_err(), JwtError::Invalid);
+    }
+
+    #[test]
+    fn alg_none_and_unconfigured_algs_are_refused() {
+        let v = verifier();
+        let payload = b64(&serde_json::to_string(&claims(u64::MAX / 2)).unwrap());
+        let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+        assert_eq!(v.verify(&none, NOW).unwrap_err(), JwtError::Invalid);
+        // RS256 header while only HS256 is configured: no key matches.
+        let rs = format!("{}.{payload}.AAAA", b64(r#"{"alg":"RS256","typ":"JWT"}"#));
+        assert_eq!(v.verify(&rs, NOW).unwrap_err(), JwtError::Invalid);
+        // HS384 with the same secret: the algorithm is pinned to HS256.
+        let hs384 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS384),
+            &claims(u64::MAX / 2),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs384, NOW).unwrap_err(), JwtError::Invalid);
+    }
+
+    #[test]
+    fn nbf_is_honoured() {
+        let v = verifier();
+        let mut c = claims(u64::MAX / 2);
+        c.nbf = Some(NOW + 100);
+        let t = issue_hs256(&c, SECRET);
+        assert_eq!(v.verify(&t, NOW).unwrap_err(), JwtError::NotYetValid);
+    }
+
+    #[test]
+    fn garbage_is_invalid_and_unconfigured_says_so() {
+        assert_eq!(verifier().verify("not.a.jwt", NOW).unwrap_err(), JwtError::Invalid);
+        let none = JwtVerifier::from_config(&JwtConfig::default(), 16).unwrap();
+        assert_eq!(none.verify("a.b.c", NOW).unwrap_err(), JwtError::NotConfigured);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let config = JwtConfig {
+            hs256_secret: Some(SECRET.to_vec()),
+            issuer: Some("edge".into()),
+            audience: Some("sdk".into()),
+            leeway_secs: 30,
+            ..Default::default()
+        };
+        let v = JwtVerifier::from_config(&config, 16).unwrap();
+        let mut c = claims(u64::MAX / 2);
+        assert_eq!(v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(), JwtError::Invalid);
+        c.iss = Some("edge".into());
+        c.aud = Some("sdk".into());
+        assert!(v.verify(&issue_hs256(&c, SECRET), NOW).is_ok());
+    }
+}

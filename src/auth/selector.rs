@@ -1,0 +1,65 @@
+//! Tenant selectors: `X-Organization-ID` and the `Host` header.
+//!
+//! A selector never authenticates; it can only confirm what the credential
+//! already says. A selector that names another organisation is a mismatch
+//! (403 + audit). A host that names no known tenant (the bare base domain, an
+//! IP, `localhost`) selects nothing.
+
+use hyper::header::{HeaderMap, HOST};
+
+use crate::tenant::{Org, Snapshot};
+
+/// `Ok` when every selector present agrees with `org`; `Err(what was claimed)` otherwise.
+pub fn check(headers: &HeaderMap, org_header: Option<&str>, org: &Org, snapshot: &Snapshot, base_domain: Option<&str>) -> Result<(), String> {
+    if let Some(claimed) = org_header {
+        if claimed != org.id.as_str() {
+            return Err(claimed.to_string());
+        }
+    }
+    let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+        return Ok(());
+    };
+    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+    let selected = match base_domain.and_then(|base| subdomain_of(&host, base)) {
+        Some(label) => Some(label),
+        // Not under the base domain: maybe a tenant's custom domain.
+        None if snapshot.org_by_host(&host).is_some() => Some(host.as_str()),
+        None => None,
+    };
+    match selected {
+        None => Ok(()),
+        Some(name) => match snapshot.org_by_host(name) {
+            Some(owner) if owner.id == org.id => Ok(()),
+            // Unknown subdomain under our base, or someone else's: both are mismatches.
+            _ => Err(name.to_string()),
+        },
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host; // IPv6 literal: never a tenant
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// `acme` for `acme.edge.example` under `edge.example`; only one label deep.
+fn subdomain_of<'h>(host: &'h str, base: &str) -> Option<&'h str> {
+    let label = host.strip_suffix(base)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subdomains() {
+        assert_eq!(subdomain_of("acme.edge.example", "edge.example"), Some("acme"));
+        assert_eq!(subdomain_of("edge.example", "edge.example"), None);
+        assert_eq!(subdomain_of("a.b.edge.example", "edge.example"), None);
+        assert_eq!(subdomain_of("acmeedge.example", "edge.example"), None);
+        assert_eq!(strip_port("acme.edge.example:8080"), "acme.edge.example");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]:8080");
+    }
+}

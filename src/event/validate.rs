@@ -1,0 +1,382 @@
+//! One event value → one RowBinary row, or a [`Rejection`] saying why not.
+//!
+//! Rules (SPEC §3): `event_type` ≤ 64, `event_name` ≤ 256 and `device_id`
+//! ≤ 128 are required; `event_id` ≤ 64 (a UUIDv7 is generated when absent);
+//! `session_id` ≤ 128, `platform` ≤ 32; `event_timestamp` RFC 3339 or epoch
+//! ms, corrected by the batch's clock skew, at most `max_future` ahead and no
+//! older than the tier's retention; `properties`/`user_properties` objects
+//! ≤ 32 KiB and depth ≤ 32; `revenue` a number that fits Decimal(18,2);
+//! `currency` ISO 4217 (default USD). `organization_id` is never read from
+//! the body. Unknown fields are ignored.
+//!
+//! Everything is checked before the first byte is written, so a rejected
+//! event leaves no partial row behind.
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+use time::format_description::well_known::Rfc3339;
+
+use super::rowbinary::*;
+use super::{EventSummary, Rejection, RowBlock};
+use crate::config::BodyLimits;
+
+/// What every event of one request shares.
+#[derive(Debug, Clone)]
+pub struct EventContext<'a> {
+    pub org_id: &'a str,
+    /// The app the credential is bound to; a body naming another app is refused.
+    pub credential_app: Option<&'a str>,
+    pub received_ms: i64,
+    /// Added to event timestamps: receive time − `sent_at` (0 without `sent_at`).
+    pub skew_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    pub retention_days: u32,
+}
+
+/// Decimal(18,2) holds 16 integer digits.
+const MAX_REVENUE: f64 = 9_999_999_999_999_999.0;
+/// Fixed seeds so device hashes agree across threads and restarts.
+const DEVICE_HASH: ahash::RandomState = ahash::RandomState::with_seeds(0x6564_6765, 0x756e_6d6f, 0x6772_6f77, 0x7000_0001);
+
+pub struct Validator {
+    limits: BodyLimits,
+}
+
+impl Validator {
+    pub fn new(limits: BodyLimits) -> Self {
+        Validator { limits }
+    }
+
+    pub fn limits(&self) -> &BodyLimits {
+        &self.limits
+    }
+
+    /// Validates `event` and appends its row to `out`. `scratch` is reused across
+    /// calls to serialise the property objects without allocating per event.
+    pub fn encode(&self, event: &BorrowedValue, ctx: &EventContext, scratch: &mut Vec<u8>, out: &mut RowBlock) -> Result<EventSummary, Rejection> {
+        if !event.is_object() {
+            return Err(Rejection::new("invalid_event", "An event must be a JSON object"));
+        }
+        let event_type = required_str(event, "event_type", 64)?;
+        let event_name = required_str(event, "event_name", 256)?;
+        let device_id = required_str(event, "device_id", 128)?;
+        let event_id = optional_str(event, "event_id", 64)?;
+        let session_id = optional_str(event, "session_id", 128)?.unwrap_or("");
+        let platform = optional_str(event, "platform", 32)?.unwrap_or("");
+        let body_app = optional_str(event, "app_id", 64)?;
+        let app_id = match (ctx.credential_app, body_app) {
+            (Some(bound), Some(sent)) if bound != sent => {
+                return Err(Rejection::new("app_mismatch", format!("app_id {sent:?} is not the app this key belongs to")));
+            }
+            (Some(bound), _) => bound,
+            (None, sent) => sent.unwrap_or(""),
+        };
+        let idfa = optional_str(event, "idfa", 64)?.unwrap_or("");
+        let idfv = optional_str(event, "idfv", 64)?.unwrap_or("");
+        let gaid = optional_str(event, "gaid", 64)?.unwrap_or("");
+        let oaid = optional_str(event, "oaid", 64)?.unwrap_or("");
+        let ip = optional_str(event, "ip", 45)?.unwrap_or("");
+        if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(Rejection::new("invalid_field", "ip is not an IPv4 or IPv6 address"));
+        }
+        let user_agent = optional_str(event, "user_agent", 1024)?.unwrap_or("");
+
+        let timestamp_ms = match event.get("event_timestamp") {
+            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => ctx.received_ms,
+            Some(v) => parse_timestamp_ms(v)
+                .ok_or_else(|| Rejection::new("invalid_timestamp", "event_timestamp must be RFC 3339 or epoch milliseconds"))?
+                .saturating_add(ctx.skew_ms),
+        };
+        if timestamp_ms > ctx.received_ms + self.limits.max_future.as_millis() as i64 {
+            return Err(Rejection::new("timestamp_in_future", "event_timestamp is too far in the future"));
+        }
+        let oldest = ctx.received_ms - i64::from(ctx.retention_days) * 86_400_000;
+        if timestamp_ms < oldest.max(0) {
+            return Err(Rejection::new("timestamp_too_old", format!("event_timestamp is older than the {}-day retention", ctx.retention_days)));
+        }
+
+        let revenue_cents = match event.get("revenue") {
+            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => 0,
+            Some(v) => {
+                let r = v.as_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
+                if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
+                    return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
+                }
+                (r * 100.0).round() as i64
+            }
+        };
+        let currency = match optional_str(event, "currency", 3)? {
+            None => *b"USD",
+            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                let b = c.as_bytes();
+                [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase(), b[2].to_ascii_uppercase()]
+            }
+            Some(_) => return Err(Rejection::new("invalid_currency", "currency must be a three-letter ISO 4217 code")),
+        };
+
+        scratch.clear();
+        self.serialise_object(event, "properties", scratch)?;
+        let props_end = scratch.len();
+        self.serialise_object(event, "user_properties", scratch)?;
+
+        // Everything is valid: write the row.
+        let start = out.data.len();
+        let d = &mut out.data;
+        put_str(d, ctx.org_id.as_bytes());
+        put_str(d, app_id.as_bytes());
+        match event_id {
+            Some(id) => put_str(d, id.as_bytes()),
+            None => {
+                let mut buf = uuid::Uuid::encode_buffer();
+                put_str(d, uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).as_bytes());
+            }
+        }
+        put_str(d, event_type.as_bytes());
+        put_str(d, event_name.as_bytes());
+        put_str(d, device_id.as_bytes());
+        put_str(d, session_id.as_bytes());
+        put_str(d, platform.as_bytes());
+        put_datetime(d, secs(timestamp_ms));
+        put_datetime(d, secs(ctx.received_ms));
+        put_nullable_datetime(d, ctx.sent_at_ms.map(secs));
+        put_str(d, &scratch[..props_end]);
+        put_str(d, &scratch[props_end..]);
+        put_decimal_18_2(d, revenue_cents);
+        put_str(d, &currency);
+        put_str(d, idfa.as_bytes());
+        put_str(d, idfv.as_bytes());
+        put_str(d, gaid.as_bytes());
+        put_str(d, oaid.as_bytes());
+        put_str(d, ip.as_bytes());
+        put_str(d, user_agent.as_bytes());
+        if d.len() - start > self.limits.max_event_bytes {
+            d.truncate(start);
+            return Err(Rejection::new("event_too_large", format!("an event may be at most {} bytes", self.limits.max_event_bytes)));
+        }
+        out.rows += 1;
+        Ok(EventSummary {
+            day: (timestamp_ms.div_euclid(86_400_000)) as u32,
+            revenue_cents,
+            device_hash: DEVICE_HASH.hash_one(device_id),
+        })
+    }
+
+    /// Appends the JSON text of `event[key]` (an object; `{}` when absent) to `out`.
+    fn serialise_object(&self, event: &BorrowedValue, key: &'static str, out: &mut Vec<u8>) -> Result<(), Rejection> {
+        let start = out.len();
+        match event.get(key) {
+            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => out.extend_from_slice(b"{}"),
+            Some(v @ BorrowedValue::Object(_)) => {
+                if depth_exceeds(v, self.limits.max_properties_depth) {
+                    return Err(Rejection::new("properties_too_deep", format!("{key} nests deeper than {}", self.limits.max_properties_depth)));
+                }
+                v.write(out).map_err(|_| Rejection::new("invalid_properties", format!("{key} could not be serialised")))?;
+                if out.len() - start > self.limits.max_properties_bytes {
+                    return Err(Rejection::new("properties_too_large", format!("{key} exceeds {} bytes", self.limits.max_properties_bytes)));
+                }
+            }
+            Some(_) => return Err(Rejection::new("invalid_properties", format!("{key} must be a JSON object"))),
+        }
+        Ok(())
+    }
+}
+
+fn secs(ms: i64) -> u32 {
+    ms.div_euclid(1000).clamp(0, u32::MAX as i64) as u32
+}
+
+/// RFC 3339 text or epoch milliseconds (integer or float).
+pub fn parse_timestamp_ms(v: &BorrowedValue) -> Option<i64> {
+    if let Some(s) = v.as_str() {
+        let t = time::OffsetDateTime::parse(s, &Rfc3339).ok()?;
+        return i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+    }
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
+}
+
+fn required_str<'v>(event: &'v BorrowedValue, key: &'static str, max_chars: usize) -> Result<&'v str, Rejection> {
+    match optional_str(event, key, max_chars)? {
+        Some(s) => Ok(s),
+        None => Err(Rejection::new("missing_field", format!("{key} is required"))),
+    }
+}
+
+/// Absent, null and "" are all "not sent".
+fn optional_str<'v>(event: &'v BorrowedValue, key: &'static str, max_chars: usize) -> Result<Option<&'v str>, Rejection> {
+    let Some(v) = event.get(key) else { return Ok(None) };
+    if v.is_null() {
+        return Ok(None);
+    }
+    let s = v.as_str().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
+    // Bytes bound chars from above, so counting is needed only for long non-ASCII text.
+    if s.len() > max_chars && s.chars().count() > max_chars {
+        return Err(Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters")));
+    }
+    Ok(Some(s).filter(|s| !s.is_empty()))
+}
+
+fn depth_exceeds(v: &BorrowedValue, limit: usize) -> bool {
+    fn walk(v: &BorrowedValue, depth: usize, limit: usize) -> bool {
+        if depth > limit {
+            return true;
+        }
+        match v {
+            BorrowedValue::Object(o) => o.values().any(|c| walk(c, depth + 1, limit)),
+            BorrowedValue::Array(a) => a.iter().any(|c| walk(c, depth + 1, limit)),
+            _ => false,
+        }
+    }
+    walk(v, 1, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::OrgId;
+
+    const NOW_MS: i64 = 1_780_000_000_000;
+
+    fn ctx() -> EventContext<'static> {
+        EventContext { org_id: "org_a", credential_app: Some("app_1"), received_ms: NOW_MS, skew_ms: 0, sent_at_ms: None, retention_days: 90 }
+    }
+
+    fn run_with(json: &str, ctx: &EventContext) -> Result<(EventSummary, Vec<u8>), Rejection> {
+        let mut buf = json.as_bytes().to_vec();
+        let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let mut out = RowBlock::new(OrgId::new("org_a"), 256);
+        let mut scratch = Vec::new();
+        let r = Validator::new(BodyLimits::default()).encode(&v, ctx, &mut scratch, &mut out);
+        if r.is_err() {
+            assert!(out.data.is_empty(), "no partial row on rejection");
+        }
+        r.map(|s| (s, out.data.to_vec()))
+    }
+
+    fn run(json: &str) -> Result<(EventSummary, Vec<u8>), Rejection> {
+        run_with(json, &ctx())
+    }
+
+    fn code(json: &str) -> &'static str {
+        run(json).unwrap_err().code
+    }
+
+    /// Decodes the string columns of a row (fixed layout) for assertions.
+    fn strings(row: &[u8]) -> Vec<String> {
+        let mut v = row;
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            out.push(String::from_utf8(read_str(&mut v).unwrap().to_vec()).unwrap());
+        }
+        v = &v[4 + 4..]; // event_timestamp, received_at
+        v = if v[0] == 1 { &v[1..] } else { &v[5..] };
+        for _ in 0..2 {
+            out.push(String::from_utf8(read_str(&mut v).unwrap().to_vec()).unwrap());
+        }
+        v = &v[8..]; // revenue
+        for _ in 0..7 {
+            out.push(String::from_utf8(read_str(&mut v).unwrap().to_vec()).unwrap());
+        }
+        assert!(v.is_empty(), "row fully consumed");
+        out
+    }
+
+    #[test]
+    fn valid_event_encodes_every_column() {
+        let (s, row) = run(r#"{"event_type":"purchase","event_name":"buy","device_id":"d1","event_id":"e1",
+            "organization_id":"org_evil","properties":{"sku":"x","n":[1,2]},"revenue":9.99,"currency":"eur",
+            "idfa":"IDFA","ip":"10.0.0.1","user_agent":"ua","unknown":true,"event_timestamp":1779999999000}"#)
+        .unwrap();
+        let cols = strings(&row);
+        assert_eq!(cols[0], "org_a", "organization_id comes from the credential, never the body");
+        assert_eq!(cols[1], "app_1");
+        assert_eq!(cols[2], "e1");
+        assert_eq!(&cols[3..6], ["purchase", "buy", "d1"]);
+        assert_eq!(cols[8], r#"{"sku":"x","n":[1,2]}"#);
+        assert_eq!(cols[9], "{}");
+        assert_eq!(cols[10], "EUR");
+        assert_eq!(cols[11], "IDFA");
+        assert_eq!(cols[15], "10.0.0.1");
+        assert_eq!(s.revenue_cents, 999);
+        assert_eq!(s.day, (1_779_999_999_000i64 / 86_400_000) as u32);
+    }
+
+    #[test]
+    fn event_id_is_generated_as_uuid_v7() {
+        let (_, row) = run(r#"{"event_type":"t","event_name":"n","device_id":"d"}"#).unwrap();
+        let id = uuid::Uuid::parse_str(&strings(&row)[2]).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn required_fields_and_types() {
+        assert_eq!(code(r#"{"event_name":"n","device_id":"d"}"#), "missing_field");
+        assert_eq!(code(r#"{"event_type":"","event_name":"n","device_id":"d"}"#), "missing_field");
+        assert_eq!(code(r#"{"event_type":5,"event_name":"n","device_id":"d"}"#), "invalid_field");
+        let long = "x".repeat(65);
+        assert_eq!(code(&format!(r#"{{"event_type":"{long}","event_name":"n","device_id":"d"}}"#)), "field_too_long");
+        // 64 multi-byte characters are fine: the limit is in characters.
+        let wide = "é".repeat(64);
+        assert!(run(&format!(r#"{{"event_type":"{wide}","event_name":"n","device_id":"d"}}"#)).is_ok());
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","ip":"not-an-ip"}"#), "invalid_field");
+    }
+
+    #[test]
+    fn timestamps() {
+        let ok = |ts: &str| run(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{ts}}}"#));
+        assert!(ok(r#""2026-05-28T12:00:00Z""#).is_ok());
+        assert!(ok(r#""2026-05-28T12:00:00.123+02:00""#).is_ok());
+        assert_eq!(ok(r#""yesterday""#).unwrap_err().code, "invalid_timestamp");
+        assert_eq!(ok(&(NOW_MS + 25 * 3_600_000).to_string()).unwrap_err().code, "timestamp_in_future");
+        assert_eq!(ok(&(NOW_MS - 91 * 86_400_000).to_string()).unwrap_err().code, "timestamp_too_old");
+        assert!(ok(&(NOW_MS - 89 * 86_400_000).to_string()).is_ok());
+    }
+
+    #[test]
+    fn sent_at_corrects_clock_skew() {
+        // The device clock is 1 h behind: it stamped the event and sent_at an hour early.
+        let mut c = ctx();
+        c.sent_at_ms = Some(NOW_MS - 3_600_000);
+        c.skew_ms = NOW_MS - (NOW_MS - 3_600_000);
+        let device_ts = NOW_MS - 3_600_000 - 60_000; // a minute before sending, device time
+        let (s, row) = run_with(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{device_ts}}}"#), &c).unwrap();
+        let mut v = &row[..];
+        for _ in 0..8 {
+            read_str(&mut v);
+        }
+        let ts = u32::from_le_bytes(v[..4].try_into().unwrap());
+        assert_eq!(ts as i64, (NOW_MS - 60_000) / 1000, "a minute before receipt, server time");
+        assert_eq!(s.day as i64, (NOW_MS - 60_000) / 86_400_000);
+    }
+
+    #[test]
+    fn properties_rules() {
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","properties":[1]}"#), "invalid_properties");
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(33), "}".repeat(33));
+        assert_eq!(code(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{deep}}}"#)), "properties_too_deep");
+        let big = "y".repeat(33 * 1024);
+        assert_eq!(code(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","user_properties":{{"b":"{big}"}}}}"#)), "properties_too_large");
+    }
+
+    #[test]
+    fn revenue_and_currency() {
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":"9.99"}"#), "invalid_revenue");
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":1e17}"#), "invalid_revenue");
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"EURO"}"#), "field_too_long");
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"E1R"}"#), "invalid_currency");
+        let (s, _) = run(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":-0.015}"#).unwrap();
+        assert_eq!(s.revenue_cents, -2);
+    }
+
+    #[test]
+    fn app_binding() {
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"other"}"#), "app_mismatch");
+        let mut c = ctx();
+        c.credential_app = None;
+        let (_, row) = run_with(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"mine"}"#, &c).unwrap();
+        assert_eq!(strings(&row)[1], "mine");
+    }
+}

@@ -1,0 +1,140 @@
+//! Request bodies: bounded, then decompressed, then bounded again.
+//!
+//! The compressed size is checked against the limit as it arrives (and
+//! against `Content-Length` before reading), and the decompressed size while
+//! inflating, so a small gzip bomb costs at most `limit + 1` bytes of memory.
+//! A body that stalls is cut off after [`BODY_TIMEOUT`].
+
+use std::io::Read;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::StatusCode;
+
+use crate::error::ApiError;
+
+/// Long enough for a 10 MiB body on a slow mobile link, short enough to shed slowloris clients.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(v) = headers.get(CONTENT_ENCODING) else { return Ok(Encoding::Identity) };
+    match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Ok("" | "identity") => Ok(Encoding::Identity),
+        Ok("gzip" | "x-gzip") => Ok(Encoding::Gzip),
+        Ok("zstd") => Ok(Encoding::Zstd),
+        _ => Err(ApiError::unsupported("unsupported_encoding", "Content-Encoding must be gzip, zstd or identity")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    Json,
+    Ndjson,
+}
+
+/// JSON unless told NDJSON; `text/plain` is accepted as JSON because browser SDKs
+/// send it to avoid a CORS preflight.
+pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
+    let Some(v) = headers.get(CONTENT_TYPE) else { return Ok(MediaType::Json) };
+    let essence = v.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "" | "application/json" | "text/plain" => Ok(MediaType::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonlines" => Ok(MediaType::Ndjson),
+        _ => Err(ApiError::unsupported("unsupported_media_type", "Content-Type must be application/json or application/x-ndjson")),
+    }
+}
+
+/// Reads the whole body (at most `limit` bytes on the wire and after decompression).
+pub async fn read(headers: &HeaderMap, body: Incoming, limit: usize, what: &'static str) -> Result<Vec<u8>, ApiError> {
+    let encoding = encoding(headers)?;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(what, limit));
+    }
+    let raw = tokio::time::timeout(BODY_TIMEOUT, collect(body, limit, declared.unwrap_or(0) as usize, what))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "The request body did not arrive in time"))??;
+    match encoding {
+        Encoding::Identity => Ok(raw),
+        Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, what, "gzip"),
+        Encoding::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(&raw[..])
+                .map_err(|e| ApiError::bad_request("invalid_encoding", format!("zstd: {e}")))?;
+            inflate(decoder, limit, what, "zstd")
+        }
+    }
+}
+
+async fn collect(mut body: Incoming, limit: usize, hint: usize, what: &'static str) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(hint.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request("body_read_error", format!("Reading the body failed: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(ApiError::too_large(what, limit));
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+fn inflate(decoder: impl Read, limit: usize, what: &'static str, name: &str) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request("invalid_encoding", format!("The {name} body could not be decoded: {e}")))?;
+    if out.len() > limit {
+        return Err(ApiError::too_large(what, limit));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+    use std::io::Write;
+
+    #[test]
+    fn gzip_and_zstd_are_bounded_after_decompression() {
+        let plain = vec![b'a'; 10_000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 200, "a tiny bomb");
+        assert_eq!(inflate(flate2::read::MultiGzDecoder::new(&gz[..]), 10_000, "batch", "gzip").unwrap().len(), 10_000);
+        let e = inflate(flate2::read::MultiGzDecoder::new(&gz[..]), 9_999, "batch", "gzip").unwrap_err();
+        assert_eq!(e.status, 413);
+        let zs = zstd::encode_all(&plain[..], 3).unwrap();
+        let e = inflate(zstd::stream::read::Decoder::new(&zs[..]).unwrap(), 100, "batch", "zstd").unwrap_err();
+        assert_eq!(e.status, 413);
+        let e = inflate(flate2::read::MultiGzDecoder::new(&b"not gzip"[..]), 100, "batch", "gzip").unwrap_err();
+        assert_eq!(e.code, "invalid_encoding");
+    }
+
+    #[test]
+    fn encodings_and_types() {
+        let mut h = HeaderMap::new();
+        assert_eq!(encoding(&h).unwrap(), Encoding::Identity);
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert_eq!(encoding(&h).unwrap_err().status, 415);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson; charset=utf-8"));
+        assert_eq!(media_type(&h).unwrap(), MediaType::Ndjson);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+        assert_eq!(media_type(&h).unwrap_err().code, "unsupported_media_type");
+    }
+}

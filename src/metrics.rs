@@ -1,0 +1,108 @@
+//! Prometheus metrics: the names SPEC §8 promises, and the recorder.
+//!
+//! Names live here as constants so the code, the Grafana dashboard test and
+//! the docs agree. No organisation label by default: label cardinality would
+//! grow with the tenant count.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "edge_http_requests_total";
+pub const HTTP_DURATION: &str = "edge_http_request_duration_seconds";
+pub const EVENTS_ACCEPTED: &str = "edge_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "edge_events_rejected_total";
+pub const RATE_LIMITED: &str = "edge_rate_limited_total";
+pub const QUOTA_EXCEEDED: &str = "edge_quota_exceeded_total";
+pub const CH_INSERT_ROWS: &str = "edge_clickhouse_insert_rows_total";
+pub const CH_INSERT_ERRORS: &str = "edge_clickhouse_insert_errors_total";
+pub const CH_INSERT_DURATION: &str = "edge_clickhouse_insert_duration_seconds";
+pub const SPOOL_BYTES: &str = "edge_spool_bytes";
+pub const SPOOL_EVENTS: &str = "edge_spool_events";
+pub const TENANTS: &str = "edge_tenants";
+pub const REDIS_SYNC_ERRORS: &str = "edge_redis_sync_errors_total";
+pub const BATCH_PENDING_BYTES: &str = "edge_batch_pending_bytes";
+pub const BATCH_PENDING_ROWS: &str = "edge_batch_pending_rows";
+pub const OVERLOADED: &str = "edge_overloaded_total";
+pub const AUTH_FAILURES: &str = "edge_auth_failures_total";
+
+/// Every metric the edge exports (the dashboard test checks queries against this).
+pub const ALL: &[&str] = &[
+    HTTP_REQUESTS,
+    HTTP_DURATION,
+    EVENTS_ACCEPTED,
+    EVENTS_REJECTED,
+    RATE_LIMITED,
+    QUOTA_EXCEEDED,
+    CH_INSERT_ROWS,
+    CH_INSERT_ERRORS,
+    CH_INSERT_DURATION,
+    SPOOL_BYTES,
+    SPOOL_EVENTS,
+    TENANTS,
+    REDIS_SYNC_ERRORS,
+    BATCH_PENDING_BYTES,
+    BATCH_PENDING_ROWS,
+    OVERLOADED,
+    AUTH_FAILURES,
+];
+
+/// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
+const HTTP_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const INSERT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), HTTP_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CH_INSERT_DURATION.into()), INSERT_BUCKETS))
+                .expect("bucket lists are non-empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            // Histograms are kept in shards that need periodic draining.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration");
+    describe_counter!(EVENTS_ACCEPTED, "Events accepted (202)");
+    describe_counter!(EVENTS_REJECTED, "Events rejected, by reason");
+    describe_counter!(RATE_LIMITED, "Requests refused by the per-organisation rate limit, by tier");
+    describe_counter!(QUOTA_EXCEEDED, "Requests refused by the monthly quota, by tier");
+    describe_counter!(CH_INSERT_ROWS, "Rows ClickHouse confirmed");
+    describe_counter!(CH_INSERT_ERRORS, "Failed ClickHouse inserts (each retry counts)");
+    describe_histogram!(CH_INSERT_DURATION, Unit::Seconds, "ClickHouse insert duration");
+    describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes accepted and not yet confirmed by the sink");
+    describe_gauge!(SPOOL_EVENTS, "Events accepted and not yet confirmed by the sink");
+    describe_gauge!(TENANTS, "Organisations in the registry");
+    describe_counter!(REDIS_SYNC_ERRORS, "Failed syncs of limits with Redis");
+    describe_gauge!(BATCH_PENDING_BYTES, Unit::Bytes, "Bytes waiting in batchers");
+    describe_gauge!(BATCH_PENDING_ROWS, "Rows waiting in batchers");
+    describe_counter!(OVERLOADED, "Requests refused with 503 because buffers are full");
+    describe_counter!(AUTH_FAILURES, "Requests refused by authentication, by code");
+    // Series that only appear on rare events are created now so dashboards see zeros.
+    metrics::counter!(REDIS_SYNC_ERRORS).absolute(0);
+    metrics::counter!(CH_INSERT_ERRORS).absolute(0);
+    metrics::counter!(CH_INSERT_ROWS).absolute(0);
+    metrics::counter!(EVENTS_ACCEPTED).absolute(0);
+    metrics::gauge!(SPOOL_BYTES).set(0.0);
+    metrics::gauge!(SPOOL_EVENTS).set(0.0);
+}

@@ -1,0 +1,184 @@
+//! The server: binds both listeners, accepts connections, wires the stages
+//! into one [`AppState`], and runs the drain on shutdown.
+//!
+//! Shutdown protocol (SIGTERM, or [`Server::shutdown`]): mark draining
+//! (`/readyz` turns 503 so load balancers stop sending), stop accepting,
+//! let in-flight requests finish, then stop the batcher, which ships what is
+//! queued within `drain_timeout`. Only then does [`Server::wait`] return.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::Authenticator;
+use crate::batch::Batcher;
+use crate::config::Config;
+use crate::event::validate::Validator;
+use crate::limits::Limiter;
+use crate::pipeline::Pipeline;
+use crate::sink::Sink;
+use crate::stats::Stats;
+use crate::tenant::Registry;
+
+/// Everything a request handler may touch; shared by all connections.
+pub struct AppState {
+    pub auth: Authenticator,
+    pub registry: Arc<Registry>,
+    pub limiter: Limiter,
+    pub validator: Validator,
+    pub pipeline: Pipeline,
+    pub stats: Stats,
+    pub metrics: PrometheusHandle,
+    /// Set when shutdown starts; `/readyz` reports it.
+    pub draining: AtomicBool,
+    /// Last result of the background sink check; `/readyz` reports it.
+    pub sink_ready: AtomicBool,
+}
+
+/// Slow clients may not hold a connection open without sending headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `/readyz`'s view of the sink is refreshed (off the request path).
+const READY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds and starts serving; returns once both listeners accept.
+    pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, String> {
+        let metrics = crate::metrics::install();
+        let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
+        let auth = Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone());
+        let batcher = Batcher::new(config.batch.clone());
+        let sink = Arc::new(sink);
+        let state = Arc::new(AppState {
+            auth,
+            registry,
+            limiter: Limiter::new(config.tiers.clone()),
+            validator: Validator::new(config.body.clone()),
+            pipeline: Pipeline::new(batcher.clone(), config.ack),
+            stats: Stats::default(),
+            metrics,
+            draining: AtomicBool::new(false),
+            sink_ready: AtomicBool::new(sink.ready().await),
+        });
+
+        let data = TcpListener::bind(config.listen).await.map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| format!("EDGE_ADMIN_LISTEN {}: {e}", config.admin_listen))?;
+        let addr = data.local_addr().map_err(|e| e.to_string())?;
+        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let flusher = tokio::spawn(batcher.clone().run(sink.clone(), config.drain_timeout));
+        let ready_task = tokio::spawn(watch_sink(state.clone(), sink.clone(), shutdown_rx.clone()));
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+
+        let data_state = state.clone();
+        let data_loop = tokio::spawn(accept_loop(data, shutdown_rx.clone(), limit.clone(), move |req| {
+            crate::http::serve_data(data_state.clone(), req)
+        }));
+        let admin_state = state.clone();
+        let admin_loop = tokio::spawn(accept_loop(admin, shutdown_rx.clone(), Arc::new(Semaphore::new(64)), move |req| {
+            crate::http::serve_admin(admin_state.clone(), req)
+        }));
+
+        let drain_timeout = config.drain_timeout;
+        let state_for_task = state.clone();
+        let task = tokio::spawn(async move {
+            let mut rx = shutdown_rx;
+            stopped(&mut rx).await;
+            state_for_task.draining.store(true, Ordering::Release);
+            // In-flight requests finish (or are cut at half the drain budget), then the batcher ships.
+            let _ = tokio::time::timeout(drain_timeout / 2, data_loop).await;
+            batcher.stop();
+            if tokio::time::timeout(drain_timeout, flusher).await.is_err() {
+                tracing::error!(rows = batcher.pending_rows(), "drain timeout: rows not shipped");
+            }
+            admin_loop.abort();
+            ready_task.abort();
+        });
+        tracing::info!(%addr, %admin_addr, sink = sink.name(), "edge listening");
+        Ok(Server { addr, admin_addr, state, shutdown, task })
+    }
+
+    /// Starts the drain; [`Server::wait`] returns when it is done.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn watch_sink(state: Arc<AppState>, sink: Arc<Sink>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(READY_CHECK_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        state.sink_ready.store(sink.ready().await, Ordering::Release);
+    }
+}
+
+/// Resolves once shutdown is requested (or the sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Accepts until shutdown, then waits for open connections to finish their requests.
+async fn accept_loop<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, limit: Arc<Semaphore>, handler: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<crate::http::response::Body>, std::convert::Infallible>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req))).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}

@@ -1,0 +1,167 @@
+//! The ClickHouse sink: one `INSERT INTO events (…) FORMAT RowBinary` per block.
+//!
+//! Rows arrive already encoded, so a send is: concatenate, LZ4-frame (the
+//! crate's `decompress=1` path, which 18.16 understands), POST. The crate's
+//! schema validation is off: it needs `RowBinaryWithNamesAndTypes`, which
+//! Debian's 18.16 lacks, and no setting is sent that an old server would
+//! refuse (an unknown setting is a hard error there).
+//!
+//! Whether a failure is worth retrying is decided by [`retryable`], a table of
+//! ClickHouse error codes with the reason for each.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clickhouse::{Client, Compression};
+
+use super::{Block, SinkError};
+use crate::config::ClickHouseConfig;
+use crate::event::rowbinary::COLUMNS;
+use crate::metrics as m;
+
+/// The crate's LZ4 frames are built per `send`; 1 MiB pieces keep memory flat for big blocks.
+const SEND_PIECE: usize = 1 << 20;
+/// A block of 100k rows inserts in well under a second here; 60 s means something is stuck.
+const INSERT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct ClickHouseSink {
+    insert_client: Client,
+    query_client: Client,
+    sql: String,
+    spool_dir: PathBuf,
+}
+
+impl ClickHouseSink {
+    pub fn new(config: &ClickHouseConfig, spool_dir: PathBuf) -> Self {
+        let base = client(config);
+        ClickHouseSink {
+            insert_client: base.clone().with_compression(Compression::Lz4),
+            // 18.16 answers compressed responses wrongly: queries go uncompressed.
+            query_client: base.with_compression(Compression::None),
+            sql: format!("INSERT INTO events ({COLUMNS}) FORMAT RowBinary"),
+            spool_dir,
+        }
+    }
+
+    pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let result = self.insert(block).await;
+        metrics::histogram!(m::CH_INSERT_DURATION).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                metrics::counter!(m::CH_INSERT_ROWS).increment(block.rows as u64);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!(m::CH_INSERT_ERRORS).increment(1);
+                let message = e.to_string();
+                Err(SinkError { retryable: retryable(&message), message })
+            }
+        }
+    }
+
+    async fn insert(&self, block: &Block) -> clickhouse::error::Result<()> {
+        let mut insert = self
+            .insert_client
+            .insert_formatted_with(self.sql.clone())
+            .with_timeouts(Some(INSERT_TIMEOUT), Some(INSERT_TIMEOUT));
+        let data = block.concat();
+        let mut offset = 0;
+        while offset < data.len() {
+            let end = (offset + SEND_PIECE).min(data.len());
+            insert.send(data.slice(offset..end)).await?;
+            offset = end;
+        }
+        insert.end().await
+    }
+
+    pub async fn ping(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.query_client.query("SELECT 1").execute()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    pub fn dead_letter_dir(&self) -> PathBuf {
+        super::dead_letter_dir(&self.spool_dir)
+    }
+}
+
+/// A client for `config` with schema validation off (see the module docs).
+pub fn client(config: &ClickHouseConfig) -> Client {
+    let mut c = Client::default().with_url(&config.url).with_database(&config.database).with_validation(false);
+    if let Some(user) = &config.user {
+        c = c.with_user(user);
+    }
+    if let Some(password) = &config.password {
+        c = c.with_password(password);
+    }
+    c
+}
+
+/// The server's error code from a message like `Code: 60, e.displayText() = DB::Exception: …`.
+fn error_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + 6..];
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
+/// Should the same block be sent again? Only "no" when the block itself is the problem:
+/// everything else (load, network, schema or credentials an operator can fix) is retried,
+/// because dropping accepted events is worse than waiting.
+pub fn retryable(message: &str) -> bool {
+    match error_code(message) {
+        // No code: network errors, timeouts, a restarting server.
+        None => true,
+        // The data cannot be parsed as the table's columns: sending it again cannot help.
+        Some(
+            6   // CANNOT_PARSE_TEXT
+            | 26  // CANNOT_PARSE_QUOTED_STRING
+            | 27  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+            | 33  // CANNOT_READ_ALL_DATA: a truncated row
+            | 53  // TYPE_MISMATCH
+            | 69  // ARGUMENT_OUT_OF_BOUND
+            | 70  // CANNOT_CONVERT_TYPE
+            | 72  // CANNOT_PARSE_NUMBER
+            | 117 // INCORRECT_DATA
+            | 130 // CANNOT_READ_ARRAY_FROM_TEXT
+            | 271 // CANNOT_DECOMPRESS: our framing is corrupt
+        ) => false,
+        // Load: TOO_MANY_PARTS (252), MEMORY_LIMIT_EXCEEDED (241), TOO_MANY_SIMULTANEOUS_QUERIES (202),
+        // TIMEOUT_EXCEEDED (159), SOCKET_TIMEOUT (209), NETWORK_ERROR (210): back off and retry.
+        // Schema and access: UNKNOWN_TABLE (60), UNKNOWN_DATABASE (81), NO_SUCH_COLUMN_IN_TABLE (16),
+        // READONLY (164), REQUIRED_PASSWORD (194), UNKNOWN_USER (192), WRONG_PASSWORD (193),
+        // AUTHENTICATION_FAILED (516): fixed by `edge migrate` or the operator; retry meanwhile.
+        Some(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_read_from_messages() {
+        assert_eq!(error_code("bad response: Code: 60, e.displayText() = DB::Exception: Table default.events doesn't exist"), Some(60));
+        assert_eq!(error_code("Code: 252. DB::Exception: Too many parts"), Some(252));
+        assert_eq!(error_code("network error: connection refused"), None);
+    }
+
+    #[test]
+    fn retry_table() {
+        // One case per reason in the table.
+        assert!(retryable("network error: connection refused"));
+        assert!(retryable("timeout expired"));
+        assert!(retryable("Code: 252, e.displayText() = DB::Exception: Too many parts (300)"));
+        assert!(retryable("Code: 241, e.displayText() = DB::Exception: Memory limit exceeded"));
+        assert!(retryable("Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries"));
+        assert!(retryable("Code: 60, e.displayText() = DB::Exception: Table default.events doesn't exist"));
+        assert!(retryable("Code: 81, e.displayText() = DB::Exception: Database edge doesn't exist"));
+        assert!(retryable("Code: 516, e.displayText() = DB::Exception: default: Authentication failed"));
+        assert!(retryable("Code: 193, e.displayText() = DB::Exception: Wrong password for user default"));
+        assert!(!retryable("Code: 33, e.displayText() = DB::Exception: Cannot read all data"));
+        assert!(!retryable("Code: 27, e.displayText() = DB::Exception: Cannot parse input"));
+        assert!(!retryable("Code: 53, e.displayText() = DB::Exception: Type mismatch"));
+        assert!(!retryable("Code: 271, e.displayText() = DB::Exception: Cannot decompress"));
+    }
+}

@@ -1,0 +1,119 @@
+//! Sinks: where batched blocks of RowBinary rows go.
+//!
+//! - [`clickhouse::ClickHouseSink`]: `INSERT … FORMAT RowBinary`, LZ4, a retry table.
+//! - [`local::LocalSink`]: `--dev` without ClickHouse: bounded files under `./data/`.
+//! - [`MemorySink`]: unit tests.
+//!
+//! An enum, not a trait object: three known implementations, no boxing of futures.
+
+pub mod clickhouse;
+pub mod local;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+
+/// Rows to insert together; chunks are whole rows, organisation by organisation.
+#[derive(Debug, Default)]
+pub struct Block {
+    pub chunks: Vec<Bytes>,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl Block {
+    /// One contiguous buffer (compressing one large frame beats many tiny ones).
+    pub fn concat(&self) -> Bytes {
+        if self.chunks.len() == 1 {
+            return self.chunks[0].clone();
+        }
+        let mut out = BytesMut::with_capacity(self.bytes);
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        out.freeze()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkError {
+    /// `false` only when sending the same block again can never succeed.
+    pub retryable: bool,
+    pub message: String,
+}
+
+pub enum Sink {
+    ClickHouse(clickhouse::ClickHouseSink),
+    Local(local::LocalSink),
+    Memory(MemorySink),
+}
+
+impl Sink {
+    pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
+        match self {
+            Sink::ClickHouse(s) => s.send(block).await,
+            Sink::Local(s) => s.send(block).await,
+            Sink::Memory(s) => s.send(block),
+        }
+    }
+
+    /// Is the destination reachable? (`/readyz`)
+    pub async fn ready(&self) -> bool {
+        match self {
+            Sink::ClickHouse(s) => s.ping().await,
+            Sink::Local(_) | Sink::Memory(_) => true,
+        }
+    }
+
+    /// Keeps a block the sink refused for good, for an operator to inspect and replay.
+    pub async fn dead_letter(&self, block: &Block) {
+        let dir = match self {
+            Sink::ClickHouse(s) => s.dead_letter_dir(),
+            Sink::Local(s) => s.dead_letter_dir(),
+            Sink::Memory(_) => return,
+        };
+        let result = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            let name = format!("block-{}-{}.rowbinary", std::process::id(), uuid::Uuid::now_v7());
+            tokio::fs::write(dir.join(name), block.concat()).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, dir = %dir.display(), rows = block.rows, "could not write dead-letter block");
+        }
+    }
+
+    pub fn memory_rows(&self) -> usize {
+        match self {
+            Sink::Memory(s) => s.blocks.lock().expect("memory sink lock").iter().map(|(_, rows)| rows).sum(),
+            _ => 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::ClickHouse(_) => "clickhouse",
+            Sink::Local(_) => "local",
+            Sink::Memory(_) => "memory",
+        }
+    }
+}
+
+/// Keeps blocks in memory (tests).
+#[derive(Default)]
+pub struct MemorySink {
+    pub blocks: Mutex<Vec<(Bytes, usize)>>,
+}
+
+impl MemorySink {
+    fn send(&self, block: &Block) -> Result<(), SinkError> {
+        self.blocks.lock().expect("memory sink lock").push((block.concat(), block.rows));
+        Ok(())
+    }
+}
+
+/// `<spool_dir>/dead-letter`.
+pub fn dead_letter_dir(spool_dir: &std::path::Path) -> PathBuf {
+    spool_dir.join("dead-letter")
+}

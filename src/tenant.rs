@@ -1,0 +1,369 @@
+//! The tenant registry: organisations, their SDK keys and host names.
+//!
+//! Readers (every request) take a lock-free snapshot through `ArcSwap`;
+//! writers build a whole new [`Snapshot`] and swap it in atomically, so a
+//! request never sees half an update and never waits for one. Today the
+//! registry is filled from `--dev` or a TOML tenants file; the PostgreSQL
+//! control plane feeds the same [`Registry::replace`] later.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::limits::tiers::TierTable;
+
+/// An organisation's id as it appears in tokens and in ClickHouse.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrgId(Arc<str>);
+
+impl OrgId {
+    pub fn new(id: &str) -> Self {
+        OrgId(Arc::from(id))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for OrgId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrgStatus {
+    Active,
+    Suspended,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub subdomain: String,
+    /// Index into the [`TierTable`].
+    pub tier: usize,
+    pub status: OrgStatus,
+    pub custom_domain: Option<String>,
+}
+
+impl Org {
+    pub fn new(id: &str, name: &str, subdomain: &str, tier: usize, status: OrgStatus) -> Self {
+        Org {
+            id: OrgId::new(id),
+            name: name.to_string(),
+            subdomain: subdomain.to_ascii_lowercase(),
+            tier,
+            status,
+            custom_domain: None,
+        }
+    }
+}
+
+/// An SDK key as sent by a client. `Debug` never shows it.
+pub struct SdkKey(String);
+
+impl SdkKey {
+    /// A new random key: `edk_` and 48 hex digits (192 bits).
+    pub fn generate() -> Self {
+        let bytes: [u8; 24] = rand::random();
+        SdkKey(format!("edk_{}", hex::encode(bytes)))
+    }
+    /// A key read back from storage or a header.
+    pub fn from_string(key: String) -> Self {
+        SdkKey(key)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn hash(&self) -> KeyHash {
+        KeyHash::of(&self.0)
+    }
+}
+
+impl fmt::Debug for SdkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SdkKey(<redacted>)")
+    }
+}
+
+/// SHA-256 of a key: what is stored. Keys are 192 random bits, so a fast hash is enough
+/// (no password stretching needed) and keeps the per-request cost well under a microsecond.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    pub fn of(key: &str) -> Self {
+        KeyHash(Sha256::digest(key.as_bytes()).into())
+    }
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(KeyHash(out))
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+/// What an SDK key grants: writing events for one app of one organisation.
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    pub org: Arc<Org>,
+    pub app_id: Arc<str>,
+}
+
+/// One consistent view of all tenants.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    orgs: HashMap<OrgId, Arc<Org>, ahash::RandomState>,
+    by_host: HashMap<String, Arc<Org>, ahash::RandomState>,
+    keys: HashMap<KeyHash, KeyGrant, ahash::RandomState>,
+}
+
+impl Snapshot {
+    pub fn org(&self, id: &str) -> Option<&Arc<Org>> {
+        self.orgs.get(id)
+    }
+    /// By subdomain label or by custom domain (full host name, lower case).
+    pub fn org_by_host(&self, name: &str) -> Option<&Arc<Org>> {
+        self.by_host.get(name)
+    }
+    pub fn key(&self, hash: &KeyHash) -> Option<&KeyGrant> {
+        self.keys.get(hash)
+    }
+    pub fn org_count(&self) -> usize {
+        self.orgs.len()
+    }
+}
+
+/// Builds a [`Snapshot`], refusing duplicates that would make routing ambiguous.
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    snap: Snapshot,
+}
+
+impl SnapshotBuilder {
+    pub fn org(&mut self, org: Org) -> Result<Arc<Org>, String> {
+        if self.snap.orgs.contains_key(org.id.as_str()) {
+            return Err(format!("duplicate organisation id {}", org.id));
+        }
+        let org = Arc::new(org);
+        let mut hosts = vec![org.subdomain.clone()];
+        hosts.extend(org.custom_domain.clone());
+        for host in hosts {
+            if self.snap.by_host.insert(host.clone(), org.clone()).is_some() {
+                return Err(format!("host {host:?} is claimed by two organisations"));
+            }
+        }
+        self.snap.orgs.insert(org.id.clone(), org.clone());
+        Ok(org)
+    }
+
+    pub fn key(&mut self, hash: KeyHash, org: &Arc<Org>, app_id: &str) -> Result<(), String> {
+        let grant = KeyGrant { org: org.clone(), app_id: Arc::from(app_id) };
+        if self.snap.keys.insert(hash, grant).is_some() {
+            return Err(format!("duplicate SDK key {hash:?}"));
+        }
+        Ok(())
+    }
+
+    pub fn build(self) -> Snapshot {
+        self.snap
+    }
+}
+
+pub struct Registry {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    pub fn new(snapshot: Snapshot) -> Self {
+        let registry = Registry { current: ArcSwap::from_pointee(snapshot) };
+        registry.publish_gauge();
+        registry
+    }
+
+    /// The current snapshot; lock-free, cheap, consistent for the whole request.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// Atomically replaces every tenant at once.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+        self.publish_gauge();
+    }
+
+    fn publish_gauge(&self) {
+        metrics::gauge!(crate::metrics::TENANTS).set(self.current.load().org_count() as f64);
+    }
+}
+
+// ---- tenants file (EDGE_TENANTS_FILE) ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    organizations: Vec<OrgEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgEntry {
+    id: String,
+    name: String,
+    subdomain: String,
+    #[serde(default = "default_tier")]
+    tier: String,
+    #[serde(default = "default_status")]
+    status: OrgStatus,
+    custom_domain: Option<String>,
+    #[serde(default)]
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    app_id: String,
+    /// Hex SHA-256 of the key; the key itself never sits in the file.
+    sha256: String,
+}
+
+fn default_tier() -> String {
+    "starter".into()
+}
+fn default_status() -> OrgStatus {
+    OrgStatus::Active
+}
+
+/// Parses a tenants file (TOML). Errors name the organisation at fault.
+pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, String> {
+    let file: TenantsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut builder = SnapshotBuilder::default();
+    for entry in file.organizations {
+        let tier = tiers
+            .index_of(&entry.tier)
+            .ok_or_else(|| format!("organisation {}: unknown tier {:?}", entry.id, entry.tier))?;
+        if entry.id.is_empty() || entry.id.len() > 64 {
+            return Err(format!("organisation {:?}: id must be 1 to 64 characters", entry.id));
+        }
+        let mut org = Org::new(&entry.id, &entry.name, &entry.subdomain, tier, entry.status);
+        org.custom_domain = entry.custom_domain.map(|d| d.to_ascii_lowercase());
+        let org = builder.org(org)?;
+        for key in entry.keys {
+            let hash = KeyHash::from_hex(&key.sha256)
+                .ok_or_else(|| format!("organisation {}: key for {} is not 64 hex digits", entry.id, key.app_id))?;
+            builder.key(hash, &org, &key.app_id)?;
+        }
+    }
+    Ok(builder.build())
+}
+
+pub fn load_tenants_file(path: &Path, tiers: &TierTable) -> Result<Snapshot, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_tenants(&text, tiers).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_file_round_trip() {
+        let key = SdkKey::generate();
+        let text = format!(
+            r#"
+            [[organizations]]
+            id = "org_acme"
+            name = "Acme"
+            subdomain = "Acme"
+            tier = "growth"
+            custom_domain = "events.acme.example"
+            keys = [{{ app_id = "app_ios", sha256 = "{}" }}]
+
+            [[organizations]]
+            id = "org_gone"
+            name = "Gone"
+            subdomain = "gone"
+            status = "deleted"
+            "#,
+            key.hash().to_hex()
+        );
+        let snap = parse_tenants(&text, &TierTable::default()).unwrap();
+        let grant = snap.key(&key.hash()).unwrap();
+        assert_eq!(grant.org.id.as_str(), "org_acme");
+        assert_eq!(&*grant.app_id, "app_ios");
+        assert_eq!(grant.org.tier, 1);
+        assert_eq!(snap.org_by_host("acme").unwrap().id.as_str(), "org_acme");
+        assert_eq!(snap.org_by_host("events.acme.example").unwrap().id.as_str(), "org_acme");
+        assert_eq!(snap.org("org_gone").unwrap().status, OrgStatus::Deleted);
+        assert!(snap.key(&SdkKey::generate().hash()).is_none());
+    }
+
+    #[test]
+    fn ambiguous_or_bad_files_are_refused() {
+        let dup = r#"
+            [[organizations]]
+            id = "a"
+            name = "A"
+            subdomain = "same"
+            [[organizations]]
+            id = "b"
+            name = "B"
+            subdomain = "same"
+        "#;
+        assert!(parse_tenants(dup, &TierTable::default()).unwrap_err().contains("claimed by two"));
+        let bad_tier = "[[organizations]]\nid='a'\nname='A'\nsubdomain='a'\ntier='platinum'\n";
+        assert!(parse_tenants(bad_tier, &TierTable::default()).unwrap_err().contains("unknown tier"));
+        let unknown_field = "[[organizations]]\nid='a'\nname='A'\nsubdomain='a'\ncolour='red'\n";
+        assert!(parse_tenants(unknown_field, &TierTable::default()).is_err());
+    }
+
+    #[test]
+    fn key_debug_hides_secret() {
+        let key = SdkKey::generate();
+        assert!(!format!("{key:?}").contains(&key.expose()[4..]));
+        assert!(key.expose().starts_with("edk_") && key.expose().len() == 52);
+    }
+
+    #[test]
+    fn replace_is_atomic_for_readers() {
+        let reg = Registry::new(Snapshot::default());
+        let before = reg.snapshot();
+        let mut b = SnapshotBuilder::default();
+        b.org(Org::new("o", "O", "o", 0, OrgStatus::Active)).unwrap();
+        reg.replace(b.build());
+        assert_eq!(before.org_count(), 0, "a held snapshot never changes");
+        assert_eq!(reg.snapshot().org_count(), 1);
+    }
+}
