@@ -1,0 +1,209 @@
+//! Shared set-up for integration tests: a real ClickHouse from
+//! `scripts/services` (its URL in `EDGE_TEST_CLICKHOUSE_URL`), a fresh database
+//! per test, and the edge started in-process on port 0.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge::config::{ClickHouseConfig, Config};
+use edge::server::Server;
+use edge::sink::clickhouse::ClickHouseSink;
+use edge::sink::Sink;
+use edge::tenant::{Org, OrgStatus, Registry, SdkKey, SnapshotBuilder};
+
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub const OPERATOR_TOKEN: &str = "integration-operator-token-0123456789";
+
+/// The ClickHouse URL, or `None` (test skipped) unless `EDGE_REQUIRE_SERVICES=1`, which CI sets.
+pub fn clickhouse_url() -> Option<String> {
+    match std::env::var("EDGE_TEST_CLICKHOUSE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("EDGE_TEST_CLICKHOUSE_URL is not set; run scripts/test (it starts the services)")
+        }
+        _ => {
+            eprintln!("skipped: EDGE_TEST_CLICKHOUSE_URL not set (scripts/test sets it)");
+            None
+        }
+    }
+}
+
+pub struct Tenant {
+    pub id: &'static str,
+    pub key: SdkKey,
+}
+
+pub struct Harness {
+    pub server: Server,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    pub ch: Option<ClickHouse>,
+    pub acme: Tenant,
+    pub bravo: Tenant,
+    /// A suspended organisation with a key.
+    pub frozen: Tenant,
+}
+
+pub struct Options {
+    pub vars: Vec<(&'static str, String)>,
+    pub clickhouse: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { vars: Vec::new(), clickhouse: true }
+    }
+}
+
+impl Harness {
+    /// `None` when ClickHouse is wanted and not configured (test skipped).
+    pub async fn start(options: Options) -> Option<Harness> {
+        let ch = if options.clickhouse {
+            let url = clickhouse_url()?;
+            Some(ClickHouse::fresh(&url).await)
+        } else {
+            None
+        };
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("EDGE_LISTEN".into(), "127.0.0.1:0".into()),
+            ("EDGE_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
+            ("JWT_SECRET".into(), JWT_SECRET.into()),
+            ("EDGE_ADMIN_TOKEN".into(), OPERATOR_TOKEN.into()),
+            ("EDGE_BASE_DOMAIN".into(), "edge.test".into()),
+            ("EDGE_BATCH_INTERVAL".into(), "100ms".into()),
+            ("EDGE_DRAIN_TIMEOUT".into(), "10s".into()),
+        ]);
+        if let Some(ch) = &ch {
+            vars.insert("CLICKHOUSE_URL".into(), ch.url.clone());
+            vars.insert("CLICKHOUSE_DATABASE".into(), ch.database.clone());
+        }
+        for (k, v) in options.vars {
+            vars.insert(k.to_string(), v);
+        }
+        let config = Config::from_vars(&vars).expect("test config is valid");
+
+        let (acme, bravo, frozen) = (SdkKey::generate(), SdkKey::generate(), SdkKey::generate());
+        let mut b = SnapshotBuilder::default();
+        let a = b.org(Org::new("org_acme", "Acme", "acme", 1, OrgStatus::Active)).unwrap();
+        let br = b.org(Org::new("org_bravo", "Bravo", "bravo", 0, OrgStatus::Active)).unwrap();
+        let fr = b.org(Org::new("org_frozen", "Frozen", "frozen", 0, OrgStatus::Suspended)).unwrap();
+        b.key(acme.hash(), &a, "app_acme").unwrap();
+        b.key(bravo.hash(), &br, "app_bravo").unwrap();
+        b.key(frozen.hash(), &fr, "app_frozen").unwrap();
+        let registry = Arc::new(Registry::new(b.build()));
+
+        let sink = match &config.clickhouse {
+            Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.spool_dir.clone())),
+            None => Sink::Memory(Default::default()),
+        };
+        let server = Server::start(config, registry, sink).await.expect("server starts");
+        Some(Harness {
+            base: format!("http://{}", server.addr),
+            admin: format!("http://{}", server.admin_addr),
+            server,
+            http: reqwest::Client::new(),
+            ch,
+            acme: Tenant { id: "org_acme", key: acme },
+            bravo: Tenant { id: "org_bravo", key: bravo },
+            frozen: Tenant { id: "org_frozen", key: frozen },
+        })
+    }
+
+    pub fn post(&self, path: &str, key: &SdkKey) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("x-api-key", key.expose())
+    }
+
+    pub fn token(&self, org: &str, permissions: &[&str]) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        edge::auth::jwt::issue_hs256(
+            &edge::auth::jwt::Claims {
+                user_id: "user_1".into(),
+                organization_id: org.into(),
+                email: "u@example.com".into(),
+                role: "admin".into(),
+                permissions: permissions.iter().map(|p| p.to_string()).collect(),
+                app_id: None,
+                iat: now,
+                exp: now + 3600,
+                nbf: None,
+                iss: None,
+                aud: None,
+            },
+            JWT_SECRET.as_bytes(),
+        )
+    }
+
+    /// Stops the server (drain + final flush) and returns the ClickHouse handle.
+    pub async fn stop(self) -> Option<ClickHouse> {
+        self.server.shutdown();
+        tokio::time::timeout(Duration::from_secs(30), self.server.wait()).await.expect("drain finishes");
+        self.ch
+    }
+}
+
+/// A throwaway database on the test ClickHouse, migrated with `edge migrate`'s code.
+pub struct ClickHouse {
+    pub url: String,
+    pub database: String,
+    http: reqwest::Client,
+}
+
+impl ClickHouse {
+    pub async fn fresh(url: &str) -> ClickHouse {
+        let database = format!("edge_test_{}", uuid::Uuid::now_v7().simple());
+        let config = ClickHouseConfig { url: url.into(), database: database.clone(), user: None, password: None };
+        edge::migrate::run_clickhouse(&config, |_| {}).await.expect("migrations apply");
+        ClickHouse { url: url.into(), database, http: reqwest::Client::new() }
+    }
+
+    /// Runs a query in this database and returns its TSV output.
+    pub async fn query(&self, sql: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/?database={}", self.url, self.database))
+            .body(format!("{sql} FORMAT TabSeparated"))
+            .send()
+            .await
+            .expect("clickhouse reachable");
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{sql}: {text}");
+        text
+    }
+
+    pub async fn count(&self, sql_where: &str) -> u64 {
+        self.query(&format!("SELECT count() FROM events WHERE {sql_where}")).await.trim().parse().unwrap()
+    }
+
+    pub async fn drop(&self) {
+        let _ = self.http.post(&self.url).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send().await;
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn event(device: &str) -> serde_json::Value {
+    serde_json::json!({"event_type": "session", "event_name": "app_open", "device_id": device})
+}
