@@ -1,1 +1,114 @@
-fn main(){}
+//! Per-request costs on the hot path, measured in isolation:
+//! parse + validate + encode (one event, a batch of 100), JWT verification
+//! (signature vs cache hit), the rate limiter, and the SDK-key lookup.
+//!
+//! `cargo bench --bench hot_path`; `cargo test --benches` runs each once.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use edge::auth::jwt::{issue_hs256, Claims, JwtVerifier};
+use edge::config::{BodyLimits, JwtConfig};
+use edge::event::parse::{parse_body, Shape};
+use edge::event::validate::{EventContext, Validator};
+use edge::event::RowBlock;
+use edge::limits::rate::Bucket;
+use edge::tenant::{OrgId, SdkKey};
+
+const EVENT: &str = r#"{"event_type":"purchase","event_name":"checkout_complete","device_id":"6f1c2e7a-93b1-4c55-9d7e-2f0d4e1b8a11",
+"session_id":"s-8842","platform":"ios","event_timestamp":"2026-11-26T12:00:00.123Z","revenue":19.99,"currency":"USD",
+"idfv":"A1B2C3D4-E5F6-7890-ABCD-EF1234567890","properties":{"sku":"PRO-1Y","screen":"paywall","ab":"v2"}}"#;
+
+fn ctx() -> EventContext<'static> {
+    EventContext { org_id: "org_bench", credential_app: Some("app_bench"), received_ms: 1_795_800_000_000, skew_ms: 0, sent_at_ms: None, retention_days: 730 }
+}
+
+fn parse_validate(c: &mut Criterion) {
+    let validator = Validator::new(BodyLimits::default());
+    let mut buffers = simd_json::Buffers::default();
+    let mut scratch = Vec::new();
+    let mut group = c.benchmark_group("parse_validate_encode");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single_event", |b| {
+        b.iter_batched(
+            || EVENT.as_bytes().to_vec(),
+            |mut body| {
+                let parsed = parse_body(&mut body, Shape::Single, 10_000, &mut buffers).unwrap();
+                let mut block = RowBlock::new(OrgId::new("org_bench"), 512);
+                for e in parsed.events.iter() {
+                    black_box(validator.encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
+                }
+                block
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let batch = format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","));
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("batch_of_100", |b| {
+        b.iter_batched(
+            || batch.as_bytes().to_vec(),
+            |mut body| {
+                let parsed = parse_body(&mut body, Shape::Batch, 10_000, &mut buffers).unwrap();
+                let mut block = RowBlock::new(OrgId::new("org_bench"), batch.len());
+                for e in parsed.events.iter() {
+                    black_box(validator.encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
+                }
+                block
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn jwt(c: &mut Criterion) {
+    let secret = b"bench-secret-bench-secret-bench-secret".to_vec();
+    let config = JwtConfig { hs256_secret: Some(secret.clone()), leeway_secs: 30, ..Default::default() };
+    let claims = |user: String| Claims {
+        user_id: user,
+        organization_id: "org_bench".into(),
+        email: "b@example.com".into(),
+        role: "member".into(),
+        permissions: vec!["events:write".into()],
+        app_id: None,
+        iat: 0,
+        exp: u64::MAX / 2,
+        nbf: None,
+        iss: None,
+        aud: None,
+    };
+    let mut group = c.benchmark_group("jwt_verify");
+    let cold = JwtVerifier::from_config(&config, 1).unwrap();
+    let tokens: Vec<String> = (0..64).map(|i| issue_hs256(&claims(format!("u{i}")), &secret)).collect();
+    let mut i = 0;
+    group.bench_function("cold_hs256", |b| {
+        b.iter(|| {
+            i = (i + 1) % tokens.len();
+            // Capacity 1: every other call evicts, so this measures the signature path.
+            black_box(cold.verify(&tokens[i], 1_795_000_000).unwrap())
+        })
+    });
+    let warm = JwtVerifier::from_config(&config, 1000).unwrap();
+    let token = issue_hs256(&claims("u".into()), &secret);
+    warm.verify(&token, 1_795_000_000).unwrap();
+    group.bench_function("cached", |b| b.iter(|| black_box(warm.verify(black_box(&token), 1_795_000_000).unwrap())));
+    group.finish();
+}
+
+fn limiter(c: &mut Criterion) {
+    let bucket = Bucket::default();
+    let mut now = 0u64;
+    c.bench_function("rate_limit_check", |b| {
+        b.iter(|| {
+            now += 1_000;
+            black_box(bucket.check(now, 1, 100_000, 200_000))
+        })
+    });
+}
+
+fn key_lookup(c: &mut Criterion) {
+    let key = SdkKey::generate();
+    c.bench_function("sdk_key_hash", |b| b.iter(|| black_box(black_box(&key).hash())));
+}
+
+criterion_group!(benches, parse_validate, jwt, limiter, key_lookup);
+criterion_main!(benches);

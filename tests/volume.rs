@@ -15,7 +15,10 @@ const CONCURRENCY: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_million_events_land_with_the_right_organisation() {
-    let opts = Options { vars: vec![("EDGE_TIER_GROWTH_EVENTS_PER_SEC", "10000000".into())], ..Default::default() };
+    let opts = Options {
+        vars: vec![("EDGE_TIER_GROWTH_EVENTS_PER_SEC", "10000000".into()), ("EDGE_TIER_STARTER_EVENTS_PER_SEC", "10000000".into())],
+        ..Default::default()
+    };
     let Some(h) = Harness::start(opts).await else { return };
     // Bodies are prepared up front so the clock measures the edge, not serde in the test.
     let body_for = |org: &str, batch: usize| {
