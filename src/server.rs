@@ -101,6 +101,7 @@ impl Server {
         }));
 
         let drain_timeout = config.drain_timeout;
+        let config_ack_durable = config.ack == crate::config::AckMode::Durable;
         let state_for_task = state.clone();
         let task = tokio::spawn(async move {
             let mut rx = shutdown_rx;
@@ -115,6 +116,9 @@ impl Server {
             admin_loop.abort();
             ready_task.abort();
         });
+        if config_ack_durable {
+            tracing::warn!("EDGE_ACK=durable: the durable spool is not built yet, so 202 means 'in the bounded in-memory batcher'");
+        }
         tracing::info!(%addr, %admin_addr, sink = sink.name(), "edge listening");
         Ok(Server { addr, admin_addr, state, shutdown, task })
     }
