@@ -18,7 +18,14 @@ const EVENT: &str = r#"{"event_type":"purchase","event_name":"checkout_complete"
 "idfv":"A1B2C3D4-E5F6-7890-ABCD-EF1234567890","properties":{"sku":"PRO-1Y","screen":"paywall","ab":"v2"}}"#;
 
 fn ctx() -> EventContext<'static> {
-    EventContext { org_id: "org_bench", credential_app: Some("app_bench"), received_ms: 1_795_800_000_000, skew_ms: 0, sent_at_ms: None, retention_days: 730 }
+    EventContext {
+        org_id: "org_bench",
+        credential_app: Some("app_bench"),
+        received_ms: 1_795_800_000_000,
+        skew_ms: 0,
+        sent_at_ms: None,
+        retention_days: 730,
+    }
 }
 
 fn parse_validate(c: &mut Criterion) {
@@ -34,7 +41,11 @@ fn parse_validate(c: &mut Criterion) {
                 let parsed = parse_body(&mut body, Shape::Single, 10_000, &mut buffers).unwrap();
                 let mut block = RowBlock::new(OrgId::new("org_bench"), 512);
                 for e in parsed.events.iter() {
-                    black_box(validator.encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
+                    black_box(
+                        validator
+                            .encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block)
+                            .unwrap(),
+                    );
                 }
                 block
             },
@@ -50,7 +61,11 @@ fn parse_validate(c: &mut Criterion) {
                 let parsed = parse_body(&mut body, Shape::Batch, 10_000, &mut buffers).unwrap();
                 let mut block = RowBlock::new(OrgId::new("org_bench"), batch.len());
                 for e in parsed.events.iter() {
-                    black_box(validator.encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
+                    black_box(
+                        validator
+                            .encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block)
+                            .unwrap(),
+                    );
                 }
                 block
             },
@@ -62,23 +77,17 @@ fn parse_validate(c: &mut Criterion) {
 
 fn jwt(c: &mut Criterion) {
     let secret = b"bench-secret-bench-secret-bench-secret".to_vec();
-    let config = JwtConfig { hs256_secret: Some(secret.clone()), leeway_secs: 30, ..Default::default() };
-    let claims = |user: String| Claims {
-        user_id: user,
-        organization_id: "org_bench".into(),
-        email: "b@example.com".into(),
-        role: "member".into(),
-        permissions: vec!["events:write".into()],
-        app_id: None,
-        iat: 0,
-        exp: u64::MAX / 2,
-        nbf: None,
-        iss: None,
-        aud: None,
+    let config = JwtConfig {
+        hs256_secret: Some(secret.clone()),
+        leeway_secs: 30,
+        ..Default::default()
     };
+    let claims = |user: String| Claims::new(&user, "org_bench", &["events:write"], 0, u64::MAX / 2);
     let mut group = c.benchmark_group("jwt_verify");
     let cold = JwtVerifier::from_config(&config, 1).unwrap();
-    let tokens: Vec<String> = (0..64).map(|i| issue_hs256(&claims(format!("u{i}")), &secret)).collect();
+    let tokens: Vec<String> = (0..64)
+        .map(|i| issue_hs256(&claims(format!("u{i}")), &secret))
+        .collect();
     let mut i = 0;
     group.bench_function("cold_hs256", |b| {
         b.iter(|| {
@@ -90,7 +99,9 @@ fn jwt(c: &mut Criterion) {
     let warm = JwtVerifier::from_config(&config, 1000).unwrap();
     let token = issue_hs256(&claims("u".into()), &secret);
     warm.verify(&token, 1_795_000_000).unwrap();
-    group.bench_function("cached", |b| b.iter(|| black_box(warm.verify(black_box(&token), 1_795_000_000).unwrap())));
+    group.bench_function("cached", |b| {
+        b.iter(|| black_box(warm.verify(black_box(&token), 1_795_000_000).unwrap()))
+    });
     group.finish();
 }
 
@@ -107,7 +118,9 @@ fn limiter(c: &mut Criterion) {
 
 fn key_lookup(c: &mut Criterion) {
     let key = SdkKey::generate();
-    c.bench_function("sdk_key_hash", |b| b.iter(|| black_box(black_box(&key).hash())));
+    c.bench_function("sdk_key_hash", |b| {
+        b.iter(|| black_box(black_box(&key).hash()))
+    });
 }
 
 criterion_group!(benches, parse_validate, jwt, limiter, key_lookup);

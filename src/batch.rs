@@ -102,7 +102,9 @@ impl Batcher {
         let mut block = Block::default();
         for entry in self.queues.iter() {
             while block.rows < self.config.max_rows && block.bytes < self.config.max_bytes {
-                let Some((chunk, rows)) = entry.value().chunks.pop() else { break };
+                let Some((chunk, rows)) = entry.value().chunks.pop() else {
+                    break;
+                };
                 block.bytes += chunk.len();
                 block.rows += rows;
                 block.chunks.push(chunk);
@@ -181,7 +183,9 @@ impl Batcher {
                 }
             }
             self.publish_gauges();
-            if self.stopping.load(Ordering::Acquire) && self.queued_rows.load(Ordering::Acquire) == 0 {
+            if self.stopping.load(Ordering::Acquire)
+                && self.queued_rows.load(Ordering::Acquire) == 0
+            {
                 return;
             }
         }
@@ -219,7 +223,12 @@ mod tests {
     }
 
     fn config(max_rows: usize, max_pending_bytes: usize) -> BatchConfig {
-        BatchConfig { max_rows, max_bytes: 1 << 30, interval: Duration::from_millis(20), max_pending_bytes }
+        BatchConfig {
+            max_rows,
+            max_bytes: 1 << 30,
+            interval: Duration::from_millis(20),
+            max_pending_bytes,
+        }
     }
 
     #[test]
@@ -236,7 +245,8 @@ mod tests {
     fn one_block_takes_many_orgs_and_keeps_each_contiguous() {
         let b = Batcher::new(config(1000, 1 << 20));
         for i in 0..6 {
-            b.push(block(if i % 2 == 0 { "a" } else { "b" }, 1, 10)).unwrap();
+            b.push(block(if i % 2 == 0 { "a" } else { "b" }, 1, 10))
+                .unwrap();
         }
         let blk = b.take_block().unwrap();
         assert_eq!((blk.rows, blk.bytes, blk.chunks.len()), (6, 60, 6));

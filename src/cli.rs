@@ -18,15 +18,25 @@ use crate::sink::Sink;
 use crate::tenant::{load_tenants_file, Registry, SdkKey};
 
 #[derive(Parser)]
-#[command(name = "edge", version, about = "UnMoGrowP Edge: multi-tenant event ingestion into ClickHouse",
+#[command(
+    name = "edge",
+    version,
+    about = "UnMoGrowP Edge: multi-tenant event ingestion into ClickHouse",
     long_about = "UnMoGrowP Edge: SDKs POST events; the edge authenticates the tenant, rate-limits it by tier, \
 validates the events and ships them to ClickHouse in large batches.\n\n\
-Configuration comes from the environment (see README.md for every variable); flags override it.")]
+Configuration comes from the environment (see README.md for every variable); flags override it."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "EDGE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EDGE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 }
 
@@ -86,7 +96,11 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
-        #[arg(long, default_value = "events:write,events:read", value_delimiter = ',')]
+        #[arg(
+            long,
+            default_value = "events:write,events:read",
+            value_delimiter = ','
+        )]
         permissions: Vec<String>,
         #[arg(long, default_value = "")]
         email: String,
@@ -112,29 +126,44 @@ enum KeyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Migrate => runtime.block_on(migrate()),
-        Command::Token(TokenCommand::Issue { org, user, ttl, permissions, email, role, app }) => {
-            token_issue(org, user, &ttl, permissions, email, role, app)
-        }
+        Command::Token(TokenCommand::Issue {
+            org,
+            user,
+            ttl,
+            permissions,
+            email,
+            role,
+            app,
+        }) => token_issue(org, user, &ttl, permissions, email, role, app),
         Command::Key(KeyCommand::Create { org, app }) => {
             let key = SdkKey::generate();
             println!("key: {}", key.expose());
             println!("# tenants file, under the [[organizations]] entry with id = \"{org}\":");
-            println!("keys = [{{ app_id = \"{app}\", sha256 = \"{}\" }}]", key.hash().to_hex());
+            println!(
+                "keys = [{{ app_id = \"{app}\", sha256 = \"{}\" }}]",
+                key.hash().to_hex()
+            );
             ExitCode::SUCCESS
         }
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -183,7 +212,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let snapshot = if args.dev {
         let dev = match crate::dev::setup(&config.spool_dir, &config.tiers) {
             Ok(d) => d,
-            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
+            Err(e) => {
+                return fail(&format!(
+                    "EDGE_SPOOL_DIR {}: {e}",
+                    config.spool_dir.display()
+                ))
+            }
         };
         if config.jwt.hs256_secret.is_none() {
             config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
@@ -201,22 +235,44 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let sink = match (&config.clickhouse, args.dev) {
         (Some(ch), _) => Sink::ClickHouse(ClickHouseSink::new(ch, config.spool_dir.clone())),
-        (None, true) => match LocalSink::open(config.spool_dir.clone(), config.local_store_max_bytes) {
-            Ok(s) => Sink::Local(s),
-            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
-        },
-        (None, false) => return fail("invalid configuration: CLICKHOUSE_URL: required (or run with --dev)"),
+        (None, true) => {
+            match LocalSink::open(config.spool_dir.clone(), config.local_store_max_bytes) {
+                Ok(s) => Sink::Local(s),
+                Err(e) => {
+                    return fail(&format!(
+                        "EDGE_SPOOL_DIR {}: {e}",
+                        config.spool_dir.display()
+                    ))
+                }
+            }
+        }
+        (None, false) => {
+            return fail("invalid configuration: CLICKHOUSE_URL: required (or run with --dev)")
+        }
     };
     let sink_name = match &sink {
-        Sink::ClickHouse(_) => format!("ClickHouse at {}", config.clickhouse.as_ref().map(|c| c.url.as_str()).unwrap_or("")),
-        _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.spool_dir.display()),
+        Sink::ClickHouse(_) => format!(
+            "ClickHouse at {}",
+            config
+                .clickhouse
+                .as_ref()
+                .map(|c| c.url.as_str())
+                .unwrap_or("")
+        ),
+        _ => format!(
+            "{}/local (set CLICKHOUSE_URL to ship to ClickHouse)",
+            config.spool_dir.display()
+        ),
     };
     let server = match Server::start(config, Arc::new(Registry::new(snapshot)), sink).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
     if let Some((key, token)) = dev_banner {
-        println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
+        println!(
+            "{}",
+            crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name)
+        );
     }
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections and flushing batches");
@@ -267,32 +323,41 @@ async fn migrate() -> ExitCode {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn token_issue(org: String, user: String, ttl: &str, permissions: Vec<String>, email: String, role: String, app: Option<String>) -> ExitCode {
+fn token_issue(
+    org: String,
+    user: String,
+    ttl: &str,
+    permissions: Vec<String>,
+    email: String,
+    role: String,
+    app: Option<String>,
+) -> ExitCode {
     let Some(secret) = std::env::var("JWT_SECRET").ok().filter(|s| s.len() >= 32) else {
-        return fail("invalid configuration: JWT_SECRET: required (at least 32 bytes) to issue tokens");
+        return fail(
+            "invalid configuration: JWT_SECRET: required (at least 32 bytes) to issue tokens",
+        );
     };
     let ttl = match parse_duration(ttl) {
         Ok(d) => d,
         Err(e) => return fail(&format!("--ttl: {e}")),
     };
     let now = now_secs();
+    let perms: Vec<&str> = permissions.iter().map(String::as_str).collect();
     let claims = Claims {
-        user_id: user,
-        organization_id: org,
         email,
         role,
-        permissions,
         app_id: app,
-        iat: now,
-        exp: now + ttl.as_secs(),
-        nbf: None,
         iss: std::env::var("JWT_ISSUER").ok(),
         aud: std::env::var("JWT_AUDIENCE").ok(),
+        ..Claims::new(&user, &org, &perms, now, ttl.as_secs())
     };
     println!("{}", issue_hs256(&claims, secret.as_bytes()));
     ExitCode::SUCCESS
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }

@@ -65,7 +65,10 @@ pub struct JwtConfig {
 impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtConfig")
-            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("public_keys_file", &self.public_keys_file)
             .field("jwks_url", &self.jwks_url)
             .field("issuer", &self.issuer)
@@ -152,7 +155,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn string(&self, name: &str) -> Option<String> {
-        self.vars.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
     }
 
     fn parse<T: FromStr>(&mut self, name: &str, default: T) -> T
@@ -191,7 +197,10 @@ impl Reader<'_> {
     }
 
     fn fail(&mut self, name: &str, problem: String) {
-        self.errors.push(ConfigError { name: name.to_string(), problem });
+        self.errors.push(ConfigError {
+            name: name.to_string(),
+            problem,
+        });
     }
 }
 
@@ -200,14 +209,20 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{raw:?}: expected a duration like 500ms, 30s, 5m, 1h"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a duration like 500ms, 30s, 5m, 1h"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
         "d" => Duration::from_secs(n * 86400),
-        _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{raw:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(d)
 }
@@ -220,24 +235,41 @@ impl Config {
 
     /// Parses settings from a name → value map; every problem is returned, not just the first.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, Vec<ConfigError>> {
-        let mut r = Reader { vars, errors: Vec::new() };
-        let listen = r.parse("EDGE_LISTEN", DEFAULT_LISTEN.parse().expect("valid default"));
-        let admin_listen = r.parse("EDGE_ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        let mut r = Reader {
+            vars,
+            errors: Vec::new(),
+        };
+        let listen = r.parse(
+            "EDGE_LISTEN",
+            DEFAULT_LISTEN.parse().expect("valid default"),
+        );
+        let admin_listen = r.parse(
+            "EDGE_ADMIN_LISTEN",
+            DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+        );
 
         let clickhouse = r.string("CLICKHOUSE_URL").map(|url| {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                r.fail("CLICKHOUSE_URL", format!("{url:?}: expected an http:// or https:// URL"));
+                r.fail(
+                    "CLICKHOUSE_URL",
+                    format!("{url:?}: expected an http:// or https:// URL"),
+                );
             }
             ClickHouseConfig {
                 url: url.trim_end_matches('/').to_string(),
-                database: r.string("CLICKHOUSE_DATABASE").unwrap_or_else(|| "default".into()),
+                database: r
+                    .string("CLICKHOUSE_DATABASE")
+                    .unwrap_or_else(|| "default".into()),
                 user: r.string("CLICKHOUSE_USER"),
                 password: r.string("CLICKHOUSE_PASSWORD"),
             }
         });
         if let Some(db) = clickhouse.as_ref().map(|c| c.database.clone()) {
             if !is_identifier(&db) {
-                r.fail("CLICKHOUSE_DATABASE", format!("{db:?}: letters, digits and _ only"));
+                r.fail(
+                    "CLICKHOUSE_DATABASE",
+                    format!("{db:?}: letters, digits and _ only"),
+                );
             }
         }
 
@@ -250,14 +282,23 @@ impl Config {
             leeway_secs: r.parse("JWT_LEEWAY_SECS", 30),
         };
         if jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
-            r.fail("JWT_SECRET", "must be at least 32 bytes (HS256 with a short secret is brute-forceable)".into());
+            r.fail(
+                "JWT_SECRET",
+                "must be at least 32 bytes (HS256 with a short secret is brute-forceable)".into(),
+            );
         }
         if jwt.jwks_url.is_some() {
-            r.fail("JWT_JWKS_URL", "not supported yet: use JWT_PUBLIC_KEYS with a PEM file".into());
+            r.fail(
+                "JWT_JWKS_URL",
+                "not supported yet: use JWT_PUBLIC_KEYS with a PEM file".into(),
+            );
         }
         if let Some(path) = &jwt.public_keys_file {
             if !path.is_file() {
-                r.fail("JWT_PUBLIC_KEYS", format!("{}: no such file", path.display()));
+                r.fail(
+                    "JWT_PUBLIC_KEYS",
+                    format!("{}: no such file", path.display()),
+                );
             }
         }
 
@@ -273,7 +314,10 @@ impl Config {
         let tenants_file = r.string("EDGE_TENANTS_FILE").map(PathBuf::from);
         if let Some(path) = &tenants_file {
             if !path.is_file() {
-                r.fail("EDGE_TENANTS_FILE", format!("{}: no such file", path.display()));
+                r.fail(
+                    "EDGE_TENANTS_FILE",
+                    format!("{}: no such file", path.display()),
+                );
             }
         }
         let admin_token = r.string("EDGE_ADMIN_TOKEN");
@@ -286,8 +330,10 @@ impl Config {
             max_event_bytes: r.positive("EDGE_MAX_EVENT_BYTES", defaults.max_event_bytes),
             max_batch_bytes: r.positive("EDGE_MAX_BATCH_BYTES", defaults.max_batch_bytes),
             max_batch_events: r.positive("EDGE_MAX_BATCH_EVENTS", defaults.max_batch_events),
-            max_properties_bytes: r.positive("EDGE_MAX_PROPERTIES_BYTES", defaults.max_properties_bytes),
-            max_properties_depth: r.positive("EDGE_MAX_PROPERTIES_DEPTH", defaults.max_properties_depth),
+            max_properties_bytes: r
+                .positive("EDGE_MAX_PROPERTIES_BYTES", defaults.max_properties_bytes),
+            max_properties_depth: r
+                .positive("EDGE_MAX_PROPERTIES_DEPTH", defaults.max_properties_depth),
             max_future: r.duration("EDGE_MAX_FUTURE", defaults.max_future),
         };
         let defaults = BatchConfig::default();
@@ -301,9 +347,16 @@ impl Config {
         let mut tiers = TierTable::default();
         for tier in tiers.tiers_mut() {
             let upper = tier.name.to_ascii_uppercase();
-            tier.events_per_second = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_SEC"), tier.events_per_second);
-            tier.burst_seconds = r.parse(&format!("EDGE_TIER_{upper}_BURST_SECS"), tier.burst_seconds);
-            tier.events_per_month = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_MONTH"), tier.events_per_month);
+            tier.events_per_second = r.parse(
+                &format!("EDGE_TIER_{upper}_EVENTS_PER_SEC"),
+                tier.events_per_second,
+            );
+            tier.burst_seconds =
+                r.parse(&format!("EDGE_TIER_{upper}_BURST_SECS"), tier.burst_seconds);
+            tier.events_per_month = r.parse(
+                &format!("EDGE_TIER_{upper}_EVENTS_PER_MONTH"),
+                tier.events_per_month,
+            );
         }
 
         let config = Config {
@@ -313,8 +366,13 @@ impl Config {
             database_url: r.string("DATABASE_URL"),
             redis_url: r.string("REDIS_URL"),
             jwt,
-            base_domain: r.string("EDGE_BASE_DOMAIN").map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
-            spool_dir: r.string("EDGE_SPOOL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),
+            base_domain: r
+                .string("EDGE_BASE_DOMAIN")
+                .map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
+            spool_dir: r
+                .string("EDGE_SPOOL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("./data")),
             ack,
             admin_token,
             tenants_file,
@@ -347,7 +405,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -370,8 +431,19 @@ mod tests {
         ]))
         .unwrap_err();
         let names: Vec<_> = errs.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["EDGE_LISTEN", "JWT_SECRET", "EDGE_ACK", "EDGE_MAX_BATCH_EVENTS", "EDGE_BATCH_INTERVAL"]);
-        assert!(errs[0].to_string().starts_with("invalid configuration: EDGE_LISTEN:"));
+        assert_eq!(
+            names,
+            [
+                "EDGE_LISTEN",
+                "JWT_SECRET",
+                "EDGE_ACK",
+                "EDGE_MAX_BATCH_EVENTS",
+                "EDGE_BATCH_INTERVAL"
+            ]
+        );
+        assert!(errs[0]
+            .to_string()
+            .starts_with("invalid configuration: EDGE_LISTEN:"));
     }
 
     #[test]

@@ -40,33 +40,49 @@ pub fn setup(dir: &Path, tiers: &TierTable) -> std::io::Result<DevSetup> {
     };
     let mut builder = SnapshotBuilder::default();
     let growth = tiers.index_of("growth").unwrap_or(0);
-    let org = builder.org(Org::new(DEMO_ORG, "Demo Organisation", "demo", growth, OrgStatus::Active)).expect("empty builder");
-    builder.key(key.hash(), &org, DEMO_APP).expect("empty builder");
-    Ok(DevSetup { snapshot: builder.build(), key, jwt_secret: secret.into_bytes() })
+    let org = builder
+        .org(Org::new(
+            DEMO_ORG,
+            "Demo Organisation",
+            "demo",
+            growth,
+            OrgStatus::Active,
+        ))
+        .expect("empty builder");
+    builder
+        .key(key.hash(), &org, DEMO_APP)
+        .expect("empty builder");
+    Ok(DevSetup {
+        snapshot: builder.build(),
+        key,
+        jwt_secret: secret.into_bytes(),
+    })
 }
 
 /// A day-long user token for the demo organisation (stats API).
 pub fn demo_token(secret: &[u8], now: u64) -> String {
-    issue_hs256(
-        &Claims {
-            user_id: "user_demo".into(),
-            organization_id: DEMO_ORG.into(),
-            email: "demo@example.com".into(),
-            role: "super_admin".into(),
-            permissions: vec!["events:write".into(), "events:read".into()],
-            app_id: None,
-            iat: now,
-            exp: now + 86_400,
-            nbf: None,
-            iss: None,
-            aud: None,
-        },
-        secret,
-    )
+    let claims = Claims {
+        email: "demo@example.com".into(),
+        role: "super_admin".into(),
+        ..Claims::new(
+            "user_demo",
+            DEMO_ORG,
+            &["events:write", "events:read"],
+            now,
+            86_400,
+        )
+    };
+    issue_hs256(&claims, secret)
 }
 
 /// What `--dev` prints at start-up.
-pub fn banner(addr: std::net::SocketAddr, admin: std::net::SocketAddr, key: &SdkKey, token: &str, sink: &str) -> String {
+pub fn banner(
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    key: &SdkKey,
+    token: &str,
+    sink: &str,
+) -> String {
     format!(
         "\nUnMoGrowP Edge (dev): organisation {DEMO_ORG}, app {DEMO_APP}, events go to {sink}\n\
          \n  SDK key:   {key}\n  User JWT:  {token}\n\

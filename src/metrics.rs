@@ -49,8 +49,12 @@ pub const ALL: &[&str] = &[
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
-const HTTP_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-const INSERT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const HTTP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+const INSERT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -60,7 +64,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), HTTP_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CH_INSERT_DURATION.into()), INSERT_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CH_INSERT_DURATION.into()),
+                        INSERT_BUCKETS,
+                    )
+                })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
@@ -85,18 +94,45 @@ fn describe() {
     describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration");
     describe_counter!(EVENTS_ACCEPTED, "Events accepted (202)");
     describe_counter!(EVENTS_REJECTED, "Events rejected, by reason");
-    describe_counter!(RATE_LIMITED, "Requests refused by the per-organisation rate limit, by tier");
-    describe_counter!(QUOTA_EXCEEDED, "Requests refused by the monthly quota, by tier");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by the per-organisation rate limit, by tier"
+    );
+    describe_counter!(
+        QUOTA_EXCEEDED,
+        "Requests refused by the monthly quota, by tier"
+    );
     describe_counter!(CH_INSERT_ROWS, "Rows ClickHouse confirmed");
-    describe_counter!(CH_INSERT_ERRORS, "Failed ClickHouse inserts (each retry counts)");
-    describe_histogram!(CH_INSERT_DURATION, Unit::Seconds, "ClickHouse insert duration");
-    describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes accepted and not yet confirmed by the sink");
-    describe_gauge!(SPOOL_EVENTS, "Events accepted and not yet confirmed by the sink");
+    describe_counter!(
+        CH_INSERT_ERRORS,
+        "Failed ClickHouse inserts (each retry counts)"
+    );
+    describe_histogram!(
+        CH_INSERT_DURATION,
+        Unit::Seconds,
+        "ClickHouse insert duration"
+    );
+    describe_gauge!(
+        SPOOL_BYTES,
+        Unit::Bytes,
+        "Bytes accepted and not yet confirmed by the sink"
+    );
+    describe_gauge!(
+        SPOOL_EVENTS,
+        "Events accepted and not yet confirmed by the sink"
+    );
     describe_gauge!(TENANTS, "Organisations in the registry");
     describe_counter!(REDIS_SYNC_ERRORS, "Failed syncs of limits with Redis");
-    describe_gauge!(BATCH_PENDING_BYTES, Unit::Bytes, "Bytes waiting in batchers");
+    describe_gauge!(
+        BATCH_PENDING_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in batchers"
+    );
     describe_gauge!(BATCH_PENDING_ROWS, "Rows waiting in batchers");
-    describe_counter!(OVERLOADED, "Requests refused with 503 because buffers are full");
+    describe_counter!(
+        OVERLOADED,
+        "Requests refused with 503 because buffers are full"
+    );
     describe_counter!(AUTH_FAILURES, "Requests refused by authentication, by code");
     // Series that only appear on rare events are created now so dashboards see zeros.
     metrics::counter!(REDIS_SYNC_ERRORS).absolute(0);

@@ -21,7 +21,11 @@ pub struct Migration {
 
 macro_rules! migration {
     ($version:literal, $file:literal) => {
-        Migration { version: $version, name: $file, sql: include_str!(concat!("../migrations/clickhouse/", $file)) }
+        Migration {
+            version: $version,
+            name: $file,
+            sql: include_str!(concat!("../migrations/clickhouse/", $file)),
+        }
     };
 }
 
@@ -44,7 +48,11 @@ impl Migration {
     /// The server version this migration needs, from `-- min_version: X.Y`.
     pub fn min_version(&self) -> Option<Vec<u32>> {
         let first = self.sql.lines().next()?.trim();
-        let v = first.strip_prefix("--")?.trim().strip_prefix("min_version:")?.trim();
+        let v = first
+            .strip_prefix("--")?
+            .trim()
+            .strip_prefix("min_version:")?
+            .trim();
         Some(parse_version(v))
     }
 
@@ -56,22 +64,44 @@ impl Migration {
             .filter(|l| !l.trim_start().starts_with("--"))
             .map(|l| format!("{l}\n"))
             .collect();
-        text.split(";\n").map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches(';').to_string()).collect()
+        text.split(";\n")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim_end_matches(';').to_string())
+            .collect()
     }
 }
 
 pub fn parse_version(v: &str) -> Vec<u32> {
-    v.split('.').map(|p| p.trim().parse().unwrap_or(0)).collect()
+    v.split('.')
+        .map(|p| p.trim().parse().unwrap_or(0))
+        .collect()
 }
 
 /// Applies what is missing; `progress` gets one line per step.
-pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) -> Result<Outcome, String> {
-    let server = ClickHouseConfig { database: "default".into(), ..config.clone() };
+pub async fn run_clickhouse(
+    config: &ClickHouseConfig,
+    progress: impl Fn(&str),
+) -> Result<Outcome, String> {
+    let server = ClickHouseConfig {
+        database: "default".into(),
+        ..config.clone()
+    };
     let root = client(&server).with_compression(clickhouse::Compression::None);
     let version = fetch_text(&root, "SELECT version()").await?;
-    let mut outcome = Outcome { server_version: version.trim().to_string(), ..Default::default() };
-    progress(&format!("clickhouse {} at {}", outcome.server_version, config.url));
-    exec(&root, &format!("CREATE DATABASE IF NOT EXISTS {}", config.database)).await?;
+    let mut outcome = Outcome {
+        server_version: version.trim().to_string(),
+        ..Default::default()
+    };
+    progress(&format!(
+        "clickhouse {} at {}",
+        outcome.server_version, config.url
+    ));
+    exec(
+        &root,
+        &format!("CREATE DATABASE IF NOT EXISTS {}", config.database),
+    )
+    .await?;
 
     let db = client(config).with_compression(clickhouse::Compression::None);
     exec(
@@ -80,11 +110,14 @@ pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) 
          ENGINE = MergeTree() ORDER BY version",
     )
     .await?;
-    let applied: Vec<u32> = fetch_text(&db, "SELECT version FROM schema_migrations ORDER BY version")
-        .await?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let applied: Vec<u32> = fetch_text(
+        &db,
+        "SELECT version FROM schema_migrations ORDER BY version",
+    )
+    .await?
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect();
     let server_version = parse_version(&outcome.server_version);
     for (i, m) in CLICKHOUSE.iter().enumerate() {
         let step = format!("[{}/{}] {}", i + 1, CLICKHOUSE.len(), m.name);
@@ -95,17 +128,30 @@ pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) 
         }
         if let Some(min) = m.min_version() {
             if server_version < min {
-                let why = format!("needs ClickHouse {}, server is {}", join(&min), outcome.server_version);
+                let why = format!(
+                    "needs ClickHouse {}, server is {}",
+                    join(&min),
+                    outcome.server_version
+                );
                 progress(&format!("{step}: skipped ({why})"));
                 outcome.skipped.push((m.name, why));
                 continue;
             }
         }
         for statement in m.statements() {
-            exec(&db, &statement).await.map_err(|e| format!("{}: {e}", m.name))?;
+            exec(&db, &statement)
+                .await
+                .map_err(|e| format!("{}: {e}", m.name))?;
         }
         // The name is a compile-time constant file name: safe to quote inline.
-        exec(&db, &format!("INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')", m.version, m.name)).await?;
+        exec(
+            &db,
+            &format!(
+                "INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')",
+                m.version, m.name
+            ),
+        )
+        .await?;
         progress(&format!("{step}: applied"));
         outcome.applied.push(m.name);
     }
@@ -117,7 +163,11 @@ fn join(v: &[u32]) -> String {
 }
 
 async fn exec(client: &Client, sql: &str) -> Result<(), String> {
-    client.query_raw(sql).execute().await.map_err(|e| format!("{e} (in: {})", first_line(sql)))
+    client
+        .query_raw(sql)
+        .execute()
+        .await
+        .map_err(|e| format!("{e} (in: {})", first_line(sql)))
 }
 
 async fn fetch_text(client: &Client, sql: &str) -> Result<String, String> {

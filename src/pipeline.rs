@@ -35,7 +35,11 @@ impl Pipeline {
     pub async fn accept(&self, block: RowBlock) -> Result<(), ApiError> {
         self.batcher.push(block).map_err(|_| {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
-            ApiError::unavailable("overloaded", "The edge is buffering as much as it may; retry later", OVERLOAD_RETRY_AFTER)
+            ApiError::unavailable(
+                "overloaded",
+                "The edge is buffering as much as it may; retry later",
+                OVERLOAD_RETRY_AFTER,
+            )
         })
     }
 }

@@ -61,10 +61,18 @@ pub struct Server {
 
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
-    pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, String> {
+    pub async fn start(
+        config: Config,
+        registry: Arc<Registry>,
+        sink: Sink,
+    ) -> Result<Server, String> {
         let metrics = crate::metrics::install();
         let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
-        let auth = Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone());
+        let auth = Authenticator::new(
+            jwt,
+            config.admin_token.as_deref(),
+            config.base_domain.clone(),
+        );
         let batcher = Batcher::new(config.batch.clone());
         let sink = Arc::new(sink);
         let state = Arc::new(AppState {
@@ -79,7 +87,9 @@ impl Server {
             sink_ready: AtomicBool::new(sink.ready().await),
         });
 
-        let data = TcpListener::bind(config.listen).await.map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
+        let data = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("EDGE_ADMIN_LISTEN {}: {e}", config.admin_listen))?;
@@ -92,13 +102,19 @@ impl Server {
         let limit = Arc::new(Semaphore::new(config.max_connections));
 
         let data_state = state.clone();
-        let data_loop = tokio::spawn(accept_loop(data, shutdown_rx.clone(), limit.clone(), move |req| {
-            crate::http::serve_data(data_state.clone(), req)
-        }));
+        let data_loop = tokio::spawn(accept_loop(
+            data,
+            shutdown_rx.clone(),
+            limit.clone(),
+            move |req| crate::http::serve_data(data_state.clone(), req),
+        ));
         let admin_state = state.clone();
-        let admin_loop = tokio::spawn(accept_loop(admin, shutdown_rx.clone(), Arc::new(Semaphore::new(64)), move |req| {
-            crate::http::serve_admin(admin_state.clone(), req)
-        }));
+        let admin_loop = tokio::spawn(accept_loop(
+            admin,
+            shutdown_rx.clone(),
+            Arc::new(Semaphore::new(64)),
+            move |req| crate::http::serve_admin(admin_state.clone(), req),
+        ));
 
         let drain_timeout = config.drain_timeout;
         let config_ack_durable = config.ack == crate::config::AckMode::Durable;
@@ -111,7 +127,10 @@ impl Server {
             let _ = tokio::time::timeout(drain_timeout / 2, data_loop).await;
             batcher.stop();
             if tokio::time::timeout(drain_timeout, flusher).await.is_err() {
-                tracing::error!(rows = batcher.pending_rows(), "drain timeout: rows not shipped");
+                tracing::error!(
+                    rows = batcher.pending_rows(),
+                    "drain timeout: rows not shipped"
+                );
             }
             admin_loop.abort();
             ready_task.abort();
@@ -120,7 +139,13 @@ impl Server {
             tracing::warn!("EDGE_ACK=durable: the durable spool is not built yet, so 202 means 'in the bounded in-memory batcher'");
         }
         tracing::info!(%addr, %admin_addr, sink = sink.name(), "edge listening");
-        Ok(Server { addr, admin_addr, state, shutdown, task })
+        Ok(Server {
+            addr,
+            admin_addr,
+            state,
+            shutdown,
+            task,
+        })
     }
 
     /// Starts the drain; [`Server::wait`] returns when it is done.
@@ -139,7 +164,9 @@ async fn watch_sink(state: Arc<AppState>, sink: Arc<Sink>, mut shutdown: watch::
             _ = tokio::time::sleep(READY_CHECK_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
-        state.sink_ready.store(sink.ready().await, Ordering::Release);
+        state
+            .sink_ready
+            .store(sink.ready().await, Ordering::Release);
     }
 }
 
@@ -149,13 +176,24 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Accepts until shutdown, then waits for open connections to finish their requests.
-async fn accept_loop<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, limit: Arc<Semaphore>, handler: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    limit: Arc<Semaphore>,
+    handler: F,
+) where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<hyper::Response<crate::http::response::Body>, std::convert::Infallible>> + Send + 'static,
+    Fut: std::future::Future<
+            Output = Result<hyper::Response<crate::http::response::Body>, std::convert::Infallible>,
+        > + Send
+        + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
     let graceful = GracefulShutdown::new();
     loop {
         let permit = tokio::select! {
@@ -176,7 +214,9 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req))).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req)))
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

@@ -34,30 +34,90 @@ fn dev_mode_prints_a_working_curl_line_and_exits_cleanly_on_sigterm() {
             break;
         }
     }
-    let url = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
-    let key = curl.split("X-Api-Key: ").nth(1).unwrap().split('\'').next().unwrap().to_string();
-    let body = curl.split("-d '").nth(1).unwrap().trim_end_matches('\'').to_string();
-    let token = stats.split("Bearer ").nth(1).unwrap().trim_end_matches('\'').to_string();
-    let stats_url = stats.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
-    let metrics_url = metrics.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let url = curl
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let key = curl
+        .split("X-Api-Key: ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = curl
+        .split("-d '")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    let token = stats
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('\'')
+        .to_string();
+    let stats_url = stats
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let metrics_url = metrics
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let http = reqwest::Client::new();
-        let r = http.post(&url).header("content-type", "application/json").header("x-api-key", &key).body(body).send().await.unwrap();
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-api-key", &key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202, "the printed curl line works");
         let batch = serde_json::json!([
             {"event_type":"a","event_name":"b","device_id":"d2","revenue":2.5},
             {"event_name":"missing type"}
         ]);
-        let r = http.post(format!("{url}/batch")).header("x-api-key", &key).json(&batch).send().await.unwrap();
+        let r = http
+            .post(format!("{url}/batch"))
+            .header("x-api-key", &key)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
         let b: serde_json::Value = r.json().await.unwrap();
-        assert_eq!((b["accepted"].as_u64(), b["rejected"].as_u64()), (Some(1), Some(1)));
-        let s: serde_json::Value = http.get(&stats_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            (b["accepted"].as_u64(), b["rejected"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let s: serde_json::Value = http
+            .get(&stats_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(s["total_events"], 2);
         assert_eq!(s["total_revenue"], 2.5);
         assert_eq!(s["unique_devices"], 2);
-        let m = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+        let m = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(m.contains("edge_events_accepted_total 2"));
     });
 
@@ -65,15 +125,28 @@ fn dev_mode_prints_a_working_curl_line_and_exits_cleanly_on_sigterm() {
     send_signal(child.id(), "TERM");
     let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
-    let stored: u64 = std::fs::read_dir(dir.path().join("local")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    assert!(stored > 0, "events were written to the local store under the spool dir");
+    let stored: u64 = std::fs::read_dir(dir.path().join("local"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        stored > 0,
+        "events were written to the local store under the spool dir"
+    );
 }
 
 fn send_signal(pid: u32, signal: &str) {
-    Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
 }
 
-fn wait_timeout(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+fn wait_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {

@@ -12,13 +12,22 @@ use serde_json::{json, Value};
 async fn body(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
+    )
 }
 
 #[tokio::test]
 async fn events_land_under_the_credentials_organisation() {
-    let Some(h) = Harness::start(Options::default()).await else { return };
-    let sent_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
+    let sent_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
     // The device clock is an hour behind; the body also tries to claim another organisation.
     let acme_batch = json!({
         "sent_at": sent_at,
@@ -31,18 +40,48 @@ async fn events_land_under_the_credentials_organisation() {
             event("dev-a3"),
         ]
     });
-    let (status, b) = body(h.post("/v1/events/batch", &h.acme.key).json(&acme_batch).send().await.unwrap()).await;
+    let (status, b) = body(
+        h.post("/v1/events/batch", &h.acme.key)
+            .json(&acme_batch)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((status, b["accepted"].as_u64()), (202, Some(3)), "{b}");
-    let (status, _) = body(h.post("/v1/events", &h.bravo.key).json(&event("dev-b1")).send().await.unwrap()).await;
+    let (status, _) = body(
+        h.post("/v1/events", &h.bravo.key)
+            .json(&event("dev-b1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 202);
-    let (status, _) = body(h.post("/v1/events/batch", &h.bravo.key).json(&json!([event("dev-b2")])).send().await.unwrap()).await;
+    let (status, _) = body(
+        h.post("/v1/events/batch", &h.bravo.key)
+            .json(&json!([event("dev-b2")]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 202);
 
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_acme'").await, 3);
     assert_eq!(ch.count("organization_id = 'org_bravo'").await, 2);
-    assert_eq!(ch.count("organization_id = 'org_bravo' AND device_id LIKE 'dev-a%'").await, 0, "no leak between tenants");
-    assert_eq!(ch.count("app_id = 'app_acme' AND organization_id = 'org_acme'").await, 3);
+    assert_eq!(
+        ch.count("organization_id = 'org_bravo' AND device_id LIKE 'dev-a%'")
+            .await,
+        0,
+        "no leak between tenants"
+    );
+    assert_eq!(
+        ch.count("app_id = 'app_acme' AND organization_id = 'org_acme'")
+            .await,
+        3
+    );
 
     let row = ch
         .query(
@@ -53,9 +92,18 @@ async fn events_land_under_the_credentials_organisation() {
         .await;
     let cols: Vec<&str> = row.trim_end().split('\t').collect();
     assert_eq!(&cols[..5], ["app_acme", "purchase", "buy", "s1", "ios"]);
-    assert_eq!(serde_json::from_str::<Value>(cols[5]).unwrap(), json!({"sku":"x1","qty":2}));
-    assert_eq!(serde_json::from_str::<Value>(cols[6]).unwrap(), json!({"plan":"pro"}));
-    assert_eq!(&cols[7..13], ["12.34", "EUR", "IDFA-1", "GAID-1", "203.0.113.7", "sdk/1.0"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(cols[5]).unwrap(),
+        json!({"sku":"x1","qty":2})
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(cols[6]).unwrap(),
+        json!({"plan":"pro"})
+    );
+    assert_eq!(
+        &cols[7..13],
+        ["12.34", "EUR", "IDFA-1", "GAID-1", "203.0.113.7", "sdk/1.0"]
+    );
     // Skew-corrected: a minute before receipt in server time (±2 s for request time and rounding).
     let offset: i64 = cols[13].parse().unwrap();
     assert!((-62..=-58).contains(&offset), "offset {offset}");
@@ -68,7 +116,9 @@ async fn events_land_under_the_credentials_organisation() {
 
 #[tokio::test]
 async fn batches_report_per_event_results() {
-    let Some(h) = Harness::start(Options::default()).await else { return };
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
     let batch = json!({"events": [
         event("ok-1"),
         {"event_name": "no type", "device_id": "x"},
@@ -77,22 +127,67 @@ async fn batches_report_per_event_results() {
         {"event_type": "t", "event_name": "n", "device_id": "x", "event_timestamp": "2001-01-01T00:00:00Z"},
         "not an object",
     ]});
-    let (status, b) = body(h.post("/v1/events/batch", &h.acme.key).json(&batch).send().await.unwrap()).await;
+    let (status, b) = body(
+        h.post("/v1/events/batch", &h.acme.key)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 202);
-    assert_eq!((b["accepted"].as_u64(), b["rejected"].as_u64()), (Some(2), Some(4)));
-    let errors: Vec<(u64, &str)> = b["errors"].as_array().unwrap().iter().map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap())).collect();
-    assert_eq!(errors, [(1, "missing_field"), (2, "invalid_revenue"), (4, "timestamp_too_old"), (5, "invalid_event")]);
+    assert_eq!(
+        (b["accepted"].as_u64(), b["rejected"].as_u64()),
+        (Some(2), Some(4))
+    );
+    let errors: Vec<(u64, &str)> = b["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "missing_field"),
+            (2, "invalid_revenue"),
+            (4, "timestamp_too_old"),
+            (5, "invalid_event")
+        ]
+    );
 
     // Every event invalid: 400 with the same per-event detail.
-    let (status, b) = body(h.post("/v1/events/batch", &h.acme.key).json(&json!([{"x": 1}, {"y": 2}])).send().await.unwrap()).await;
+    let (status, b) = body(
+        h.post("/v1/events/batch", &h.acme.key)
+            .json(&json!([{"x": 1}, {"y": 2}]))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((status, b["code"].as_str()), (400, Some("invalid_events")));
     assert_eq!(b["errors"].as_array().unwrap().len(), 2);
 
     // NDJSON with a broken line: the line is rejected, the rest accepted.
     let nd = format!("{}\n{{broken\n{}\n", event("nd-1"), event("nd-2"));
-    let r = h.http.post(format!("{}/v1/events/batch", h.base)).header("x-api-key", h.acme.key.expose()).header("content-type", "application/x-ndjson").body(nd).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/v1/events/batch", h.base))
+        .header("x-api-key", h.acme.key.expose())
+        .header("content-type", "application/x-ndjson")
+        .body(nd)
+        .send()
+        .await
+        .unwrap();
     let (status, b) = body(r).await;
-    assert_eq!((status, b["accepted"].as_u64(), b["errors"][0]["code"].as_str()), (202, Some(2), Some("invalid_json")));
+    assert_eq!(
+        (
+            status,
+            b["accepted"].as_u64(),
+            b["errors"][0]["code"].as_str()
+        ),
+        (202, Some(2), Some("invalid_json"))
+    );
 
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_acme'").await, 4);
@@ -101,14 +196,28 @@ async fn batches_report_per_event_results() {
 
 #[tokio::test]
 async fn compressed_bodies() {
-    let Some(h) = Harness::start(Options::default()).await else { return };
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
     let plain = serde_json::to_vec(&json!([event("gz-1"), event("gz-2")])).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&plain).unwrap();
-    let r = h.post("/v1/events/batch", &h.acme.key).header("content-encoding", "gzip").body(gz.finish().unwrap()).send().await.unwrap();
+    let r = h
+        .post("/v1/events/batch", &h.acme.key)
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let zs = zstd::encode_all(&plain[..], 3).unwrap();
-    let r = h.post("/v1/events/batch", &h.acme.key).header("content-encoding", "zstd").body(zs).send().await.unwrap();
+    let r = h
+        .post("/v1/events/batch", &h.acme.key)
+        .header("content-encoding", "zstd")
+        .body(zs)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_acme'").await, 4);
@@ -125,38 +234,109 @@ async fn every_client_error_path() {
         ],
         ..Default::default()
     };
-    let Some(h) = Harness::start(opts).await else { return };
+    let Some(h) = Harness::start(opts).await else {
+        return;
+    };
     let key = &h.acme.key;
     let url = |p: &str| format!("{}{p}", h.base);
-    let expect = |status: u16, code: &'static str| move |(s, b): (u16, Value)| {
-        assert_eq!(s, status, "{b}");
-        assert_eq!(b["code"].as_str(), Some(code), "{b}");
-        assert!(b["error"].is_string(), "{b}");
+    let expect = |status: u16, code: &'static str| {
+        move |(s, b): (u16, Value)| {
+            assert_eq!(s, status, "{b}");
+            assert_eq!(b["code"].as_str(), Some(code), "{b}");
+            assert!(b["error"].is_string(), "{b}");
+        }
     };
 
     // 400
-    expect(400, "invalid_json")(body(h.post("/v1/events", key).body("{not json").send().await.unwrap()).await);
-    expect(400, "invalid_body")(body(h.post("/v1/events", key).body("[1]").send().await.unwrap()).await);
-    expect(400, "missing_field")(body(h.post("/v1/events", key).json(&json!({"event_type":"t"})).send().await.unwrap()).await);
-    expect(400, "empty_batch")(body(h.post("/v1/events/batch", key).json(&json!([])).send().await.unwrap()).await);
+    expect(400, "invalid_json")(
+        body(
+            h.post("/v1/events", key)
+                .body("{not json")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    expect(400, "invalid_body")(
+        body(h.post("/v1/events", key).body("[1]").send().await.unwrap()).await,
+    );
+    expect(400, "missing_field")(
+        body(
+            h.post("/v1/events", key)
+                .json(&json!({"event_type":"t"}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    expect(400, "empty_batch")(
+        body(
+            h.post("/v1/events/batch", key)
+                .json(&json!([]))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
     // 401
-    let anon = h.http.post(url("/v1/events")).header("content-type", "application/json").json(&event("d"));
+    let anon = h
+        .http
+        .post(url("/v1/events"))
+        .header("content-type", "application/json")
+        .json(&event("d"));
     expect(401, "missing_credentials")(body(anon.send().await.unwrap()).await);
-    let selector_only = h.http.post(url("/v1/events")).header("x-organization-id", "org_acme").json(&event("d"));
+    let selector_only = h
+        .http
+        .post(url("/v1/events"))
+        .header("x-organization-id", "org_acme")
+        .json(&event("d"));
     expect(401, "missing_credentials")(body(selector_only.send().await.unwrap()).await);
-    let bad_key = h.http.post(url("/v1/events")).header("x-api-key", "edk_0000").json(&event("d"));
+    let bad_key = h
+        .http
+        .post(url("/v1/events"))
+        .header("x-api-key", "edk_0000")
+        .json(&event("d"));
     expect(401, "invalid_api_key")(body(bad_key.send().await.unwrap()).await);
-    let bad_jwt = h.http.post(url("/v1/events")).bearer_auth("a.b.c").json(&event("d"));
+    let bad_jwt = h
+        .http
+        .post(url("/v1/events"))
+        .bearer_auth("a.b.c")
+        .json(&event("d"));
     expect(401, "invalid_token")(body(bad_jwt.send().await.unwrap()).await);
     // 403
-    expect(403, "organization_inactive")(body(h.post("/v1/events", &h.frozen.key).json(&event("d")).send().await.unwrap()).await);
-    let mismatch = h.post("/v1/events", key).header("x-organization-id", "org_bravo").json(&event("d"));
+    expect(403, "organization_inactive")(
+        body(
+            h.post("/v1/events", &h.frozen.key)
+                .json(&event("d"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    let mismatch = h
+        .post("/v1/events", key)
+        .header("x-organization-id", "org_bravo")
+        .json(&event("d"));
     expect(403, "tenant_mismatch")(body(mismatch.send().await.unwrap()).await);
-    let host_mismatch = h.post("/v1/events", key).header("host", "bravo.edge.test").json(&event("d"));
+    let host_mismatch = h
+        .post("/v1/events", key)
+        .header("host", "bravo.edge.test")
+        .json(&event("d"));
     expect(403, "tenant_mismatch")(body(host_mismatch.send().await.unwrap()).await);
-    let read_only = h.http.post(url("/v1/events")).bearer_auth(h.token("org_acme", &["events:read"])).json(&event("d"));
+    let read_only = h
+        .http
+        .post(url("/v1/events"))
+        .bearer_auth(h.token("org_acme", &["events:read"]))
+        .json(&event("d"));
     expect(403, "insufficient_permission")(body(read_only.send().await.unwrap()).await);
-    let stats_with_key = h.http.get(url("/api/v1/stats/events")).header("x-api-key", key.expose());
+    let stats_with_key = h
+        .http
+        .get(url("/api/v1/stats/events"))
+        .header("x-api-key", key.expose());
     expect(403, "write_only_credential")(body(stats_with_key.send().await.unwrap()).await);
     // 404, 405
     expect(404, "not_found")(body(h.http.get(url("/nope")).send().await.unwrap()).await);
@@ -165,24 +345,68 @@ async fn every_client_error_path() {
     expect(405, "method_not_allowed")(body(r).await);
     // 413: declared length, streamed length, after decompression, event count, single event size.
     let big = vec![b' '; 30_000];
-    let (s, b) = body(h.post("/v1/events/batch", key).body(big).send().await.unwrap()).await;
-    assert_eq!((s, b["code"].as_str(), b["limit"].as_u64()), (413, Some("payload_too_large"), Some(20_000)));
+    let (s, b) = body(
+        h.post("/v1/events/batch", key)
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["code"].as_str(), b["limit"].as_u64()),
+        (413, Some("payload_too_large"), Some(20_000))
+    );
     let chunks = futures_stream(vec![vec![b' '; 15_000], vec![b' '; 15_000]]);
-    let r = h.post("/v1/events/batch", key).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let r = h
+        .post("/v1/events/batch", key)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     expect(413, "payload_too_large")(body(r).await);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 1_000_000]).unwrap();
     let bomb = gz.finish().unwrap();
     assert!(bomb.len() < 20_000);
-    expect(413, "payload_too_large")(body(h.post("/v1/events/batch", key).header("content-encoding", "gzip").body(bomb).send().await.unwrap()).await);
+    expect(413, "payload_too_large")(
+        body(
+            h.post("/v1/events/batch", key)
+                .header("content-encoding", "gzip")
+                .body(bomb)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
     let six: Vec<Value> = (0..6).map(|i| event(&format!("d{i}"))).collect();
-    expect(413, "too_many_events")(body(h.post("/v1/events/batch", key).json(&six).send().await.unwrap()).await);
+    expect(413, "too_many_events")(
+        body(
+            h.post("/v1/events/batch", key)
+                .json(&six)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
     let fat = json!({"event_type":"t","event_name":"n","device_id":"d","properties":{"p":"x".repeat(3000)}});
-    expect(413, "payload_too_large")(body(h.post("/v1/events", key).json(&fat).send().await.unwrap()).await);
+    expect(413, "payload_too_large")(
+        body(h.post("/v1/events", key).json(&fat).send().await.unwrap()).await,
+    );
     // 415
-    let form = h.http.post(url("/v1/events")).header("x-api-key", key.expose()).header("content-type", "application/x-www-form-urlencoded").body("a=b");
+    let form = h
+        .http
+        .post(url("/v1/events"))
+        .header("x-api-key", key.expose())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=b");
     expect(415, "unsupported_media_type")(body(form.send().await.unwrap()).await);
-    let brotli = h.post("/v1/events", key).header("content-encoding", "br").json(&event("d"));
+    let brotli = h
+        .post("/v1/events", key)
+        .header("content-encoding", "br")
+        .json(&event("d"));
     expect(415, "unsupported_encoding")(body(brotli.send().await.unwrap()).await);
 
     // Nothing above reached ClickHouse.
@@ -191,11 +415,16 @@ async fn every_client_error_path() {
     ch.drop().await;
 }
 
-fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn futures_stream(
+    chunks: Vec<Vec<u8>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     struct Chunks(std::vec::IntoIter<Vec<u8>>);
     impl futures_core::Stream for Chunks {
         type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             std::task::Poll::Ready(self.0.next().map(Ok))
         }
     }
@@ -206,32 +435,94 @@ fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Resu
 async fn rate_limit_and_quota_by_tier() {
     // bravo is on the starter tier: 5 events/s with a 2 s burst (10), 12 events a month.
     let opts = Options {
-        vars: vec![("EDGE_TIER_STARTER_EVENTS_PER_SEC", "5".into()), ("EDGE_TIER_STARTER_EVENTS_PER_MONTH", "12".into())],
+        vars: vec![
+            ("EDGE_TIER_STARTER_EVENTS_PER_SEC", "5".into()),
+            ("EDGE_TIER_STARTER_EVENTS_PER_MONTH", "12".into()),
+        ],
         ..Default::default()
     };
-    let Some(h) = Harness::start(opts).await else { return };
+    let Some(h) = Harness::start(opts).await else {
+        return;
+    };
     let ten: Vec<Value> = (0..10).map(|i| event(&format!("r{i}"))).collect();
-    assert_eq!(h.post("/v1/events/batch", &h.bravo.key).json(&ten).send().await.unwrap().status(), 202);
-    let r = h.post("/v1/events", &h.bravo.key).json(&event("r10")).send().await.unwrap();
-    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        h.post("/v1/events/batch", &h.bravo.key)
+            .json(&ten)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let r = h
+        .post("/v1/events", &h.bravo.key)
+        .json(&event("r10"))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let (status, b) = body(r).await;
     assert_eq!(status, 429);
     assert_eq!(b["error"], "Rate limit exceeded");
-    assert_eq!((b["tier"].as_str(), b["limit"].as_u64()), (Some("starter"), Some(5)));
+    assert_eq!(
+        (b["tier"].as_str(), b["limit"].as_u64()),
+        (Some("starter"), Some(5))
+    );
     assert!(retry_after >= 1 && b["retry_after"].as_u64() == Some(retry_after));
     // Other organisations are not affected by bravo's limit.
-    assert_eq!(h.post("/v1/events", &h.acme.key).json(&event("a")).send().await.unwrap().status(), 202);
+    assert_eq!(
+        h.post("/v1/events", &h.acme.key)
+            .json(&event("a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
 
     // After the wait, two more fit: 12 this month, the quota.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(h.post("/v1/events/batch", &h.bravo.key).json(&json!([event("q1"), event("q2")])).send().await.unwrap().status(), 202);
-    let (status, b) = body(h.post("/v1/events", &h.bravo.key).json(&event("q3")).send().await.unwrap()).await;
+    assert_eq!(
+        h.post("/v1/events/batch", &h.bravo.key)
+            .json(&json!([event("q1"), event("q2")]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let (status, b) = body(
+        h.post("/v1/events", &h.bravo.key)
+            .json(&event("q3"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 402, "{b}");
     assert_eq!(b["error"], "Monthly event quota exceeded");
-    assert_eq!((b["tier"].as_str(), b["upgrade_url"].as_str()), (Some("starter"), Some("/billing/upgrade")));
+    assert_eq!(
+        (b["tier"].as_str(), b["upgrade_url"].as_str()),
+        (Some("starter"), Some("/billing/upgrade"))
+    );
 
-    let metrics = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("edge_rate_limited_total{tier=\"starter\"} 1"), "{metrics}");
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edge_rate_limited_total{tier=\"starter\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("edge_quota_exceeded_total{tier=\"starter\"} 1"));
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_bravo'").await, 12);
@@ -240,31 +531,76 @@ async fn rate_limit_and_quota_by_tier() {
 
 #[tokio::test]
 async fn jwt_operator_and_selectors() {
-    let Some(h) = Harness::start(Options::default()).await else { return };
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
     let token = h.token("org_acme", &["events:write", "events:read"]);
     let url = format!("{}/v1/events", h.base);
-    let r = h.http.post(&url).bearer_auth(&token).header("host", "acme.edge.test").json(&event("jwt-1")).send().await.unwrap();
+    let r = h
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("host", "acme.edge.test")
+        .json(&event("jwt-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     // The operator picks an organisation by header; a user token cannot.
-    let r = h.http.post(&url).bearer_auth(common::OPERATOR_TOKEN).header("x-organization-id", "org_bravo").json(&event("op-1")).send().await.unwrap();
+    let r = h
+        .http
+        .post(&url)
+        .bearer_auth(common::OPERATOR_TOKEN)
+        .header("x-organization-id", "org_bravo")
+        .json(&event("op-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
-    let r = h.http.post(&url).bearer_auth(&token).header("x-organization-id", "org_bravo").json(&event("x")).send().await.unwrap();
+    let r = h
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("x-organization-id", "org_bravo")
+        .json(&event("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     // Stats show only the caller's organisation.
-    let stats: Value = h.http.get(format!("{}/api/v1/stats/events", h.base)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let stats: Value = h
+        .http
+        .get(format!("{}/api/v1/stats/events", h.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["organization_id"], "org_acme");
     assert_eq!(stats["total_events"], 1);
     let ch = h.stop().await.unwrap();
-    assert_eq!(ch.count("organization_id = 'org_bravo' AND device_id = 'op-1'").await, 1);
-    assert_eq!(ch.count("organization_id = 'org_acme' AND device_id = 'jwt-1'").await, 1);
+    assert_eq!(
+        ch.count("organization_id = 'org_bravo' AND device_id = 'op-1'")
+            .await,
+        1
+    );
+    assert_eq!(
+        ch.count("organization_id = 'org_acme' AND device_id = 'jwt-1'")
+            .await,
+        1
+    );
     ch.drop().await;
 }
 
 #[tokio::test]
 async fn clickhouse_outage_is_visible_and_bounded() {
     // A ClickHouse that is not there: readiness says so, events are held, and past the bound: 503.
-    let Some(url) = common::clickhouse_url() else { return };
+    let Some(url) = common::clickhouse_url() else {
+        return;
+    };
     let _ = url;
     let opts = Options {
         vars: vec![
@@ -275,19 +611,53 @@ async fn clickhouse_outage_is_visible_and_bounded() {
         clickhouse: false,
     };
     let h = Harness::start(opts).await.unwrap();
-    assert_eq!(h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap().status(), 503);
-    assert_eq!(h.http.get(format!("{}/healthz", h.admin)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        h.http
+            .get(format!("{}/readyz", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        h.http
+            .get(format!("{}/healthz", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let mut statuses = Vec::new();
     for i in 0..40 {
-        statuses.push(h.post("/v1/events", &h.acme.key).json(&event(&format!("o{i}"))).send().await.unwrap());
+        statuses.push(
+            h.post("/v1/events", &h.acme.key)
+                .json(&event(&format!("o{i}")))
+                .send()
+                .await
+                .unwrap(),
+        );
     }
-    let first_503 = statuses.iter().position(|r| r.status() == 503).expect("the bound is reached");
+    let first_503 = statuses
+        .iter()
+        .position(|r| r.status() == 503)
+        .expect("the bound is reached");
     assert!(first_503 > 0 && statuses[..first_503].iter().all(|r| r.status() == 202));
     assert!(statuses[first_503].headers().contains_key("retry-after"));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            let m = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
-            m.lines().any(|l| l.starts_with("edge_clickhouse_insert_errors_total") && !l.ends_with(" 0"))
+            let m = h
+                .http
+                .get(format!("{}/metrics", h.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.lines()
+                .any(|l| l.starts_with("edge_clickhouse_insert_errors_total") && !l.ends_with(" 0"))
         })
         .await
     );
@@ -296,21 +666,58 @@ async fn clickhouse_outage_is_visible_and_bounded() {
 
 #[tokio::test]
 async fn metrics_and_health() {
-    let Some(h) = Harness::start(Options::default()).await else { return };
-    assert_eq!(h.post("/v1/events", &h.acme.key).json(&event("m1")).send().await.unwrap().status(), 202);
-    let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
+    assert_eq!(
+        h.post("/v1/events", &h.acme.key)
+            .json(&event("m1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let r = h
+        .http
+        .get(format!("{}/readyz", h.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let text = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
-        "edge_http_requests_total{", "edge_http_request_duration_seconds_bucket", "edge_events_accepted_total",
-        "edge_tenants", "edge_spool_bytes", "edge_spool_events", "edge_redis_sync_errors_total",
-        "edge_clickhouse_insert_errors_total", "edge_clickhouse_insert_rows_total",
+        "edge_http_requests_total{",
+        "edge_http_request_duration_seconds_bucket",
+        "edge_events_accepted_total",
+        "edge_tenants",
+        "edge_spool_bytes",
+        "edge_spool_events",
+        "edge_redis_sync_errors_total",
+        "edge_clickhouse_insert_errors_total",
+        "edge_clickhouse_insert_rows_total",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
     assert!(
         eventually(Duration::from_secs(5), || async {
-            let m = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
+            let m = h
+                .http
+                .get(format!("{}/metrics", h.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             m.contains("edge_clickhouse_insert_duration_seconds_bucket")
         })
         .await
@@ -323,10 +730,24 @@ async fn metrics_and_health() {
         .stderr(std::process::Stdio::piped())
         .spawn()
     {
-        let text = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let text = h
+            .http
+            .get(format!("{}/metrics", h.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "promtool: {report}");
     } else if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") {
         panic!("promtool not installed; scripts/services installs it");

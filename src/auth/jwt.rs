@@ -43,6 +43,23 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Claims for `user` of `org`, valid from `now` for `ttl_secs`; other fields default.
+    pub fn new(user: &str, org: &str, permissions: &[&str], now: u64, ttl_secs: u64) -> Self {
+        Claims {
+            user_id: user.into(),
+            organization_id: org.into(),
+            email: String::new(),
+            role: "member".into(),
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            app_id: None,
+            iat: now,
+            exp: now.saturating_add(ttl_secs),
+            nbf: None,
+            iss: None,
+            aud: None,
+        }
+    }
+
     pub fn has_permission(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission || p == "*")
     }
@@ -103,17 +120,33 @@ impl JwtVerifier {
             v
         };
         if let Some(secret) = &config.hs256_secret {
-            keys.push(Key { decoding: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) });
+            keys.push(Key {
+                decoding: DecodingKey::from_secret(secret),
+                validation: validation(Algorithm::HS256),
+            });
         }
         if let Some(path) = &config.public_keys_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("JWT_PUBLIC_KEYS: {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("JWT_PUBLIC_KEYS: {}: {e}", path.display()))?;
             for (i, pem) in split_pem_blocks(&text).enumerate() {
-                let (decoding, alg) = parse_public_key(pem.as_bytes())
-                    .ok_or_else(|| format!("JWT_PUBLIC_KEYS: key {} is not an RSA, EC P-256 or Ed25519 public key", i + 1))?;
-                keys.push(Key { decoding, validation: validation(alg) });
+                let (decoding, alg) = parse_public_key(pem.as_bytes()).ok_or_else(|| {
+                    format!(
+                        "JWT_PUBLIC_KEYS: key {} is not an RSA, EC P-256 or Ed25519 public key",
+                        i + 1
+                    )
+                })?;
+                keys.push(Key {
+                    decoding,
+                    validation: validation(alg),
+                });
             }
         }
-        Ok(JwtVerifier { keys, leeway: config.leeway_secs, cache: DashMap::default(), cache_capacity })
+        Ok(JwtVerifier {
+            keys,
+            leeway: config.leeway_secs,
+            cache: DashMap::default(),
+            cache_capacity,
+        })
     }
 
     pub fn is_configured(&self) -> bool {
@@ -143,7 +176,11 @@ impl JwtVerifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
         let mut last = JwtError::Invalid;
-        for key in self.keys.iter().filter(|k| k.validation.algorithms.contains(&header.alg)) {
+        for key in self
+            .keys
+            .iter()
+            .filter(|k| k.validation.algorithms.contains(&header.alg))
+        {
             match jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => {
@@ -208,22 +245,17 @@ mod tests {
 
     fn claims(exp: u64) -> Claims {
         Claims {
-            user_id: "u1".into(),
-            organization_id: "org_a".into(),
-            email: "a@example.com".into(),
-            role: "admin".into(),
-            permissions: vec!["events:write".into()],
-            app_id: None,
-            iat: NOW - 10,
             exp,
-            nbf: None,
-            iss: None,
-            aud: None,
+            ..Claims::new("u1", "org_a", &["events:write"], NOW - 10, 0)
         }
     }
 
     fn verifier() -> JwtVerifier {
-        let config = JwtConfig { hs256_secret: Some(SECRET.to_vec()), leeway_secs: 30, ..Default::default() };
+        let config = JwtConfig {
+            hs256_secret: Some(SECRET.to_vec()),
+            leeway_secs: 30,
+            ..Default::default()
+        };
         JwtVerifier::from_config(&config, 16).unwrap()
     }
 
@@ -251,7 +283,12 @@ mod tests {
         let parts: Vec<&str> = good.split('.').collect();
         let mut c = claims(u64::MAX / 2);
         c.organization_id = "org_victim".into();
-        let forged = format!("{}.{}.{}", parts[0], b64(&serde_json::to_string(&c).unwrap()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_string(&c).unwrap()),
+            parts[2]
+        );
         assert_eq!(v.verify(&forged, NOW).unwrap_err(), JwtError::Invalid);
     }
 
@@ -261,7 +298,11 @@ mod tests {
         let t = issue_hs256(&claims(NOW + 5), SECRET);
         assert!(v.verify(&t, NOW).is_ok());
         assert!(v.verify(&t, NOW + 35).is_ok(), "within 30 s leeway");
-        assert_eq!(v.verify(&t, NOW + 36).unwrap_err(), JwtError::Expired, "cached token still expires");
+        assert_eq!(
+            v.verify(&t, NOW + 36).unwrap_err(),
+            JwtError::Expired,
+            "cached token still expires"
+        );
         let old = issue_hs256(&claims(1_000), SECRET);
         assert_eq!(v.verify(&old, NOW).unwrap_err(), JwtError::Expired);
     }
@@ -275,8 +316,14 @@ mod tests {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
         mac.update(msg.as_bytes());
-        let sig = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mac.finalize().into_bytes());
-        assert_eq!(v.verify(&format!("{msg}.{sig}"), NOW).unwrap_err(), JwtError::Invalid);
+        let sig = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            mac.finalize().into_bytes(),
+        );
+        assert_eq!(
+            v.verify(&format!("{msg}.{sig}"), NOW).unwrap_err(),
+            JwtError::Invalid
+        );
     }
 
     #[test]
@@ -309,9 +356,15 @@ mod tests {
 
     #[test]
     fn garbage_is_invalid_and_unconfigured_says_so() {
-        assert_eq!(verifier().verify("not.a.jwt", NOW).unwrap_err(), JwtError::Invalid);
+        assert_eq!(
+            verifier().verify("not.a.jwt", NOW).unwrap_err(),
+            JwtError::Invalid
+        );
         let none = JwtVerifier::from_config(&JwtConfig::default(), 16).unwrap();
-        assert_eq!(none.verify("a.b.c", NOW).unwrap_err(), JwtError::NotConfigured);
+        assert_eq!(
+            none.verify("a.b.c", NOW).unwrap_err(),
+            JwtError::NotConfigured
+        );
     }
 
     #[test]
@@ -325,7 +378,10 @@ mod tests {
         };
         let v = JwtVerifier::from_config(&config, 16).unwrap();
         let mut c = claims(u64::MAX / 2);
-        assert_eq!(v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(), JwtError::Invalid);
+        assert_eq!(
+            v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(),
+            JwtError::Invalid
+        );
         c.iss = Some("edge".into());
         c.aud = Some("sdk".into());
         assert!(v.verify(&issue_hs256(&c, SECRET), NOW).is_ok());

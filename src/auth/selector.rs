@@ -10,7 +10,13 @@ use hyper::header::{HeaderMap, HOST};
 use crate::tenant::{Org, Snapshot};
 
 /// `Ok` when every selector present agrees with `org`; `Err(what was claimed)` otherwise.
-pub fn check(headers: &HeaderMap, org_header: Option<&str>, org: &Org, snapshot: &Snapshot, base_domain: Option<&str>) -> Result<(), String> {
+pub fn check(
+    headers: &HeaderMap,
+    org_header: Option<&str>,
+    org: &Org,
+    snapshot: &Snapshot,
+    base_domain: Option<&str>,
+) -> Result<(), String> {
     if let Some(claimed) = org_header {
         if claimed != org.id.as_str() {
             return Err(claimed.to_string());
@@ -55,7 +61,10 @@ mod tests {
 
     #[test]
     fn subdomains() {
-        assert_eq!(subdomain_of("acme.edge.example", "edge.example"), Some("acme"));
+        assert_eq!(
+            subdomain_of("acme.edge.example", "edge.example"),
+            Some("acme")
+        );
         assert_eq!(subdomain_of("edge.example", "edge.example"), None);
         assert_eq!(subdomain_of("a.b.edge.example", "edge.example"), None);
         assert_eq!(subdomain_of("acmeedge.example", "edge.example"), None);

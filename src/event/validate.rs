@@ -36,7 +36,8 @@ pub struct EventContext<'a> {
 /// Decimal(18,2) holds 16 integer digits.
 const MAX_REVENUE: f64 = 9_999_999_999_999_999.0;
 /// Fixed seeds so device hashes agree across threads and restarts.
-const DEVICE_HASH: ahash::RandomState = ahash::RandomState::with_seeds(0x6564_6765, 0x756e_6d6f, 0x6772_6f77, 0x7000_0001);
+const DEVICE_HASH: ahash::RandomState =
+    ahash::RandomState::with_seeds(0x6564_6765, 0x756e_6d6f, 0x6772_6f77, 0x7000_0001);
 
 pub struct Validator {
     limits: BodyLimits,
@@ -53,9 +54,18 @@ impl Validator {
 
     /// Validates `event` and appends its row to `out`. `scratch` is reused across
     /// calls to serialise the property objects without allocating per event.
-    pub fn encode(&self, event: &BorrowedValue, ctx: &EventContext, scratch: &mut Vec<u8>, out: &mut RowBlock) -> Result<EventSummary, Rejection> {
+    pub fn encode(
+        &self,
+        event: &BorrowedValue,
+        ctx: &EventContext,
+        scratch: &mut Vec<u8>,
+        out: &mut RowBlock,
+    ) -> Result<EventSummary, Rejection> {
         if !event.is_object() {
-            return Err(Rejection::new("invalid_event", "An event must be a JSON object"));
+            return Err(Rejection::new(
+                "invalid_event",
+                "An event must be a JSON object",
+            ));
         }
         let event_type = required_str(event, "event_type", 64)?;
         let event_name = required_str(event, "event_name", 256)?;
@@ -66,7 +76,10 @@ impl Validator {
         let body_app = optional_str(event, "app_id", 64)?;
         let app_id = match (ctx.credential_app, body_app) {
             (Some(bound), Some(sent)) if bound != sent => {
-                return Err(Rejection::new("app_mismatch", format!("app_id {sent:?} is not the app this key belongs to")));
+                return Err(Rejection::new(
+                    "app_mismatch",
+                    format!("app_id {sent:?} is not the app this key belongs to"),
+                ));
             }
             (Some(bound), _) => bound,
             (None, sent) => sent.unwrap_or(""),
@@ -77,30 +90,52 @@ impl Validator {
         let oaid = optional_str(event, "oaid", 64)?.unwrap_or("");
         let ip = optional_str(event, "ip", 45)?.unwrap_or("");
         if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(Rejection::new("invalid_field", "ip is not an IPv4 or IPv6 address"));
+            return Err(Rejection::new(
+                "invalid_field",
+                "ip is not an IPv4 or IPv6 address",
+            ));
         }
         let user_agent = optional_str(event, "user_agent", 1024)?.unwrap_or("");
 
         let timestamp_ms = match event.get("event_timestamp") {
             None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => ctx.received_ms,
             Some(v) => parse_timestamp_ms(v)
-                .ok_or_else(|| Rejection::new("invalid_timestamp", "event_timestamp must be RFC 3339 or epoch milliseconds"))?
+                .ok_or_else(|| {
+                    Rejection::new(
+                        "invalid_timestamp",
+                        "event_timestamp must be RFC 3339 or epoch milliseconds",
+                    )
+                })?
                 .saturating_add(ctx.skew_ms),
         };
         if timestamp_ms > ctx.received_ms + self.limits.max_future.as_millis() as i64 {
-            return Err(Rejection::new("timestamp_in_future", "event_timestamp is too far in the future"));
+            return Err(Rejection::new(
+                "timestamp_in_future",
+                "event_timestamp is too far in the future",
+            ));
         }
         let oldest = ctx.received_ms - i64::from(ctx.retention_days) * 86_400_000;
         if timestamp_ms < oldest.max(0) {
-            return Err(Rejection::new("timestamp_too_old", format!("event_timestamp is older than the {}-day retention", ctx.retention_days)));
+            return Err(Rejection::new(
+                "timestamp_too_old",
+                format!(
+                    "event_timestamp is older than the {}-day retention",
+                    ctx.retention_days
+                ),
+            ));
         }
 
         let revenue_cents = match event.get("revenue") {
             None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => 0,
             Some(v) => {
-                let r = v.as_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
+                let r = v
+                    .as_f64()
+                    .ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
                 if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
-                    return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
+                    return Err(Rejection::new(
+                        "invalid_revenue",
+                        "revenue does not fit Decimal(18,2)",
+                    ));
                 }
                 (r * 100.0).round() as i64
             }
@@ -109,9 +144,18 @@ impl Validator {
             None => *b"USD",
             Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
                 let b = c.as_bytes();
-                [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase(), b[2].to_ascii_uppercase()]
+                [
+                    b[0].to_ascii_uppercase(),
+                    b[1].to_ascii_uppercase(),
+                    b[2].to_ascii_uppercase(),
+                ]
             }
-            Some(_) => return Err(Rejection::new("invalid_currency", "currency must be a three-letter ISO 4217 code")),
+            Some(_) => {
+                return Err(Rejection::new(
+                    "invalid_currency",
+                    "currency must be a three-letter ISO 4217 code",
+                ))
+            }
         };
 
         scratch.clear();
@@ -127,8 +171,15 @@ impl Validator {
         match event_id {
             Some(id) => put_str(d, id.as_bytes()),
             None => {
+                // Built by hand: `Uuid::now_v7` takes a process-wide mutex for monotonic counters,
+                // which would serialise every core; random bits suffice for an idempotency key.
+                let id = uuid::Builder::from_unix_timestamp_millis(
+                    ctx.received_ms as u64,
+                    &rand::random::<[u8; 10]>(),
+                )
+                .into_uuid();
                 let mut buf = uuid::Uuid::encode_buffer();
-                put_str(d, uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).as_bytes());
+                put_str(d, id.hyphenated().encode_lower(&mut buf).as_bytes());
             }
         }
         put_str(d, event_type.as_bytes());
@@ -151,7 +202,13 @@ impl Validator {
         put_str(d, user_agent.as_bytes());
         if d.len() - start > self.limits.max_event_bytes {
             d.truncate(start);
-            return Err(Rejection::new("event_too_large", format!("an event may be at most {} bytes", self.limits.max_event_bytes)));
+            return Err(Rejection::new(
+                "event_too_large",
+                format!(
+                    "an event may be at most {} bytes",
+                    self.limits.max_event_bytes
+                ),
+            ));
         }
         out.rows += 1;
         Ok(EventSummary {
@@ -162,20 +219,46 @@ impl Validator {
     }
 
     /// Appends the JSON text of `event[key]` (an object; `{}` when absent) to `out`.
-    fn serialise_object(&self, event: &BorrowedValue, key: &'static str, out: &mut Vec<u8>) -> Result<(), Rejection> {
+    fn serialise_object(
+        &self,
+        event: &BorrowedValue,
+        key: &'static str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Rejection> {
         let start = out.len();
         match event.get(key) {
-            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => out.extend_from_slice(b"{}"),
+            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => {
+                out.extend_from_slice(b"{}")
+            }
             Some(v @ BorrowedValue::Object(_)) => {
                 if depth_exceeds(v, self.limits.max_properties_depth) {
-                    return Err(Rejection::new("properties_too_deep", format!("{key} nests deeper than {}", self.limits.max_properties_depth)));
+                    return Err(Rejection::new(
+                        "properties_too_deep",
+                        format!(
+                            "{key} nests deeper than {}",
+                            self.limits.max_properties_depth
+                        ),
+                    ));
                 }
-                v.write(out).map_err(|_| Rejection::new("invalid_properties", format!("{key} could not be serialised")))?;
+                v.write(out).map_err(|_| {
+                    Rejection::new(
+                        "invalid_properties",
+                        format!("{key} could not be serialised"),
+                    )
+                })?;
                 if out.len() - start > self.limits.max_properties_bytes {
-                    return Err(Rejection::new("properties_too_large", format!("{key} exceeds {} bytes", self.limits.max_properties_bytes)));
+                    return Err(Rejection::new(
+                        "properties_too_large",
+                        format!("{key} exceeds {} bytes", self.limits.max_properties_bytes),
+                    ));
                 }
             }
-            Some(_) => return Err(Rejection::new("invalid_properties", format!("{key} must be a JSON object"))),
+            Some(_) => {
+                return Err(Rejection::new(
+                    "invalid_properties",
+                    format!("{key} must be a JSON object"),
+                ))
+            }
         }
         Ok(())
     }
@@ -198,23 +281,41 @@ pub fn parse_timestamp_ms(v: &BorrowedValue) -> Option<i64> {
     (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
 }
 
-fn required_str<'v>(event: &'v BorrowedValue, key: &'static str, max_chars: usize) -> Result<&'v str, Rejection> {
+fn required_str<'v>(
+    event: &'v BorrowedValue,
+    key: &'static str,
+    max_chars: usize,
+) -> Result<&'v str, Rejection> {
     match optional_str(event, key, max_chars)? {
         Some(s) => Ok(s),
-        None => Err(Rejection::new("missing_field", format!("{key} is required"))),
+        None => Err(Rejection::new(
+            "missing_field",
+            format!("{key} is required"),
+        )),
     }
 }
 
 /// Absent, null and "" are all "not sent".
-fn optional_str<'v>(event: &'v BorrowedValue, key: &'static str, max_chars: usize) -> Result<Option<&'v str>, Rejection> {
-    let Some(v) = event.get(key) else { return Ok(None) };
+fn optional_str<'v>(
+    event: &'v BorrowedValue,
+    key: &'static str,
+    max_chars: usize,
+) -> Result<Option<&'v str>, Rejection> {
+    let Some(v) = event.get(key) else {
+        return Ok(None);
+    };
     if v.is_null() {
         return Ok(None);
     }
-    let s = v.as_str().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
     // Bytes bound chars from above, so counting is needed only for long non-ASCII text.
     if s.len() > max_chars && s.chars().count() > max_chars {
-        return Err(Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters")));
+        return Err(Rejection::new(
+            "field_too_long",
+            format!("{key} exceeds {max_chars} characters"),
+        ));
     }
     Ok(Some(s).filter(|s| !s.is_empty()))
 }
@@ -241,7 +342,14 @@ mod tests {
     const NOW_MS: i64 = 1_780_000_000_000;
 
     fn ctx() -> EventContext<'static> {
-        EventContext { org_id: "org_a", credential_app: Some("app_1"), received_ms: NOW_MS, skew_ms: 0, sent_at_ms: None, retention_days: 90 }
+        EventContext {
+            org_id: "org_a",
+            credential_app: Some("app_1"),
+            received_ms: NOW_MS,
+            skew_ms: 0,
+            sent_at_ms: None,
+            retention_days: 90,
+        }
     }
 
     fn run_with(json: &str, ctx: &EventContext) -> Result<(EventSummary, Vec<u8>), Rejection> {
@@ -291,7 +399,10 @@ mod tests {
             "idfa":"IDFA","ip":"10.0.0.1","user_agent":"ua","unknown":true,"event_timestamp":1779999999000}"#)
         .unwrap();
         let cols = strings(&row);
-        assert_eq!(cols[0], "org_a", "organization_id comes from the credential, never the body");
+        assert_eq!(
+            cols[0], "org_a",
+            "organization_id comes from the credential, never the body"
+        );
         assert_eq!(cols[1], "app_1");
         assert_eq!(cols[2], "e1");
         assert_eq!(&cols[3..6], ["purchase", "buy", "d1"]);
@@ -313,25 +424,57 @@ mod tests {
 
     #[test]
     fn required_fields_and_types() {
-        assert_eq!(code(r#"{"event_name":"n","device_id":"d"}"#), "missing_field");
-        assert_eq!(code(r#"{"event_type":"","event_name":"n","device_id":"d"}"#), "missing_field");
-        assert_eq!(code(r#"{"event_type":5,"event_name":"n","device_id":"d"}"#), "invalid_field");
+        assert_eq!(
+            code(r#"{"event_name":"n","device_id":"d"}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(r#"{"event_type":"","event_name":"n","device_id":"d"}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(r#"{"event_type":5,"event_name":"n","device_id":"d"}"#),
+            "invalid_field"
+        );
         let long = "x".repeat(65);
-        assert_eq!(code(&format!(r#"{{"event_type":"{long}","event_name":"n","device_id":"d"}}"#)), "field_too_long");
+        assert_eq!(
+            code(&format!(
+                r#"{{"event_type":"{long}","event_name":"n","device_id":"d"}}"#
+            )),
+            "field_too_long"
+        );
         // 64 multi-byte characters are fine: the limit is in characters.
         let wide = "é".repeat(64);
-        assert!(run(&format!(r#"{{"event_type":"{wide}","event_name":"n","device_id":"d"}}"#)).is_ok());
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","ip":"not-an-ip"}"#), "invalid_field");
+        assert!(run(&format!(
+            r#"{{"event_type":"{wide}","event_name":"n","device_id":"d"}}"#
+        ))
+        .is_ok());
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","ip":"not-an-ip"}"#),
+            "invalid_field"
+        );
     }
 
     #[test]
     fn timestamps() {
-        let ok = |ts: &str| run(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{ts}}}"#));
+        let ok = |ts: &str| {
+            run(&format!(
+                r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{ts}}}"#
+            ))
+        };
         assert!(ok(r#""2026-05-28T12:00:00Z""#).is_ok());
         assert!(ok(r#""2026-05-28T12:00:00.123+02:00""#).is_ok());
         assert_eq!(ok(r#""yesterday""#).unwrap_err().code, "invalid_timestamp");
-        assert_eq!(ok(&(NOW_MS + 25 * 3_600_000).to_string()).unwrap_err().code, "timestamp_in_future");
-        assert_eq!(ok(&(NOW_MS - 91 * 86_400_000).to_string()).unwrap_err().code, "timestamp_too_old");
+        assert_eq!(
+            ok(&(NOW_MS + 25 * 3_600_000).to_string()).unwrap_err().code,
+            "timestamp_in_future"
+        );
+        assert_eq!(
+            ok(&(NOW_MS - 91 * 86_400_000).to_string())
+                .unwrap_err()
+                .code,
+            "timestamp_too_old"
+        );
         assert!(ok(&(NOW_MS - 89 * 86_400_000).to_string()).is_ok());
     }
 
@@ -348,35 +491,72 @@ mod tests {
             read_str(&mut v);
         }
         let ts = u32::from_le_bytes(v[..4].try_into().unwrap());
-        assert_eq!(ts as i64, (NOW_MS - 60_000) / 1000, "a minute before receipt, server time");
+        assert_eq!(
+            ts as i64,
+            (NOW_MS - 60_000) / 1000,
+            "a minute before receipt, server time"
+        );
         assert_eq!(s.day as i64, (NOW_MS - 60_000) / 86_400_000);
     }
 
     #[test]
     fn properties_rules() {
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","properties":[1]}"#), "invalid_properties");
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","properties":[1]}"#),
+            "invalid_properties"
+        );
         let deep = format!("{}1{}", r#"{"a":"#.repeat(33), "}".repeat(33));
-        assert_eq!(code(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{deep}}}"#)), "properties_too_deep");
+        assert_eq!(
+            code(&format!(
+                r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{deep}}}"#
+            )),
+            "properties_too_deep"
+        );
         let big = "y".repeat(33 * 1024);
-        assert_eq!(code(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","user_properties":{{"b":"{big}"}}}}"#)), "properties_too_large");
+        assert_eq!(
+            code(&format!(
+                r#"{{"event_type":"t","event_name":"n","device_id":"d","user_properties":{{"b":"{big}"}}}}"#
+            )),
+            "properties_too_large"
+        );
     }
 
     #[test]
     fn revenue_and_currency() {
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":"9.99"}"#), "invalid_revenue");
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":1e17}"#), "invalid_revenue");
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"EURO"}"#), "field_too_long");
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"E1R"}"#), "invalid_currency");
-        let (s, _) = run(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":-0.015}"#).unwrap();
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":"9.99"}"#),
+            "invalid_revenue"
+        );
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":1e17}"#),
+            "invalid_revenue"
+        );
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"EURO"}"#),
+            "field_too_long"
+        );
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"E1R"}"#),
+            "invalid_currency"
+        );
+        let (s, _) =
+            run(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":-0.015}"#).unwrap();
         assert_eq!(s.revenue_cents, -2);
     }
 
     #[test]
     fn app_binding() {
-        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"other"}"#), "app_mismatch");
+        assert_eq!(
+            code(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"other"}"#),
+            "app_mismatch"
+        );
         let mut c = ctx();
         c.credential_app = None;
-        let (_, row) = run_with(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"mine"}"#, &c).unwrap();
+        let (_, row) = run_with(
+            r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"mine"}"#,
+            &c,
+        )
+        .unwrap();
         assert_eq!(strings(&row)[1], "mine");
     }
 }

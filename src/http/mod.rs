@@ -21,15 +21,32 @@ use crate::server::AppState;
 use response::Body;
 
 /// Data listener routes; `route` labels metrics with a fixed, low-cardinality name.
-pub async fn serve_data(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn serve_data(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let path = req.uri().path();
     let (route, result) = match (req.method(), path) {
-        (&Method::POST, "/v1/events") => ("/v1/events", crate::ingest::handle(&state, req, Shape::Single).await),
-        (&Method::POST, "/v1/events/batch") => ("/v1/events/batch", crate::ingest::handle(&state, req, Shape::Batch).await),
-        (_, "/v1/events" | "/v1/events/batch") => ("/v1/events", Err(ApiError::method_not_allowed("POST"))),
-        (&Method::GET, "/api/v1/stats/events") => ("/api/v1/stats/events", crate::control::stats::handle(&state, &req)),
-        (_, "/api/v1/stats/events") => ("/api/v1/stats/events", Err(ApiError::method_not_allowed("GET"))),
+        (&Method::POST, "/v1/events") => (
+            "/v1/events",
+            crate::ingest::handle(&state, req, Shape::Single).await,
+        ),
+        (&Method::POST, "/v1/events/batch") => (
+            "/v1/events/batch",
+            crate::ingest::handle(&state, req, Shape::Batch).await,
+        ),
+        (_, "/v1/events" | "/v1/events/batch") => {
+            ("/v1/events", Err(ApiError::method_not_allowed("POST")))
+        }
+        (&Method::GET, "/api/v1/stats/events") => (
+            "/api/v1/stats/events",
+            crate::control::stats::handle(&state, &req),
+        ),
+        (_, "/api/v1/stats/events") => (
+            "/api/v1/stats/events",
+            Err(ApiError::method_not_allowed("GET")),
+        ),
         (&Method::GET, "/healthz") => ("/healthz", Ok(response::text(StatusCode::OK, "ok\n"))),
         _ => ("other", Err(ApiError::not_found())),
     };
@@ -37,13 +54,18 @@ pub async fn serve_data(state: Arc<AppState>, req: Request<Incoming>) -> Result<
 }
 
 /// Admin listener routes.
-pub async fn serve_admin(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn serve_admin(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let (route, result) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => ("/metrics", Ok(response::metrics(state.metrics.render()))),
         (&Method::GET, "/healthz") => ("/healthz", Ok(response::text(StatusCode::OK, "ok\n"))),
         (&Method::GET, "/readyz") => ("/readyz", Ok(readiness(&state))),
-        (_, "/metrics" | "/healthz" | "/readyz") => ("other", Err(ApiError::method_not_allowed("GET"))),
+        (_, "/metrics" | "/healthz" | "/readyz") => {
+            ("other", Err(ApiError::method_not_allowed("GET")))
+        }
         _ => ("other", Err(ApiError::not_found())),
     };
     Ok(finish(route, started, result))
@@ -60,10 +82,15 @@ fn readiness(state: &AppState) -> Response<Body> {
     response::text(StatusCode::OK, "ready\n")
 }
 
-fn finish(route: &'static str, started: Instant, result: Result<Response<Body>, ApiError>) -> Response<Body> {
+fn finish(
+    route: &'static str,
+    started: Instant,
+    result: Result<Response<Body>, ApiError>,
+) -> Response<Body> {
     let response = result.unwrap_or_else(|e| response::error(&e));
     let status = response.status();
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status_label(status))
+        .increment(1);
     metrics::histogram!(m::HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
     response
 }

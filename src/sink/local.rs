@@ -31,23 +31,40 @@ impl LocalSink {
         for entry in std::fs::read_dir(&dir)? {
             used += entry?.metadata()?.len();
         }
-        Ok(LocalSink { dir, spool_dir, max_bytes, used: AtomicU64::new(used) })
+        Ok(LocalSink {
+            dir,
+            spool_dir,
+            max_bytes,
+            used: AtomicU64::new(used),
+        })
     }
 
     pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
         let used = self.used.load(Ordering::Acquire);
         if used + block.bytes as u64 > self.max_bytes {
-            return Err(SinkError { retryable: true, message: format!("local store full ({used} of {} bytes)", self.max_bytes) });
+            return Err(SinkError {
+                retryable: true,
+                message: format!("local store full ({used} of {} bytes)", self.max_bytes),
+            });
         }
-        let file = self.dir.join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
+        let file = self
+            .dir
+            .join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
         let write = async {
-            let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(&file).await?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .await?;
             for chunk in &block.chunks {
                 f.write_all(chunk).await?;
             }
             f.flush().await
         };
-        write.await.map_err(|e| SinkError { retryable: true, message: format!("{}: {e}", file.display()) })?;
+        write.await.map_err(|e| SinkError {
+            retryable: true,
+            message: format!("{}: {e}", file.display()),
+        })?;
         self.used.fetch_add(block.bytes as u64, Ordering::AcqRel);
         Ok(())
     }
