@@ -368,6 +368,32 @@ mod tests {
     }
 
     #[test]
+    fn public_keys_from_pem_verify_rs256_es256_eddsa() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let config = JwtConfig {
+            public_keys_file: Some(format!("{fixtures}/public_keys.pem").into()),
+            leeway_secs: 30,
+            ..Default::default()
+        };
+        let v = JwtVerifier::from_config(&config, 16).unwrap();
+        assert_eq!(v.keys.len(), 3);
+        let c = claims(u64::MAX / 2);
+        let sign = |alg: Algorithm, key: jsonwebtoken::EncodingKey| {
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &c, &key).unwrap()
+        };
+        let pem = |name: &str| std::fs::read(format!("{fixtures}/{name}")).unwrap();
+        let rs = sign(Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap());
+        let es = sign(Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_pem(&pem("ec.key")).unwrap());
+        let ed = sign(Algorithm::EdDSA, jsonwebtoken::EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap());
+        for token in [&rs, &es, &ed] {
+            assert_eq!(v.verify(token, NOW).unwrap().organization_id, "org_a");
+        }
+        // HS256 signed with the RSA public key's bytes (the classic confusion attack) is refused.
+        let confused = issue_hs256(&c, &pem("public_keys.pem"));
+        assert_eq!(v.verify(&confused, NOW).unwrap_err(), JwtError::Invalid);
+    }
+
+    #[test]
     fn issuer_and_audience_are_checked_when_configured() {
         let config = JwtConfig {
             hs256_secret: Some(SECRET.to_vec()),
