@@ -156,6 +156,6 @@ pub async fn handle(
     state
         .limiter
         .record(&org.id, accepted as u64, received.as_secs() as i64);
-    metrics::counter!(m::EVENTS_ACCEPTED).increment(accepted as u64);
+    m::events_accepted(accepted as u64);
     Ok(response::accepted(accepted, &errors))
 }

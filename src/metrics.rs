@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "edge_http_requests_total";
@@ -141,4 +142,58 @@ fn describe() {
     metrics::counter!(EVENTS_ACCEPTED).absolute(0);
     metrics::gauge!(SPOOL_BYTES).set(0.0);
     metrics::gauge!(SPOOL_EVENTS).set(0.0);
+}
+
+/// Route labels: a fixed set, so label cardinality is bounded.
+pub const ROUTES: [&str; 7] = ["/v1/events", "/v1/events/batch", "/api/v1/stats/events", "/healthz", "/readyz", "/metrics", "other"];
+const STATUSES: [&str; 16] = ["200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204"];
+
+fn status_index(status: u16) -> usize {
+    match status {
+        200 => 0,
+        202 => 1,
+        400 => 2,
+        401 => 3,
+        402 => 4,
+        403 => 5,
+        404 => 6,
+        405 => 7,
+        408 => 8,
+        413 => 9,
+        415 => 10,
+        429 => 11,
+        500 => 12,
+        503 => 13,
+        204 => 15,
+        _ => 14,
+    }
+}
+
+/// Handles for the per-request series, registered on first use. The `counter!`
+/// macro builds a key (allocating its label list) and looks it up in the
+/// registry on every call; a cached handle is one atomic add.
+struct RequestSeries {
+    requests: [[OnceLock<Counter>; STATUSES.len()]; ROUTES.len()],
+    durations: [OnceLock<Histogram>; ROUTES.len()],
+    accepted: OnceLock<Counter>,
+}
+
+static SERIES: RequestSeries = RequestSeries {
+    requests: [const { [const { OnceLock::new() }; STATUSES.len()] }; ROUTES.len()],
+    durations: [const { OnceLock::new() }; ROUTES.len()],
+    accepted: OnceLock::new(),
+};
+
+/// Counts one HTTP request; `route` indexes [`ROUTES`].
+pub fn http_request(route: usize, status: u16, seconds: f64) {
+    let route = route.min(ROUTES.len() - 1);
+    let status = status_index(status);
+    SERIES.requests[route][status]
+        .get_or_init(|| metrics::counter!(HTTP_REQUESTS, "route" => ROUTES[route], "status" => STATUSES[status]))
+        .increment(1);
+    SERIES.durations[route].get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => ROUTES[route])).record(seconds);
+}
+
+pub fn events_accepted(n: u64) {
+    SERIES.accepted.get_or_init(|| metrics::counter!(EVENTS_ACCEPTED)).increment(n);
 }

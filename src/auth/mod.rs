@@ -12,14 +12,15 @@ pub mod selector;
 
 use std::sync::Arc;
 
-use hyper::header::{HeaderMap, AUTHORIZATION};
+use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
 use crate::error::ApiError;
 use crate::tenant::{KeyHash, Org, OrgStatus, Registry};
 use jwt::{Claims, JwtVerifier};
 
-pub const API_KEY_HEADER: &str = "x-api-key";
-pub const ORG_HEADER: &str = "x-organization-id";
+// Static names: looking a header up by `&str` builds (and allocates) a `HeaderName` each time.
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+pub const ORG_HEADER: HeaderName = HeaderName::from_static("x-organization-id");
 
 /// Who is calling, for which organisation.
 #[derive(Debug, Clone)]
@@ -100,7 +101,7 @@ impl Authenticator {
         route: &str,
     ) -> Result<Principal, ApiError> {
         let snapshot = registry.snapshot();
-        let org_header = header_str(headers, ORG_HEADER)?;
+        let org_header = header_str(headers, &ORG_HEADER)?;
 
         let principal = if let Some(bearer) = bearer_token(headers)? {
             if self
@@ -133,7 +134,7 @@ impl Authenticator {
                 org,
                 credential: Credential::Jwt(claims),
             }
-        } else if let Some(key) = header_str(headers, API_KEY_HEADER)? {
+        } else if let Some(key) = header_str(headers, &API_KEY_HEADER)? {
             let grant = snapshot
                 .key(&KeyHash::of(key))
                 .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "Unknown SDK key"))?;
@@ -198,7 +199,7 @@ fn audit(action: &str, principal: &Principal, route: &str, selector: &str) {
     );
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
+fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -211,7 +212,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>,
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = header_str(headers, AUTHORIZATION.as_str())? else {
+    let Some(value) = header_str(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
     match value.split_once(' ') {

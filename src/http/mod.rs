@@ -29,26 +29,26 @@ pub async fn serve_data(
     let path = req.uri().path();
     let (route, result) = match (req.method(), path) {
         (&Method::POST, "/v1/events") => (
-            "/v1/events",
+            Route::Events,
             crate::ingest::handle(&state, req, Shape::Single).await,
         ),
         (&Method::POST, "/v1/events/batch") => (
-            "/v1/events/batch",
+            Route::Batch,
             crate::ingest::handle(&state, req, Shape::Batch).await,
         ),
         (_, "/v1/events" | "/v1/events/batch") => {
-            ("/v1/events", Err(ApiError::method_not_allowed("POST")))
+            (Route::Events, Err(ApiError::method_not_allowed("POST")))
         }
         (&Method::GET, "/api/v1/stats/events") => (
-            "/api/v1/stats/events",
+            Route::Stats,
             crate::control::stats::handle(&state, &req),
         ),
         (_, "/api/v1/stats/events") => (
-            "/api/v1/stats/events",
+            Route::Stats,
             Err(ApiError::method_not_allowed("GET")),
         ),
-        (&Method::GET, "/healthz") => ("/healthz", Ok(response::text(StatusCode::OK, "ok\n"))),
-        _ => ("other", Err(ApiError::not_found())),
+        (&Method::GET, "/healthz") => (Route::Healthz, Ok(response::text(StatusCode::OK, "ok\n"))),
+        _ => (Route::Other, Err(ApiError::not_found())),
     };
     Ok(finish(route, started, result))
 }
@@ -60,13 +60,13 @@ pub async fn serve_admin(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let (route, result) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => ("/metrics", Ok(response::metrics(state.metrics.render()))),
-        (&Method::GET, "/healthz") => ("/healthz", Ok(response::text(StatusCode::OK, "ok\n"))),
-        (&Method::GET, "/readyz") => ("/readyz", Ok(readiness(&state))),
+        (&Method::GET, "/metrics") => (Route::Metrics, Ok(response::metrics(state.metrics.render()))),
+        (&Method::GET, "/healthz") => (Route::Healthz, Ok(response::text(StatusCode::OK, "ok\n"))),
+        (&Method::GET, "/readyz") => (Route::Readyz, Ok(readiness(&state))),
         (_, "/metrics" | "/healthz" | "/readyz") => {
-            ("other", Err(ApiError::method_not_allowed("GET")))
+            (Route::Other, Err(ApiError::method_not_allowed("GET")))
         }
-        _ => ("other", Err(ApiError::not_found())),
+        _ => (Route::Other, Err(ApiError::not_found())),
     };
     Ok(finish(route, started, result))
 }
@@ -82,35 +82,20 @@ fn readiness(state: &AppState) -> Response<Body> {
     response::text(StatusCode::OK, "ready\n")
 }
 
-fn finish(
-    route: &'static str,
-    started: Instant,
-    result: Result<Response<Body>, ApiError>,
-) -> Response<Body> {
+fn finish(route: Route, started: Instant, result: Result<Response<Body>, ApiError>) -> Response<Body> {
     let response = result.unwrap_or_else(|e| response::error(&e));
-    let status = response.status();
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status_label(status))
-        .increment(1);
-    metrics::histogram!(m::HTTP_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
+    m::http_request(route as usize, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
-fn status_label(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200 => "200",
-        202 => "202",
-        400 => "400",
-        401 => "401",
-        402 => "402",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        408 => "408",
-        413 => "413",
-        415 => "415",
-        429 => "429",
-        500 => "500",
-        503 => "503",
-        _ => "other",
-    }
+/// Metric label of a route, as an index into [`m::ROUTES`].
+#[derive(Clone, Copy)]
+enum Route {
+    Events = 0,
+    Batch = 1,
+    Stats = 2,
+    Healthz = 3,
+    Readyz = 4,
+    Metrics = 5,
+    Other = 6,
 }

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 use super::{Block, SinkError};
 
@@ -47,24 +47,20 @@ impl LocalSink {
                 message: format!("local store full ({used} of {} bytes)", self.max_bytes),
             });
         }
-        let file = self
-            .dir
-            .join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
-        let write = async {
-            let mut f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file)
-                .await?;
-            for chunk in &block.chunks {
-                f.write_all(chunk).await?;
-            }
-            f.flush().await
-        };
-        write.await.map_err(|e| SinkError {
-            retryable: true,
-            message: format!("{}: {e}", file.display()),
-        })?;
+        let file = self.dir.join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
+        // One blocking write per block: tokio::fs would hop to the blocking pool per chunk.
+        let data = block.concat();
+        let path = file.clone();
+        let write = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            f.write_all(&data)
+        });
+        let failed = |message: String| SinkError { retryable: true, message };
+        match write.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed(format!("{}: {e}", file.display()))),
+            Err(e) => return Err(failed(format!("local store writer: {e}"))),
+        }
         self.used.fetch_add(block.bytes as u64, Ordering::AcqRel);
         Ok(())
     }
