@@ -145,8 +145,19 @@ fn describe() {
 }
 
 /// Route labels: a fixed set, so label cardinality is bounded.
-pub const ROUTES: [&str; 7] = ["/v1/events", "/v1/events/batch", "/api/v1/stats/events", "/healthz", "/readyz", "/metrics", "other"];
-const STATUSES: [&str; 16] = ["200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204"];
+pub const ROUTES: [&str; 7] = [
+    "/v1/events",
+    "/v1/events/batch",
+    "/api/v1/stats/events",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+];
+const STATUSES: [&str; 16] = [
+    "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500",
+    "503", "other", "204",
+];
 
 fn status_index(status: u16) -> usize {
     match status {
@@ -191,9 +202,14 @@ pub fn http_request(route: usize, status: u16, seconds: f64) {
     SERIES.requests[route][status]
         .get_or_init(|| metrics::counter!(HTTP_REQUESTS, "route" => ROUTES[route], "status" => STATUSES[status]))
         .increment(1);
-    SERIES.durations[route].get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => ROUTES[route])).record(seconds);
+    SERIES.durations[route]
+        .get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => ROUTES[route]))
+        .record(seconds);
 }
 
 pub fn events_accepted(n: u64) {
-    SERIES.accepted.get_or_init(|| metrics::counter!(EVENTS_ACCEPTED)).increment(n);
+    SERIES
+        .accepted
+        .get_or_init(|| metrics::counter!(EVENTS_ACCEPTED))
+        .increment(n);
 }

@@ -382,9 +382,18 @@ mod tests {
             jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &c, &key).unwrap()
         };
         let pem = |name: &str| std::fs::read(format!("{fixtures}/{name}")).unwrap();
-        let rs = sign(Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap());
-        let es = sign(Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_pem(&pem("ec.key")).unwrap());
-        let ed = sign(Algorithm::EdDSA, jsonwebtoken::EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap());
+        let rs = sign(
+            Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap(),
+        );
+        let es = sign(
+            Algorithm::ES256,
+            jsonwebtoken::EncodingKey::from_ec_pem(&pem("ec.key")).unwrap(),
+        );
+        let ed = sign(
+            Algorithm::EdDSA,
+            jsonwebtoken::EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap(),
+        );
         for token in [&rs, &es, &ed] {
             assert_eq!(v.verify(token, NOW).unwrap().organization_id, "org_a");
         }

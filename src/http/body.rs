@@ -5,7 +5,9 @@
 //! inflating, so a small gzip bomb costs at most `limit + 1` bytes of memory.
 //! A body that stalls is cut off after [`BODY_TIMEOUT`].
 
+use std::future::Future;
 use std::io::Read;
+use std::task::Poll;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -96,18 +98,21 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(what, limit));
     }
-    let raw = tokio::time::timeout(
-        BODY_TIMEOUT,
-        collect(body, limit, declared.unwrap_or(0) as usize, what),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "The request body did not arrive in time",
-        )
-    })??;
+    let mut collecting = std::pin::pin!(collect(body, limit, declared.unwrap_or(0) as usize, what));
+    // Most bodies arrive with their headers: finish without arming a timer when possible.
+    let first = std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await;
+    let raw = match first {
+        Poll::Ready(result) => result?,
+        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, collecting)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "The request body did not arrive in time",
+                )
+            })??,
+    };
     match encoding {
         Encoding::Identity => Ok(raw),
         Encoding::Gzip => inflate(
