@@ -264,6 +264,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
             config.spool_dir.display()
         ),
     };
+    let config_tenants_file = config.tenants_file.clone().filter(|_| !args.dev);
+    let tiers = config.tiers.clone();
     let server = match Server::start(config, Arc::new(Registry::new(snapshot)), sink).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -274,12 +276,39 @@ async fn serve(args: ServeArgs) -> ExitCode {
             crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name)
         );
     }
+    if let Some(path) = config_tenants_file {
+        tokio::spawn(reload_on_sighup(path, server.state.registry.clone(), tiers));
+    }
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections and flushing batches");
     server.shutdown();
     server.wait().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP re-reads the tenants file and swaps the registry atomically; a bad file
+/// is logged and the current tenants stay in force.
+async fn reload_on_sighup(
+    path: std::path::PathBuf,
+    registry: Arc<Registry>,
+    tiers: crate::limits::tiers::TierTable,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load_tenants_file(&path, &tiers) {
+            Ok(snapshot) => {
+                let count = snapshot.org_count();
+                registry.replace(snapshot);
+                tracing::info!(organizations = count, file = %path.display(), "tenants reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tenants reload failed; keeping the current tenants")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -157,3 +157,101 @@ fn wait_timeout(
     let _ = child.kill();
     None
 }
+
+#[test]
+fn bad_configuration_is_reported_one_line_per_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["serve"])
+        .env("EDGE_LISTEN", "nope")
+        .env("EDGE_ACK", "maybe")
+        .env("JWT_SECRET", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, name) in lines.iter().zip(["EDGE_LISTEN", "JWT_SECRET", "EDGE_ACK"]) {
+        assert!(
+            line.starts_with(&format!("edge: invalid configuration: {name}: ")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn tenants_file_serves_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tenants.toml");
+    let (a, b) = (
+        edge::tenant::SdkKey::generate(),
+        edge::tenant::SdkKey::generate(),
+    );
+    let write = |keys: &[&edge::tenant::SdkKey]| {
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{{ app_id = \"app\", sha256 = \"{}\" }}", k.hash().to_hex()))
+            .collect();
+        let text = format!("[[organizations]]\nid = \"org_file\"\nname = \"F\"\nsubdomain = \"file\"\nkeys = [{}]\n", keys.join(", "));
+        std::fs::write(&file, text).unwrap();
+    };
+    write(&[&a]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["serve"])
+        .env("EDGE_LISTEN", "127.0.0.1:0")
+        .env("EDGE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("EDGE_TENANTS_FILE", &file)
+        .env("EDGE_SPOOL_DIR", dir.path())
+        // Nothing listens there: events stay buffered, which this test does not mind.
+        .env("CLICKHOUSE_URL", "http://127.0.0.1:9")
+        .env("EDGE_DRAIN_TIMEOUT", "1s")
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("edge logs its address").unwrap();
+        if let Some(rest) = line.split(" addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let post = |key: &str| {
+        let url = format!("http://{addr}/v1/events");
+        let key = key.to_string();
+        rt.block_on(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", key)
+                .json(&serde_json::json!({"event_type":"t","event_name":"n","device_id":"d"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    assert_eq!(post(a.expose()), 202);
+    assert_eq!(post(b.expose()), 401);
+    write(&[&b]);
+    send_signal(child.id(), "HUP");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = post(b.expose());
+        if status == 202 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status, 202, "reloaded tenants accept the new key");
+    assert_eq!(post(a.expose()), 401, "and refuse the removed one at once");
+    send_signal(child.id(), "TERM");
+    let exit = wait_timeout(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+}
