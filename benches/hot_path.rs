@@ -123,5 +123,32 @@ fn key_lookup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_validate, jwt, limiter, key_lookup);
+/// RowBinary → Native for a 10k-row block: the edge's price for ClickHouse's cheaper parse.
+fn native_block(c: &mut Criterion) {
+    let validator = Validator::new(BodyLimits::default());
+    let mut scratch = Vec::new();
+    let mut block = RowBlock::new(OrgId::new("org_bench"), 4 << 20);
+    let mut body = EVENT.as_bytes().to_vec();
+    let value = simd_json::to_borrowed_value(&mut body).unwrap();
+    for _ in 0..10_000 {
+        validator
+            .encode(&value, &ctx(), &mut scratch, &mut block)
+            .unwrap();
+    }
+    let mut group = c.benchmark_group("native_block");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("transpose_10k_rows", |b| {
+        b.iter(|| black_box(edge::sink::native::to_native([&block.data[..]], 10_000).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_validate,
+    jwt,
+    limiter,
+    key_lookup,
+    native_block
+);
 criterion_main!(benches);

@@ -8,6 +8,7 @@
 
 pub mod clickhouse;
 pub mod local;
+pub mod native;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
