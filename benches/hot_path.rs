@@ -33,45 +33,31 @@ fn parse_validate(c: &mut Criterion) {
     let mut buffers = simd_json::Buffers::default();
     let mut scratch = Vec::new();
     let mut group = c.benchmark_group("parse_validate_encode");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("single_event", |b| {
-        b.iter_batched(
-            || EVENT.as_bytes().to_vec(),
-            |mut body| {
-                let parsed = parse_body(&mut body, Shape::Single, 10_000, &mut buffers).unwrap();
-                let mut block = RowBlock::new(OrgId::new("org_bench"), 512);
-                for e in parsed.events.iter() {
-                    black_box(
-                        validator
-                            .encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block)
-                            .unwrap(),
-                    );
-                }
-                block
-            },
-            BatchSize::SmallInput,
-        )
-    });
     let batch = format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","));
-    group.throughput(Throughput::Elements(100));
-    group.bench_function("batch_of_100", |b| {
-        b.iter_batched(
-            || batch.as_bytes().to_vec(),
-            |mut body| {
-                let parsed = parse_body(&mut body, Shape::Batch, 10_000, &mut buffers).unwrap();
-                let mut block = RowBlock::new(OrgId::new("org_bench"), batch.len());
-                for e in parsed.events.iter() {
-                    black_box(
-                        validator
-                            .encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block)
-                            .unwrap(),
-                    );
-                }
-                block
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, body, shape, events) in [
+        ("single_event", EVENT, Shape::Single, 1),
+        ("batch_of_100", &batch[..], Shape::Batch, 100),
+    ] {
+        group.throughput(Throughput::Elements(events));
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || body.as_bytes().to_vec(),
+                |mut body| {
+                    let mut block = RowBlock::new(OrgId::new("org_bench"), body.len());
+                    let parsed = parse_body(&mut body, shape, 10_000, &mut buffers).unwrap();
+                    for e in parsed.events.iter() {
+                        black_box(
+                            validator
+                                .encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block)
+                                .unwrap(),
+                        );
+                    }
+                    block
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 
