@@ -34,10 +34,9 @@ fn parse_validate(c: &mut Criterion) {
     let mut scratch = Vec::new();
     let mut group = c.benchmark_group("parse_validate_encode");
     let batch = format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","));
-    for (name, body, shape, events) in [
-        ("single_event", EVENT, Shape::Single, 1),
-        ("batch_of_100", &batch[..], Shape::Batch, 100),
-    ] {
+    for (name, body, shape, events) in
+        [("single_event", EVENT, Shape::Single, 1), ("batch_of_100", &batch[..], Shape::Batch, 100)]
+    {
         group.throughput(Throughput::Elements(events));
         group.bench_function(name, |b| {
             b.iter_batched(
@@ -46,11 +45,7 @@ fn parse_validate(c: &mut Criterion) {
                     let mut block = RowBlock::new(OrgId::new("org_bench"), body.len());
                     let parsed = parse_body(&mut body, shape, 10_000, &mut buffers).unwrap();
                     for e in parsed.events.iter() {
-                        black_box(
-                            validator
-                                .encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block)
-                                .unwrap(),
-                        );
+                        black_box(validator.encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
                     }
                     block
                 },
@@ -63,17 +58,11 @@ fn parse_validate(c: &mut Criterion) {
 
 fn jwt(c: &mut Criterion) {
     let secret = b"bench-secret-bench-secret-bench-secret".to_vec();
-    let config = JwtConfig {
-        hs256_secret: Some(secret.clone()),
-        leeway_secs: 30,
-        ..Default::default()
-    };
+    let config = JwtConfig { hs256_secret: Some(secret.clone()), leeway_secs: 30, ..Default::default() };
     let claims = |user: String| Claims::new(&user, "org_bench", &["events:write"], 0, u64::MAX / 2);
     let mut group = c.benchmark_group("jwt_verify");
     let cold = JwtVerifier::from_config(&config, 1).unwrap();
-    let tokens: Vec<String> = (0..64)
-        .map(|i| issue_hs256(&claims(format!("u{i}")), &secret))
-        .collect();
+    let tokens: Vec<String> = (0..64).map(|i| issue_hs256(&claims(format!("u{i}")), &secret)).collect();
     let mut i = 0;
     group.bench_function("cold_hs256", |b| {
         b.iter(|| {
@@ -85,9 +74,7 @@ fn jwt(c: &mut Criterion) {
     let warm = JwtVerifier::from_config(&config, 1000).unwrap();
     let token = issue_hs256(&claims("u".into()), &secret);
     warm.verify(&token, 1_795_000_000).unwrap();
-    group.bench_function("cached", |b| {
-        b.iter(|| black_box(warm.verify(black_box(&token), 1_795_000_000).unwrap()))
-    });
+    group.bench_function("cached", |b| b.iter(|| black_box(warm.verify(black_box(&token), 1_795_000_000).unwrap())));
     group.finish();
 }
 
@@ -104,9 +91,7 @@ fn limiter(c: &mut Criterion) {
 
 fn key_lookup(c: &mut Criterion) {
     let key = SdkKey::generate();
-    c.bench_function("sdk_key_hash", |b| {
-        b.iter(|| black_box(black_box(&key).hash()))
-    });
+    c.bench_function("sdk_key_hash", |b| b.iter(|| black_box(black_box(&key).hash())));
 }
 
 /// RowBinary → Native for a 10k-row block: the edge's price for ClickHouse's cheaper parse.
@@ -117,9 +102,7 @@ fn native_block(c: &mut Criterion) {
     let mut body = EVENT.as_bytes().to_vec();
     let value = simd_json::to_borrowed_value(&mut body).unwrap();
     for _ in 0..10_000 {
-        validator
-            .encode(&value, &ctx(), &mut scratch, &mut block)
-            .unwrap();
+        validator.encode(&value, &ctx(), &mut scratch, &mut block).unwrap();
     }
     let mut group = c.benchmark_group("native_block");
     group.throughput(Throughput::Elements(10_000));
@@ -129,12 +112,5 @@ fn native_block(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    parse_validate,
-    jwt,
-    limiter,
-    key_lookup,
-    native_block
-);
+criterion_group!(benches, parse_validate, jwt, limiter, key_lookup, native_block);
 criterion_main!(benches);

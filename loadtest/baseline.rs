@@ -23,28 +23,18 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Empty<By
 }
 
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8090".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".into());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-        eprintln!(
-            "baseline listening on {}",
-            listener.local_addr().expect("addr")
-        );
+        eprintln!("baseline listening on {}", listener.local_addr().expect("addr"));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handle))
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle)).await;
             });
         }
     });

@@ -30,13 +30,7 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "EDGE_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "text", env = "EDGE_LOG_FORMAT")]
     log_format: LogFormat,
 }
 
@@ -96,11 +90,7 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h")]
         ttl: String,
-        #[arg(
-            long,
-            default_value = "events:write,events:read",
-            value_delimiter = ','
-        )]
+        #[arg(long, default_value = "events:write,events:read", value_delimiter = ',')]
         permissions: Vec<String>,
         #[arg(long, default_value = "")]
         email: String,
@@ -126,44 +116,29 @@ enum KeyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Migrate => runtime.block_on(migrate()),
-        Command::Token(TokenCommand::Issue {
-            org,
-            user,
-            ttl,
-            permissions,
-            email,
-            role,
-            app,
-        }) => token_issue(org, user, &ttl, permissions, email, role, app),
+        Command::Token(TokenCommand::Issue { org, user, ttl, permissions, email, role, app }) => {
+            token_issue(org, user, &ttl, permissions, email, role, app)
+        }
         Command::Key(KeyCommand::Create { org, app }) => {
             let key = SdkKey::generate();
             println!("key: {}", key.expose());
             println!("# tenants file, under the [[organizations]] entry with id = \"{org}\":");
-            println!(
-                "keys = [{{ app_id = \"{app}\", sha256 = \"{}\" }}]",
-                key.hash().to_hex()
-            );
+            println!("keys = [{{ app_id = \"{app}\", sha256 = \"{}\" }}]", key.hash().to_hex());
             ExitCode::SUCCESS
         }
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -212,12 +187,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let snapshot = if args.dev {
         let dev = match crate::dev::setup(&config.spool_dir, &config.tiers) {
             Ok(d) => d,
-            Err(e) => {
-                return fail(&format!(
-                    "EDGE_SPOOL_DIR {}: {e}",
-                    config.spool_dir.display()
-                ))
-            }
+            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
         };
         if config.jwt.hs256_secret.is_none() {
             config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
@@ -231,38 +201,23 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => return fail(&format!("invalid configuration: EDGE_TENANTS_FILE: {e}")),
         }
     } else {
-        return fail("no tenants: set EDGE_TENANTS_FILE (the PostgreSQL control plane is not available yet), or run with --dev");
+        return fail(
+            "no tenants: set EDGE_TENANTS_FILE (the PostgreSQL control plane is not available yet), or run with --dev",
+        );
     };
     let sink = match (&config.clickhouse, args.dev) {
         (Some(ch), _) => Sink::ClickHouse(ClickHouseSink::new(ch, config.spool_dir.clone())),
-        (None, true) => {
-            match LocalSink::open(config.spool_dir.clone(), config.local_store_max_bytes) {
-                Ok(s) => Sink::Local(s),
-                Err(e) => {
-                    return fail(&format!(
-                        "EDGE_SPOOL_DIR {}: {e}",
-                        config.spool_dir.display()
-                    ))
-                }
-            }
-        }
-        (None, false) => {
-            return fail("invalid configuration: CLICKHOUSE_URL: required (or run with --dev)")
-        }
+        (None, true) => match LocalSink::open(config.spool_dir.clone(), config.local_store_max_bytes) {
+            Ok(s) => Sink::Local(s),
+            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
+        },
+        (None, false) => return fail("invalid configuration: CLICKHOUSE_URL: required (or run with --dev)"),
     };
     let sink_name = match &sink {
-        Sink::ClickHouse(_) => format!(
-            "ClickHouse at {}",
-            config
-                .clickhouse
-                .as_ref()
-                .map(|c| c.url.as_str())
-                .unwrap_or("")
-        ),
-        _ => format!(
-            "{}/local (set CLICKHOUSE_URL to ship to ClickHouse)",
-            config.spool_dir.display()
-        ),
+        Sink::ClickHouse(_) => {
+            format!("ClickHouse at {}", config.clickhouse.as_ref().map(|c| c.url.as_str()).unwrap_or(""))
+        }
+        _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.spool_dir.display()),
     };
     let config_tenants_file = config.tenants_file.clone().filter(|_| !args.dev);
     let tiers = config.tiers.clone();
@@ -271,10 +226,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     if let Some((key, token)) = dev_banner {
-        println!(
-            "{}",
-            crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name)
-        );
+        println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
     }
     if let Some(path) = config_tenants_file {
         tokio::spawn(reload_on_sighup(path, server.state.registry.clone(), tiers));
@@ -289,11 +241,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 /// SIGHUP re-reads the tenants file and swaps the registry atomically; a bad file
 /// is logged and the current tenants stay in force.
-async fn reload_on_sighup(
-    path: std::path::PathBuf,
-    registry: Arc<Registry>,
-    tiers: crate::limits::tiers::TierTable,
-) {
+async fn reload_on_sighup(path: std::path::PathBuf, registry: Arc<Registry>, tiers: crate::limits::tiers::TierTable) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
@@ -362,9 +310,7 @@ fn token_issue(
     app: Option<String>,
 ) -> ExitCode {
     let Some(secret) = std::env::var("JWT_SECRET").ok().filter(|s| s.len() >= 32) else {
-        return fail(
-            "invalid configuration: JWT_SECRET: required (at least 32 bytes) to issue tokens",
-        );
+        return fail("invalid configuration: JWT_SECRET: required (at least 32 bytes) to issue tokens");
     };
     let ttl = match parse_duration(ttl) {
         Ok(d) => d,
@@ -385,8 +331,5 @@ fn token_issue(
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }

@@ -41,6 +41,10 @@ pub struct Config {
     pub jwt_cache_capacity: usize,
     /// Local store for `--dev` without ClickHouse: bound on its size on disk.
     pub local_store_max_bytes: u64,
+    /// Unshipped events the spool keeps on disk while ClickHouse is slow or down; past it, 503.
+    pub spool_max_bytes: u64,
+    /// Segment size: the unit in which shipped data is deleted.
+    pub spool_segment_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,10 +69,7 @@ pub struct JwtConfig {
 impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtConfig")
-            .field(
-                "hs256_secret",
-                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "<redacted>"))
             .field("public_keys_file", &self.public_keys_file)
             .field("jwks_url", &self.jwks_url)
             .field("issuer", &self.issuer)
@@ -119,18 +120,11 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     /// Upper bound on how stale a quiet tenant's events get before they ship.
     pub interval: Duration,
-    /// Memory the batcher may hold while ClickHouse is slow; past it, ingestion answers 503.
-    pub max_pending_bytes: usize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig {
-            max_rows: 100_000,
-            max_bytes: 32 << 20,
-            interval: Duration::from_secs(1),
-            max_pending_bytes: 512 << 20,
-        }
+        BatchConfig { max_rows: 100_000, max_bytes: 32 << 20, interval: Duration::from_secs(1) }
     }
 }
 
@@ -155,10 +149,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn string(&self, name: &str) -> Option<String> {
-        self.vars
-            .get(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        self.vars.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
     }
 
     fn parse<T: FromStr>(&mut self, name: &str, default: T) -> T
@@ -197,10 +188,7 @@ impl Reader<'_> {
     }
 
     fn fail(&mut self, name: &str, problem: String) {
-        self.errors.push(ConfigError {
-            name: name.to_string(),
-            problem,
-        });
+        self.errors.push(ConfigError { name: name.to_string(), problem });
     }
 }
 
@@ -209,20 +197,14 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{raw:?}: expected a duration like 500ms, 30s, 5m, 1h"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("{raw:?}: expected a duration like 500ms, 30s, 5m, 1h"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
         "d" => Duration::from_secs(n * 86400),
-        _ => {
-            return Err(format!(
-                "{raw:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ))
-        }
+        _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
     Ok(d)
 }
@@ -235,41 +217,24 @@ impl Config {
 
     /// Parses settings from a name → value map; every problem is returned, not just the first.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, Vec<ConfigError>> {
-        let mut r = Reader {
-            vars,
-            errors: Vec::new(),
-        };
-        let listen = r.parse(
-            "EDGE_LISTEN",
-            DEFAULT_LISTEN.parse().expect("valid default"),
-        );
-        let admin_listen = r.parse(
-            "EDGE_ADMIN_LISTEN",
-            DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
-        );
+        let mut r = Reader { vars, errors: Vec::new() };
+        let listen = r.parse("EDGE_LISTEN", DEFAULT_LISTEN.parse().expect("valid default"));
+        let admin_listen = r.parse("EDGE_ADMIN_LISTEN", DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
 
         let clickhouse = r.string("CLICKHOUSE_URL").map(|url| {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                r.fail(
-                    "CLICKHOUSE_URL",
-                    format!("{url:?}: expected an http:// or https:// URL"),
-                );
+                r.fail("CLICKHOUSE_URL", format!("{url:?}: expected an http:// or https:// URL"));
             }
             ClickHouseConfig {
                 url: url.trim_end_matches('/').to_string(),
-                database: r
-                    .string("CLICKHOUSE_DATABASE")
-                    .unwrap_or_else(|| "default".into()),
+                database: r.string("CLICKHOUSE_DATABASE").unwrap_or_else(|| "default".into()),
                 user: r.string("CLICKHOUSE_USER"),
                 password: r.string("CLICKHOUSE_PASSWORD"),
             }
         });
         if let Some(db) = clickhouse.as_ref().map(|c| c.database.clone()) {
             if !is_identifier(&db) {
-                r.fail(
-                    "CLICKHOUSE_DATABASE",
-                    format!("{db:?}: letters, digits and _ only"),
-                );
+                r.fail("CLICKHOUSE_DATABASE", format!("{db:?}: letters, digits and _ only"));
             }
         }
 
@@ -282,23 +247,14 @@ impl Config {
             leeway_secs: r.parse("JWT_LEEWAY_SECS", 30),
         };
         if jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
-            r.fail(
-                "JWT_SECRET",
-                "must be at least 32 bytes (HS256 with a short secret is brute-forceable)".into(),
-            );
+            r.fail("JWT_SECRET", "must be at least 32 bytes (HS256 with a short secret is brute-forceable)".into());
         }
         if jwt.jwks_url.is_some() {
-            r.fail(
-                "JWT_JWKS_URL",
-                "not supported yet: use JWT_PUBLIC_KEYS with a PEM file".into(),
-            );
+            r.fail("JWT_JWKS_URL", "not supported yet: use JWT_PUBLIC_KEYS with a PEM file".into());
         }
         if let Some(path) = &jwt.public_keys_file {
             if !path.is_file() {
-                r.fail(
-                    "JWT_PUBLIC_KEYS",
-                    format!("{}: no such file", path.display()),
-                );
+                r.fail("JWT_PUBLIC_KEYS", format!("{}: no such file", path.display()));
             }
         }
 
@@ -314,10 +270,7 @@ impl Config {
         let tenants_file = r.string("EDGE_TENANTS_FILE").map(PathBuf::from);
         if let Some(path) = &tenants_file {
             if !path.is_file() {
-                r.fail(
-                    "EDGE_TENANTS_FILE",
-                    format!("{}: no such file", path.display()),
-                );
+                r.fail("EDGE_TENANTS_FILE", format!("{}: no such file", path.display()));
             }
         }
         let admin_token = r.string("EDGE_ADMIN_TOKEN");
@@ -330,10 +283,8 @@ impl Config {
             max_event_bytes: r.positive("EDGE_MAX_EVENT_BYTES", defaults.max_event_bytes),
             max_batch_bytes: r.positive("EDGE_MAX_BATCH_BYTES", defaults.max_batch_bytes),
             max_batch_events: r.positive("EDGE_MAX_BATCH_EVENTS", defaults.max_batch_events),
-            max_properties_bytes: r
-                .positive("EDGE_MAX_PROPERTIES_BYTES", defaults.max_properties_bytes),
-            max_properties_depth: r
-                .positive("EDGE_MAX_PROPERTIES_DEPTH", defaults.max_properties_depth),
+            max_properties_bytes: r.positive("EDGE_MAX_PROPERTIES_BYTES", defaults.max_properties_bytes),
+            max_properties_depth: r.positive("EDGE_MAX_PROPERTIES_DEPTH", defaults.max_properties_depth),
             max_future: r.duration("EDGE_MAX_FUTURE", defaults.max_future),
         };
         let defaults = BatchConfig::default();
@@ -341,22 +292,14 @@ impl Config {
             max_rows: r.positive("EDGE_BATCH_MAX_ROWS", defaults.max_rows),
             max_bytes: r.positive("EDGE_BATCH_MAX_BYTES", defaults.max_bytes),
             interval: r.duration("EDGE_BATCH_INTERVAL", defaults.interval),
-            max_pending_bytes: r.positive("EDGE_MAX_PENDING_BYTES", defaults.max_pending_bytes),
         };
 
         let mut tiers = TierTable::default();
         for tier in tiers.tiers_mut() {
             let upper = tier.name.to_ascii_uppercase();
-            tier.events_per_second = r.parse(
-                &format!("EDGE_TIER_{upper}_EVENTS_PER_SEC"),
-                tier.events_per_second,
-            );
-            tier.burst_seconds =
-                r.parse(&format!("EDGE_TIER_{upper}_BURST_SECS"), tier.burst_seconds);
-            tier.events_per_month = r.parse(
-                &format!("EDGE_TIER_{upper}_EVENTS_PER_MONTH"),
-                tier.events_per_month,
-            );
+            tier.events_per_second = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_SEC"), tier.events_per_second);
+            tier.burst_seconds = r.parse(&format!("EDGE_TIER_{upper}_BURST_SECS"), tier.burst_seconds);
+            tier.events_per_month = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_MONTH"), tier.events_per_month);
         }
 
         let config = Config {
@@ -366,13 +309,8 @@ impl Config {
             database_url: r.string("DATABASE_URL"),
             redis_url: r.string("REDIS_URL"),
             jwt,
-            base_domain: r
-                .string("EDGE_BASE_DOMAIN")
-                .map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
-            spool_dir: r
-                .string("EDGE_SPOOL_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("./data")),
+            base_domain: r.string("EDGE_BASE_DOMAIN").map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
+            spool_dir: r.string("EDGE_SPOOL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),
             ack,
             admin_token,
             tenants_file,
@@ -383,6 +321,8 @@ impl Config {
             drain_timeout: r.duration("EDGE_DRAIN_TIMEOUT", Duration::from_secs(15)),
             jwt_cache_capacity: r.positive("EDGE_JWT_CACHE_CAPACITY", 100_000),
             local_store_max_bytes: r.parse("EDGE_LOCAL_STORE_MAX_BYTES", 1 << 30),
+            spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", 4 << 30),
+            spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", 64 << 20),
         };
         if r.errors.is_empty() {
             Ok(config)
@@ -405,10 +345,7 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -431,19 +368,8 @@ mod tests {
         ]))
         .unwrap_err();
         let names: Vec<_> = errs.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "EDGE_LISTEN",
-                "JWT_SECRET",
-                "EDGE_ACK",
-                "EDGE_MAX_BATCH_EVENTS",
-                "EDGE_BATCH_INTERVAL"
-            ]
-        );
-        assert!(errs[0]
-            .to_string()
-            .starts_with("invalid configuration: EDGE_LISTEN:"));
+        assert_eq!(names, ["EDGE_LISTEN", "JWT_SECRET", "EDGE_ACK", "EDGE_MAX_BATCH_EVENTS", "EDGE_BATCH_INTERVAL"]);
+        assert!(errs[0].to_string().starts_with("invalid configuration: EDGE_LISTEN:"));
     }
 
     #[test]

@@ -40,23 +40,10 @@ pub fn setup(dir: &Path, tiers: &TierTable) -> std::io::Result<DevSetup> {
     };
     let mut builder = SnapshotBuilder::default();
     let growth = tiers.index_of("growth").unwrap_or(0);
-    let org = builder
-        .org(Org::new(
-            DEMO_ORG,
-            "Demo Organisation",
-            "demo",
-            growth,
-            OrgStatus::Active,
-        ))
-        .expect("empty builder");
-    builder
-        .key(key.hash(), &org, DEMO_APP)
-        .expect("empty builder");
-    Ok(DevSetup {
-        snapshot: builder.build(),
-        key,
-        jwt_secret: secret.into_bytes(),
-    })
+    let org =
+        builder.org(Org::new(DEMO_ORG, "Demo Organisation", "demo", growth, OrgStatus::Active)).expect("empty builder");
+    builder.key(key.hash(), &org, DEMO_APP).expect("empty builder");
+    Ok(DevSetup { snapshot: builder.build(), key, jwt_secret: secret.into_bytes() })
 }
 
 /// A day-long user token for the demo organisation (stats API).
@@ -64,13 +51,7 @@ pub fn demo_token(secret: &[u8], now: u64) -> String {
     let claims = Claims {
         email: "demo@example.com".into(),
         role: "super_admin".into(),
-        ..Claims::new(
-            "user_demo",
-            DEMO_ORG,
-            &["events:write", "events:read"],
-            now,
-            86_400,
-        )
+        ..Claims::new("user_demo", DEMO_ORG, &["events:write", "events:read"], now, 86_400)
     };
     issue_hs256(&claims, secret)
 }

@@ -23,18 +23,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-            extra: Map::new(),
-        }
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError { status, code, message: message.into(), retry_after: None, extra: Map::new() }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -59,30 +49,17 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(allow: &'static str) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "Method not allowed",
-        )
-        .with("allow", allow)
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed").with("allow", allow)
     }
 
     pub fn too_large(what: &'static str, limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("{what} exceeds {limit} bytes"),
-        )
-        .with("limit", limit)
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("{what} exceeds {limit} bytes"))
+            .with("limit", limit)
     }
 
     pub fn too_many_events(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_events",
-            format!("a batch holds at most {limit} events"),
-        )
-        .with("limit", limit)
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", format!("a batch holds at most {limit} events"))
+            .with("limit", limit)
     }
 
     pub fn unsupported(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
@@ -92,36 +69,24 @@ impl ApiError {
     /// 429: the SPEC's body `{"error":"Rate limit exceeded","tier","limit","retry_after"}`.
     pub fn rate_limited(tier: &str, limit_per_sec: u64, retry_after: Duration) -> Self {
         let secs = retry_after_secs(retry_after);
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "Rate limit exceeded",
-        )
-        .with("tier", tier)
-        .with("limit", limit_per_sec)
-        .with("retry_after", secs);
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Rate limit exceeded")
+            .with("tier", tier)
+            .with("limit", limit_per_sec)
+            .with("retry_after", secs);
         e.retry_after = Some(secs);
         e
     }
 
     /// 402: not retryable until the month turns or the tier changes.
     pub fn quota_exceeded(tier: &str, limit_per_month: u64) -> Self {
-        Self::new(
-            StatusCode::PAYMENT_REQUIRED,
-            "quota_exceeded",
-            "Monthly event quota exceeded",
-        )
-        .with("tier", tier)
-        .with("limit", limit_per_month)
-        .with("upgrade_url", "/billing/upgrade")
+        Self::new(StatusCode::PAYMENT_REQUIRED, "quota_exceeded", "Monthly event quota exceeded")
+            .with("tier", tier)
+            .with("limit", limit_per_month)
+            .with("upgrade_url", "/billing/upgrade")
     }
 
     /// 503 with `Retry-After`: the edge cannot take more now (buffers full, draining).
-    pub fn unavailable(
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-        retry_after: Duration,
-    ) -> Self {
+    pub fn unavailable(code: &'static str, message: impl Into<Cow<'static, str>>, retry_after: Duration) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after = Some(retry_after_secs(retry_after));
         e

@@ -29,36 +29,20 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-pub async fn handle(
-    state: &AppState,
-    req: Request<Incoming>,
-    shape: Shape,
-) -> Result<Response<Body>, ApiError> {
-    let received = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let route = if shape == Shape::Single {
-        "/v1/events"
-    } else {
-        "/v1/events/batch"
-    };
+pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> Result<Response<Body>, ApiError> {
+    let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let route = if shape == Shape::Single { "/v1/events" } else { "/v1/events/batch" };
     let principal = state
         .auth
         .authenticate(req.headers(), &state.registry, received.as_secs(), route)
         .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
     if !principal.can_write_events() {
-        return Err(ApiError::forbidden(
-            "insufficient_permission",
-            "The token lacks the events:write permission",
-        ));
+        return Err(ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"));
     }
     let shape = match (shape, body::media_type(req.headers())?) {
         (Shape::Batch | Shape::Ndjson, MediaType::Ndjson) => Shape::Ndjson,
         (Shape::Single, MediaType::Ndjson) => {
-            return Err(ApiError::unsupported(
-                "unsupported_media_type",
-                "NDJSON goes to /v1/events/batch",
-            ));
+            return Err(ApiError::unsupported("unsupported_media_type", "NDJSON goes to /v1/events/batch"));
         }
         (shape, MediaType::Json) => shape,
     };
@@ -78,21 +62,11 @@ pub async fn handle(
     let (block, summaries, errors) = JSON_BUFFERS.with_borrow_mut(|buffers| {
         let parsed = parse_body(&mut body, shape, limits.max_batch_events, buffers)?;
         let n = parsed.events.len();
-        match state
-            .limiter
-            .check(org, n as u64, received.as_secs() as i64)
-        {
+        match state.limiter.check(org, n as u64, received.as_secs() as i64) {
             Decision::Allow => {}
-            Decision::RateLimited {
-                retry_after,
-                limit_per_sec,
-            } => {
+            Decision::RateLimited { retry_after, limit_per_sec } => {
                 metrics::counter!(m::RATE_LIMITED, "tier" => tier.name).increment(1);
-                return Err(ApiError::rate_limited(
-                    tier.name,
-                    limit_per_sec,
-                    retry_after,
-                ));
+                return Err(ApiError::rate_limited(tier.name, limit_per_sec, retry_after));
             }
             Decision::QuotaExceeded { limit_per_month } => {
                 metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
@@ -129,17 +103,10 @@ pub async fn handle(
         metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
     }
     if summaries.is_empty() {
-        let message = if errors.len() == 1 {
-            errors[0].1.message.clone()
-        } else {
-            "Every event in the batch is invalid".into()
-        };
+        let message =
+            if errors.len() == 1 { errors[0].1.message.clone() } else { "Every event in the batch is invalid".into() };
         return Err(ApiError::bad_request(
-            if errors.len() == 1 {
-                errors[0].1.code
-            } else {
-                "invalid_events"
-            },
+            if errors.len() == 1 { errors[0].1.code } else { "invalid_events" },
             message,
         )
         .with("accepted", 0)
@@ -153,9 +120,7 @@ pub async fn handle(
     for summary in &summaries {
         state.stats.record(&org.id, summary);
     }
-    state
-        .limiter
-        .record(&org.id, accepted as u64, received.as_secs() as i64);
+    state.limiter.record(&org.id, accepted as u64, received.as_secs() as i64);
     m::events_accepted(accepted as u64);
     Ok(response::accepted(accepted, &errors))
 }

@@ -11,8 +11,9 @@
 //! - [`limits`]: tier table, per-organisation rate limits and monthly quotas (decisions, not errors).
 //! - [`event`]: parse request bodies, validate each event, encode it once to ClickHouse RowBinary.
 //! - [`ingest`]: the handler for `POST /v1/events*`: runs the stages above and hands rows to the pipeline.
-//! - [`pipeline`]: the seam between "accepted" and "shipped" (the durable spool goes here).
-//! - [`batch`]: per-organisation batchers flushed together into large blocks.
+//! - [`pipeline`]: the seam between "accepted" and "shipped": hands blocks to the spool.
+//! - [`spool`]: append-only segments on disk, group-commit fsync, crash recovery, checkpoints.
+//! - [`batch`]: the shipper: spool records → large multi-tenant blocks → sink → checkpoint.
 //! - [`sink`]: where blocks go: ClickHouse (retry table), a bounded local directory, or memory.
 //! - [`stats`]: in-process per-tenant daily aggregates for `GET /api/v1/stats/events`.
 //! - [`control`]: the control-plane API (stats now; PostgreSQL-backed organisations later).
@@ -38,5 +39,6 @@ pub mod migrate;
 pub mod pipeline;
 pub mod server;
 pub mod sink;
+pub mod spool;
 pub mod stats;
 pub mod tenant;

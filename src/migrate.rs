@@ -21,20 +21,13 @@ pub struct Migration {
 
 macro_rules! migration {
     ($version:literal, $file:literal) => {
-        Migration {
-            version: $version,
-            name: $file,
-            sql: include_str!(concat!("../migrations/clickhouse/", $file)),
-        }
+        Migration { version: $version, name: $file, sql: include_str!(concat!("../migrations/clickhouse/", $file)) }
     };
 }
 
 /// Every ClickHouse migration in order (a test checks this matches the directory).
-pub const CLICKHOUSE: &[Migration] = &[
-    migration!(1, "001_events.sql"),
-    migration!(2, "002_events_daily.sql"),
-    migration!(3, "003_low_cardinality.sql"),
-];
+pub const CLICKHOUSE: &[Migration] =
+    &[migration!(1, "001_events.sql"), migration!(2, "002_events_daily.sql"), migration!(3, "003_low_cardinality.sql")];
 
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -48,22 +41,14 @@ impl Migration {
     /// The server version this migration needs, from `-- min_version: X.Y`.
     pub fn min_version(&self) -> Option<Vec<u32>> {
         let first = self.sql.lines().next()?.trim();
-        let v = first
-            .strip_prefix("--")?
-            .trim()
-            .strip_prefix("min_version:")?
-            .trim();
+        let v = first.strip_prefix("--")?.trim().strip_prefix("min_version:")?.trim();
         Some(parse_version(v))
     }
 
     /// Statements without comments, split at `;` ending a line.
     pub fn statements(&self) -> Vec<String> {
-        let text: String = self
-            .sql
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let text: String =
+            self.sql.lines().filter(|l| !l.trim_start().starts_with("--")).map(|l| format!("{l}\n")).collect();
         text.split(";\n")
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -73,35 +58,17 @@ impl Migration {
 }
 
 pub fn parse_version(v: &str) -> Vec<u32> {
-    v.split('.')
-        .map(|p| p.trim().parse().unwrap_or(0))
-        .collect()
+    v.split('.').map(|p| p.trim().parse().unwrap_or(0)).collect()
 }
 
 /// Applies what is missing; `progress` gets one line per step.
-pub async fn run_clickhouse(
-    config: &ClickHouseConfig,
-    progress: impl Fn(&str),
-) -> Result<Outcome, String> {
-    let server = ClickHouseConfig {
-        database: "default".into(),
-        ..config.clone()
-    };
+pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) -> Result<Outcome, String> {
+    let server = ClickHouseConfig { database: "default".into(), ..config.clone() };
     let root = client(&server).with_compression(clickhouse::Compression::None);
     let version = fetch_text(&root, "SELECT version()").await?;
-    let mut outcome = Outcome {
-        server_version: version.trim().to_string(),
-        ..Default::default()
-    };
-    progress(&format!(
-        "clickhouse {} at {}",
-        outcome.server_version, config.url
-    ));
-    exec(
-        &root,
-        &format!("CREATE DATABASE IF NOT EXISTS {}", config.database),
-    )
-    .await?;
+    let mut outcome = Outcome { server_version: version.trim().to_string(), ..Default::default() };
+    progress(&format!("clickhouse {} at {}", outcome.server_version, config.url));
+    exec(&root, &format!("CREATE DATABASE IF NOT EXISTS {}", config.database)).await?;
 
     let db = client(config).with_compression(clickhouse::Compression::None);
     exec(
@@ -110,14 +77,11 @@ pub async fn run_clickhouse(
          ENGINE = MergeTree() ORDER BY version",
     )
     .await?;
-    let applied: Vec<u32> = fetch_text(
-        &db,
-        "SELECT version FROM schema_migrations ORDER BY version",
-    )
-    .await?
-    .lines()
-    .filter_map(|l| l.trim().parse().ok())
-    .collect();
+    let applied: Vec<u32> = fetch_text(&db, "SELECT version FROM schema_migrations ORDER BY version")
+        .await?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
     let server_version = parse_version(&outcome.server_version);
     for (i, m) in CLICKHOUSE.iter().enumerate() {
         let step = format!("[{}/{}] {}", i + 1, CLICKHOUSE.len(), m.name);
@@ -128,30 +92,18 @@ pub async fn run_clickhouse(
         }
         if let Some(min) = m.min_version() {
             if server_version < min {
-                let why = format!(
-                    "needs ClickHouse {}, server is {}",
-                    join(&min),
-                    outcome.server_version
-                );
+                let why = format!("needs ClickHouse {}, server is {}", join(&min), outcome.server_version);
                 progress(&format!("{step}: skipped ({why})"));
                 outcome.skipped.push((m.name, why));
                 continue;
             }
         }
         for statement in m.statements() {
-            exec(&db, &statement)
-                .await
-                .map_err(|e| format!("{}: {e}", m.name))?;
+            exec(&db, &statement).await.map_err(|e| format!("{}: {e}", m.name))?;
         }
         // The name is a compile-time constant file name: safe to quote inline.
-        exec(
-            &db,
-            &format!(
-                "INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')",
-                m.version, m.name
-            ),
-        )
-        .await?;
+        exec(&db, &format!("INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')", m.version, m.name))
+            .await?;
         progress(&format!("{step}: applied"));
         outcome.applied.push(m.name);
     }
@@ -163,11 +115,7 @@ fn join(v: &[u32]) -> String {
 }
 
 async fn exec(client: &Client, sql: &str) -> Result<(), String> {
-    client
-        .query_raw(sql)
-        .execute()
-        .await
-        .map_err(|e| format!("{e} (in: {})", first_line(sql)))
+    client.query_raw(sql).execute().await.map_err(|e| format!("{e} (in: {})", first_line(sql)))
 }
 
 async fn fetch_text(client: &Client, sql: &str) -> Result<String, String> {

@@ -3,8 +3,10 @@
 //!
 //! Shutdown protocol (SIGTERM, or [`Server::shutdown`]): mark draining
 //! (`/readyz` turns 503 so load balancers stop sending), stop accepting,
-//! let in-flight requests finish, then stop the batcher, which ships what is
-//! queued within `drain_timeout`. Only then does [`Server::wait`] return.
+//! let in-flight requests finish, close the spool (its writer syncs what is
+//! queued), then let the shipper send what it can within `drain_timeout`;
+//! the rest stays in the spool for the next start. Only then does
+//! [`Server::wait`] return.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,12 +24,13 @@ use tokio::task::JoinHandle;
 
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
-use crate::batch::Batcher;
+use crate::batch::Shipper;
 use crate::config::Config;
 use crate::event::validate::Validator;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::sink::Sink;
+use crate::spool::{Spool, SpoolConfig};
 use crate::stats::Stats;
 use crate::tenant::Registry;
 
@@ -61,35 +64,42 @@ pub struct Server {
 
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
-    pub async fn start(
-        config: Config,
-        registry: Arc<Registry>,
-        sink: Sink,
-    ) -> Result<Server, String> {
+    pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, String> {
         let metrics = crate::metrics::install();
         let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
-        let auth = Authenticator::new(
-            jwt,
-            config.admin_token.as_deref(),
-            config.base_domain.clone(),
-        );
-        let batcher = Batcher::new(config.batch.clone());
+        let auth = Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone());
+        let spool_config = SpoolConfig {
+            dir: config.spool_dir.join("spool"),
+            segment_bytes: config.spool_segment_bytes,
+            max_bytes: config.spool_max_bytes,
+            ack: config.ack,
+        };
+        let (spool, reader, recovery) =
+            Spool::open(&spool_config).map_err(|e| format!("EDGE_SPOOL_DIR {}: {e}", spool_config.dir.display()))?;
+        if recovery.replay_records > 0 || recovery.damaged_regions > 0 || recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                segments = recovery.segments,
+                replay_events = recovery.replay_rows,
+                damaged_regions = recovery.damaged_regions,
+                damaged_bytes = recovery.damaged_bytes,
+                truncated_bytes = recovery.truncated_bytes,
+                "spool recovered: unshipped events will be shipped again"
+            );
+        }
         let sink = Arc::new(sink);
         let state = Arc::new(AppState {
             auth,
             registry,
             limiter: Limiter::new(config.tiers.clone()),
             validator: Validator::new(config.body.clone()),
-            pipeline: Pipeline::new(batcher.clone(), config.ack),
+            pipeline: Pipeline::new(spool),
             stats: Stats::default(),
             metrics,
             draining: AtomicBool::new(false),
             sink_ready: AtomicBool::new(sink.ready().await),
         });
 
-        let data = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
+        let data = TcpListener::bind(config.listen).await.map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("EDGE_ADMIN_LISTEN {}: {e}", config.admin_listen))?;
@@ -97,55 +107,42 @@ impl Server {
         let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let flusher = tokio::spawn(batcher.clone().run(sink.clone(), config.drain_timeout));
+        let (stop_shipping, stop_rx) = watch::channel(false);
+        let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader };
+        let shipper = tokio::spawn(shipper.run(stop_rx, config.drain_timeout));
         let ready_task = tokio::spawn(watch_sink(state.clone(), sink.clone(), shutdown_rx.clone()));
         let limit = Arc::new(Semaphore::new(config.max_connections));
 
         let data_state = state.clone();
-        let data_loop = tokio::spawn(accept_loop(
-            data,
-            shutdown_rx.clone(),
-            limit.clone(),
-            move |req| crate::http::serve_data(data_state.clone(), req),
-        ));
+        let data_loop = tokio::spawn(accept_loop(data, shutdown_rx.clone(), limit.clone(), move |req| {
+            crate::http::serve_data(data_state.clone(), req)
+        }));
         let admin_state = state.clone();
-        let admin_loop = tokio::spawn(accept_loop(
-            admin,
-            shutdown_rx.clone(),
-            Arc::new(Semaphore::new(64)),
-            move |req| crate::http::serve_admin(admin_state.clone(), req),
-        ));
+        let admin_loop =
+            tokio::spawn(accept_loop(admin, shutdown_rx.clone(), Arc::new(Semaphore::new(64)), move |req| {
+                crate::http::serve_admin(admin_state.clone(), req)
+            }));
 
         let drain_timeout = config.drain_timeout;
-        let config_ack_durable = config.ack == crate::config::AckMode::Durable;
         let state_for_task = state.clone();
         let task = tokio::spawn(async move {
             let mut rx = shutdown_rx;
             stopped(&mut rx).await;
             state_for_task.draining.store(true, Ordering::Release);
-            // In-flight requests finish (or are cut at half the drain budget), then the batcher ships.
+            // In-flight requests finish (or are cut at half the drain budget), then the spool
+            // writer syncs what it holds, then the shipper sends what it can.
             let _ = tokio::time::timeout(drain_timeout / 2, data_loop).await;
-            batcher.stop();
-            if tokio::time::timeout(drain_timeout, flusher).await.is_err() {
-                tracing::error!(
-                    rows = batcher.pending_rows(),
-                    "drain timeout: rows not shipped"
-                );
+            let closing = state_for_task.clone();
+            let _ = tokio::task::spawn_blocking(move || closing.pipeline.close()).await;
+            let _ = stop_shipping.send(true);
+            if tokio::time::timeout(drain_timeout + Duration::from_secs(1), shipper).await.is_err() {
+                tracing::warn!("drain timeout: unshipped events stay in the spool for the next start");
             }
             admin_loop.abort();
             ready_task.abort();
         });
-        if config_ack_durable {
-            tracing::warn!("EDGE_ACK=durable: the durable spool is not built yet, so 202 means 'in the bounded in-memory batcher'");
-        }
         tracing::info!(%addr, %admin_addr, sink = sink.name(), "edge listening");
-        Ok(Server {
-            addr,
-            admin_addr,
-            state,
-            shutdown,
-            task,
-        })
+        Ok(Server { addr, admin_addr, state, shutdown, task })
     }
 
     /// Starts the drain; [`Server::wait`] returns when it is done.
@@ -164,9 +161,7 @@ async fn watch_sink(state: Arc<AppState>, sink: Arc<Sink>, mut shutdown: watch::
             _ = tokio::time::sleep(READY_CHECK_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
-        state
-            .sink_ready
-            .store(sink.ready().await, Ordering::Release);
+        state.sink_ready.store(sink.ready().await, Ordering::Release);
     }
 }
 
@@ -183,17 +178,12 @@ async fn accept_loop<F, Fut>(
     handler: F,
 ) where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<
-            Output = Result<hyper::Response<crate::http::response::Body>, std::convert::Infallible>,
-        > + Send
+    Fut: std::future::Future<Output = Result<hyper::Response<crate::http::response::Body>, std::convert::Infallible>>
+        + Send
         + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     let graceful = GracefulShutdown::new();
     loop {
         let permit = tokio::select! {
@@ -214,9 +204,7 @@ async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req)))
-            .into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req))).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

@@ -27,9 +27,7 @@ pub struct HyperLogLog {
 
 impl Default for HyperLogLog {
     fn default() -> Self {
-        HyperLogLog {
-            registers: (0..HLL_REGISTERS).map(|_| AtomicU8::new(0)).collect(),
-        }
+        HyperLogLog { registers: (0..HLL_REGISTERS).map(|_| AtomicU8::new(0)).collect() }
     }
 }
 
@@ -105,8 +103,7 @@ impl Stats {
     pub fn record(&self, org: &OrgId, event: &EventSummary) {
         let day = self.day(org, event.day);
         day.events.fetch_add(1, Ordering::Relaxed);
-        day.revenue_cents
-            .fetch_add(event.revenue_cents, Ordering::Relaxed);
+        day.revenue_cents.fetch_add(event.revenue_cents, Ordering::Relaxed);
         day.devices.insert(event.device_hash);
     }
 
@@ -152,11 +149,7 @@ impl Stats {
         }
         report.days.reverse();
         report.total_revenue = total_cents as f64 / 100.0;
-        report.unique_devices = if report.total_events == 0 {
-            0
-        } else {
-            estimate(&merged)
-        };
+        report.unique_devices = if report.total_events == 0 { 0 } else { estimate(&merged) };
         report
     }
 }
@@ -165,12 +158,7 @@ pub fn day_to_date(day: u32) -> String {
     let date = time::OffsetDateTime::from_unix_timestamp(day as i64 * 86_400)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .date();
-    format!(
-        "{:04}-{:02}-{:02}",
-        date.year(),
-        date.month() as u8,
-        date.day()
-    )
+    format!("{:04}-{:02}-{:02}", date.year(), date.month() as u8, date.day())
 }
 
 #[cfg(test)]
@@ -203,38 +191,16 @@ mod tests {
             for dev in 0..3u64 {
                 s.record(
                     &org,
-                    &EventSummary {
-                        day,
-                        revenue_cents: 150,
-                        device_hash: dev.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    },
+                    &EventSummary { day, revenue_cents: 150, device_hash: dev.wrapping_mul(0x9E37_79B9_7F4A_7C15) },
                 );
             }
         }
-        s.record(
-            &other,
-            &EventSummary {
-                day: 20_000,
-                revenue_cents: 1,
-                device_hash: 42,
-            },
-        );
+        s.record(&other, &EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42 });
         let r = s.report(&org, 0, u32::MAX);
         assert_eq!(r.days.len(), 2);
         assert_eq!(r.days[0].date, "2024-10-04");
-        assert_eq!(
-            (
-                r.days[0].events,
-                r.days[0].revenue,
-                r.days[0].unique_devices
-            ),
-            (3, 4.5, 3)
-        );
-        assert_eq!(
-            (r.total_events, r.total_revenue, r.unique_devices),
-            (6, 9.0, 3),
-            "same devices on both days"
-        );
+        assert_eq!((r.days[0].events, r.days[0].revenue, r.days[0].unique_devices), (3, 4.5, 3));
+        assert_eq!((r.total_events, r.total_revenue, r.unique_devices), (6, 9.0, 3), "same devices on both days");
         assert_eq!(s.report(&org, 20_001, 20_001).days.len(), 1);
     }
 }

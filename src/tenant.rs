@@ -179,12 +179,7 @@ impl SnapshotBuilder {
         let mut hosts = vec![org.subdomain.clone()];
         hosts.extend(org.custom_domain.clone());
         for host in hosts {
-            if self
-                .snap
-                .by_host
-                .insert(host.clone(), org.clone())
-                .is_some()
-            {
+            if self.snap.by_host.insert(host.clone(), org.clone()).is_some() {
                 return Err(format!("host {host:?} is claimed by two organisations"));
             }
         }
@@ -193,10 +188,7 @@ impl SnapshotBuilder {
     }
 
     pub fn key(&mut self, hash: KeyHash, org: &Arc<Org>, app_id: &str) -> Result<(), String> {
-        let grant = KeyGrant {
-            org: org.clone(),
-            app_id: Arc::from(app_id),
-        };
+        let grant = KeyGrant { org: org.clone(), app_id: Arc::from(app_id) };
         if self.snap.keys.insert(hash, grant).is_some() {
             return Err(format!("duplicate SDK key {hash:?}"));
         }
@@ -214,9 +206,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(snapshot: Snapshot) -> Self {
-        let registry = Registry {
-            current: ArcSwap::from_pointee(snapshot),
-        };
+        let registry = Registry { current: ArcSwap::from_pointee(snapshot) };
         registry.publish_gauge();
         registry
     }
@@ -285,21 +275,14 @@ pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, String> 
             .index_of(&entry.tier)
             .ok_or_else(|| format!("organisation {}: unknown tier {:?}", entry.id, entry.tier))?;
         if entry.id.is_empty() || entry.id.len() > 64 {
-            return Err(format!(
-                "organisation {:?}: id must be 1 to 64 characters",
-                entry.id
-            ));
+            return Err(format!("organisation {:?}: id must be 1 to 64 characters", entry.id));
         }
         let mut org = Org::new(&entry.id, &entry.name, &entry.subdomain, tier, entry.status);
         org.custom_domain = entry.custom_domain.map(|d| d.to_ascii_lowercase());
         let org = builder.org(org)?;
         for key in entry.keys {
-            let hash = KeyHash::from_hex(&key.sha256).ok_or_else(|| {
-                format!(
-                    "organisation {}: key for {} is not 64 hex digits",
-                    entry.id, key.app_id
-                )
-            })?;
+            let hash = KeyHash::from_hex(&key.sha256)
+                .ok_or_else(|| format!("organisation {}: key for {} is not 64 hex digits", entry.id, key.app_id))?;
             builder.key(hash, &org, &key.app_id)?;
         }
     }
@@ -342,10 +325,7 @@ mod tests {
         assert_eq!(&*grant.app_id, "app_ios");
         assert_eq!(grant.org.tier, 1);
         assert_eq!(snap.org_by_host("acme").unwrap().id.as_str(), "org_acme");
-        assert_eq!(
-            snap.org_by_host("events.acme.example").unwrap().id.as_str(),
-            "org_acme"
-        );
+        assert_eq!(snap.org_by_host("events.acme.example").unwrap().id.as_str(), "org_acme");
         assert_eq!(snap.org("org_gone").unwrap().status, OrgStatus::Deleted);
         assert!(snap.key(&SdkKey::generate().hash()).is_none());
     }
@@ -362,13 +342,9 @@ mod tests {
             name = "B"
             subdomain = "same"
         "#;
-        assert!(parse_tenants(dup, &TierTable::default())
-            .unwrap_err()
-            .contains("claimed by two"));
+        assert!(parse_tenants(dup, &TierTable::default()).unwrap_err().contains("claimed by two"));
         let bad_tier = "[[organizations]]\nid='a'\nname='A'\nsubdomain='a'\ntier='platinum'\n";
-        assert!(parse_tenants(bad_tier, &TierTable::default())
-            .unwrap_err()
-            .contains("unknown tier"));
+        assert!(parse_tenants(bad_tier, &TierTable::default()).unwrap_err().contains("unknown tier"));
         let unknown_field = "[[organizations]]\nid='a'\nname='A'\nsubdomain='a'\ncolour='red'\n";
         assert!(parse_tenants(unknown_field, &TierTable::default()).is_err());
     }
@@ -385,8 +361,7 @@ mod tests {
         let reg = Registry::new(Snapshot::default());
         let before = reg.snapshot();
         let mut b = SnapshotBuilder::default();
-        b.org(Org::new("o", "O", "o", 0, OrgStatus::Active))
-            .unwrap();
+        b.org(Org::new("o", "O", "o", 0, OrgStatus::Active)).unwrap();
         reg.replace(b.build());
         assert_eq!(before.org_count(), 0, "a held snapshot never changes");
         assert_eq!(reg.snapshot().org_count(), 1);

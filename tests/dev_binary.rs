@@ -34,41 +34,12 @@ fn dev_mode_prints_a_working_curl_line_and_exits_cleanly_on_sigterm() {
             break;
         }
     }
-    let url = curl
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    let key = curl
-        .split("X-Api-Key: ")
-        .nth(1)
-        .unwrap()
-        .split('\'')
-        .next()
-        .unwrap()
-        .to_string();
-    let body = curl
-        .split("-d '")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_string();
-    let token = stats
-        .split("Bearer ")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('\'')
-        .to_string();
-    let stats_url = stats
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    let metrics_url = metrics
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let url = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let key = curl.split("X-Api-Key: ").nth(1).unwrap().split('\'').next().unwrap().to_string();
+    let body = curl.split("-d '").nth(1).unwrap().trim_end_matches('\'').to_string();
+    let token = stats.split("Bearer ").nth(1).unwrap().trim_end_matches('\'').to_string();
+    let stats_url = stats.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let metrics_url = metrics.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -86,38 +57,14 @@ fn dev_mode_prints_a_working_curl_line_and_exits_cleanly_on_sigterm() {
             {"event_type":"a","event_name":"b","device_id":"d2","revenue":2.5},
             {"event_name":"missing type"}
         ]);
-        let r = http
-            .post(format!("{url}/batch"))
-            .header("x-api-key", &key)
-            .json(&batch)
-            .send()
-            .await
-            .unwrap();
+        let r = http.post(format!("{url}/batch")).header("x-api-key", &key).json(&batch).send().await.unwrap();
         let b: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(
-            (b["accepted"].as_u64(), b["rejected"].as_u64()),
-            (Some(1), Some(1))
-        );
-        let s: serde_json::Value = http
-            .get(&stats_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        assert_eq!((b["accepted"].as_u64(), b["rejected"].as_u64()), (Some(1), Some(1)));
+        let s: serde_json::Value = http.get(&stats_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
         assert_eq!(s["total_events"], 2);
         assert_eq!(s["total_revenue"], 2.5);
         assert_eq!(s["unique_devices"], 2);
-        let m = http
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
         assert!(m.contains("edge_events_accepted_total 2"));
     });
 
@@ -125,28 +72,16 @@ fn dev_mode_prints_a_working_curl_line_and_exits_cleanly_on_sigterm() {
     send_signal(child.id(), "TERM");
     let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
-    let stored: u64 = std::fs::read_dir(dir.path().join("local"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
-    assert!(
-        stored > 0,
-        "events were written to the local store under the spool dir"
-    );
+    let stored: u64 =
+        std::fs::read_dir(dir.path().join("local")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(stored > 0, "events were written to the local store under the spool dir");
 }
 
 fn send_signal(pid: u32, signal: &str) {
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
 }
 
-fn wait_timeout(
-    child: &mut std::process::Child,
-    timeout: Duration,
-) -> Option<std::process::ExitStatus> {
+fn wait_timeout(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
@@ -172,10 +107,7 @@ fn bad_configuration_is_reported_one_line_per_variable() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
     for (line, name) in lines.iter().zip(["EDGE_LISTEN", "JWT_SECRET", "EDGE_ACK"]) {
-        assert!(
-            line.starts_with(&format!("edge: invalid configuration: {name}: ")),
-            "{line}"
-        );
+        assert!(line.starts_with(&format!("edge: invalid configuration: {name}: ")), "{line}");
     }
 }
 
@@ -183,16 +115,14 @@ fn bad_configuration_is_reported_one_line_per_variable() {
 fn tenants_file_serves_and_reloads_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tenants.toml");
-    let (a, b) = (
-        edge::tenant::SdkKey::generate(),
-        edge::tenant::SdkKey::generate(),
-    );
+    let (a, b) = (edge::tenant::SdkKey::generate(), edge::tenant::SdkKey::generate());
     let write = |keys: &[&edge::tenant::SdkKey]| {
-        let keys: Vec<String> = keys
-            .iter()
-            .map(|k| format!("{{ app_id = \"app\", sha256 = \"{}\" }}", k.hash().to_hex()))
-            .collect();
-        let text = format!("[[organizations]]\nid = \"org_file\"\nname = \"F\"\nsubdomain = \"file\"\nkeys = [{}]\n", keys.join(", "));
+        let keys: Vec<String> =
+            keys.iter().map(|k| format!("{{ app_id = \"app\", sha256 = \"{}\" }}", k.hash().to_hex())).collect();
+        let text = format!(
+            "[[organizations]]\nid = \"org_file\"\nname = \"F\"\nsubdomain = \"file\"\nkeys = [{}]\n",
+            keys.join(", ")
+        );
         std::fs::write(&file, text).unwrap();
     };
     write(&[&a]);

@@ -12,10 +12,7 @@ use serde_json::{json, Value};
 async fn body(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
-    )
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })))
 }
 
 #[tokio::test]
@@ -23,11 +20,8 @@ async fn events_land_under_the_credentials_organisation() {
     let Some(h) = Harness::start(Options::default()).await else {
         return;
     };
-    let sent_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 3_600_000;
+    let sent_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
     // The device clock is an hour behind; the body also tries to claim another organisation.
     let acme_batch = json!({
         "sent_at": sent_at,
@@ -40,48 +34,23 @@ async fn events_land_under_the_credentials_organisation() {
             event("dev-a3"),
         ]
     });
-    let (status, b) = body(
-        h.post("/v1/events/batch", &h.acme.key)
-            .json(&acme_batch)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, b) = body(h.post("/v1/events/batch", &h.acme.key).json(&acme_batch).send().await.unwrap()).await;
     assert_eq!((status, b["accepted"].as_u64()), (202, Some(3)), "{b}");
-    let (status, _) = body(
-        h.post("/v1/events", &h.bravo.key)
-            .json(&event("dev-b1"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = body(h.post("/v1/events", &h.bravo.key).json(&event("dev-b1")).send().await.unwrap()).await;
     assert_eq!(status, 202);
-    let (status, _) = body(
-        h.post("/v1/events/batch", &h.bravo.key)
-            .json(&json!([event("dev-b2")]))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) =
+        body(h.post("/v1/events/batch", &h.bravo.key).json(&json!([event("dev-b2")])).send().await.unwrap()).await;
     assert_eq!(status, 202);
 
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_acme'").await, 3);
     assert_eq!(ch.count("organization_id = 'org_bravo'").await, 2);
     assert_eq!(
-        ch.count("organization_id = 'org_bravo' AND device_id LIKE 'dev-a%'")
-            .await,
+        ch.count("organization_id = 'org_bravo' AND device_id LIKE 'dev-a%'").await,
         0,
         "no leak between tenants"
     );
-    assert_eq!(
-        ch.count("app_id = 'app_acme' AND organization_id = 'org_acme'")
-            .await,
-        3
-    );
+    assert_eq!(ch.count("app_id = 'app_acme' AND organization_id = 'org_acme'").await, 3);
 
     let row = ch
         .query(
@@ -92,24 +61,17 @@ async fn events_land_under_the_credentials_organisation() {
         .await;
     let cols: Vec<&str> = row.trim_end().split('\t').collect();
     assert_eq!(&cols[..5], ["app_acme", "purchase", "buy", "s1", "ios"]);
-    assert_eq!(
-        serde_json::from_str::<Value>(cols[5]).unwrap(),
-        json!({"sku":"x1","qty":2})
-    );
-    assert_eq!(
-        serde_json::from_str::<Value>(cols[6]).unwrap(),
-        json!({"plan":"pro"})
-    );
-    assert_eq!(
-        &cols[7..13],
-        ["12.34", "EUR", "IDFA-1", "GAID-1", "203.0.113.7", "sdk/1.0"]
-    );
+    assert_eq!(serde_json::from_str::<Value>(cols[5]).unwrap(), json!({"sku":"x1","qty":2}));
+    assert_eq!(serde_json::from_str::<Value>(cols[6]).unwrap(), json!({"plan":"pro"}));
+    assert_eq!(&cols[7..13], ["12.34", "EUR", "IDFA-1", "GAID-1", "203.0.113.7", "sdk/1.0"]);
     // Skew-corrected: a minute before receipt in server time (±2 s for request time and rounding).
     let offset: i64 = cols[13].parse().unwrap();
     assert!((-62..=-58).contains(&offset), "offset {offset}");
     assert_eq!(cols[14], "0", "sent_at kept");
     // The daily aggregate saw them too.
-    let daily = ch.query("SELECT countMerge(events), uniqMerge(devices) FROM events_daily WHERE organization_id = 'org_acme'").await;
+    let daily = ch
+        .query("SELECT countMerge(events), uniqMerge(devices) FROM events_daily WHERE organization_id = 'org_acme'")
+        .await;
     assert_eq!(daily.trim(), "3\t3");
     ch.drop().await;
 }
@@ -127,44 +89,20 @@ async fn batches_report_per_event_results() {
         {"event_type": "t", "event_name": "n", "device_id": "x", "event_timestamp": "2001-01-01T00:00:00Z"},
         "not an object",
     ]});
-    let (status, b) = body(
-        h.post("/v1/events/batch", &h.acme.key)
-            .json(&batch)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, b) = body(h.post("/v1/events/batch", &h.acme.key).json(&batch).send().await.unwrap()).await;
     assert_eq!(status, 202);
-    assert_eq!(
-        (b["accepted"].as_u64(), b["rejected"].as_u64()),
-        (Some(2), Some(4))
-    );
+    assert_eq!((b["accepted"].as_u64(), b["rejected"].as_u64()), (Some(2), Some(4)));
     let errors: Vec<(u64, &str)> = b["errors"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        errors,
-        [
-            (1, "missing_field"),
-            (2, "invalid_revenue"),
-            (4, "timestamp_too_old"),
-            (5, "invalid_event")
-        ]
-    );
+    assert_eq!(errors, [(1, "missing_field"), (2, "invalid_revenue"), (4, "timestamp_too_old"), (5, "invalid_event")]);
 
     // Every event invalid: 400 with the same per-event detail.
-    let (status, b) = body(
-        h.post("/v1/events/batch", &h.acme.key)
-            .json(&json!([{"x": 1}, {"y": 2}]))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, b) =
+        body(h.post("/v1/events/batch", &h.acme.key).json(&json!([{"x": 1}, {"y": 2}])).send().await.unwrap()).await;
     assert_eq!((status, b["code"].as_str()), (400, Some("invalid_events")));
     assert_eq!(b["errors"].as_array().unwrap().len(), 2);
 
@@ -180,14 +118,7 @@ async fn batches_report_per_event_results() {
         .await
         .unwrap();
     let (status, b) = body(r).await;
-    assert_eq!(
-        (
-            status,
-            b["accepted"].as_u64(),
-            b["errors"][0]["code"].as_str()
-        ),
-        (202, Some(2), Some("invalid_json"))
-    );
+    assert_eq!((status, b["accepted"].as_u64(), b["errors"][0]["code"].as_str()), (202, Some(2), Some("invalid_json")));
 
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_acme'").await, 4);
@@ -211,13 +142,7 @@ async fn compressed_bodies() {
         .unwrap();
     assert_eq!(r.status(), 202);
     let zs = zstd::encode_all(&plain[..], 3).unwrap();
-    let r = h
-        .post("/v1/events/batch", &h.acme.key)
-        .header("content-encoding", "zstd")
-        .body(zs)
-        .send()
-        .await
-        .unwrap();
+    let r = h.post("/v1/events/batch", &h.acme.key).header("content-encoding", "zstd").body(zs).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_acme'").await, 4);
@@ -248,95 +173,32 @@ async fn every_client_error_path() {
     };
 
     // 400
-    expect(400, "invalid_json")(
-        body(
-            h.post("/v1/events", key)
-                .body("{not json")
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
-    expect(400, "invalid_body")(
-        body(h.post("/v1/events", key).body("[1]").send().await.unwrap()).await,
-    );
+    expect(400, "invalid_json")(body(h.post("/v1/events", key).body("{not json").send().await.unwrap()).await);
+    expect(400, "invalid_body")(body(h.post("/v1/events", key).body("[1]").send().await.unwrap()).await);
     expect(400, "missing_field")(
-        body(
-            h.post("/v1/events", key)
-                .json(&json!({"event_type":"t"}))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
+        body(h.post("/v1/events", key).json(&json!({"event_type":"t"})).send().await.unwrap()).await,
     );
-    expect(400, "empty_batch")(
-        body(
-            h.post("/v1/events/batch", key)
-                .json(&json!([]))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
+    expect(400, "empty_batch")(body(h.post("/v1/events/batch", key).json(&json!([])).send().await.unwrap()).await);
     // 401
-    let anon = h
-        .http
-        .post(url("/v1/events"))
-        .header("content-type", "application/json")
-        .json(&event("d"));
+    let anon = h.http.post(url("/v1/events")).header("content-type", "application/json").json(&event("d"));
     expect(401, "missing_credentials")(body(anon.send().await.unwrap()).await);
-    let selector_only = h
-        .http
-        .post(url("/v1/events"))
-        .header("x-organization-id", "org_acme")
-        .json(&event("d"));
+    let selector_only = h.http.post(url("/v1/events")).header("x-organization-id", "org_acme").json(&event("d"));
     expect(401, "missing_credentials")(body(selector_only.send().await.unwrap()).await);
-    let bad_key = h
-        .http
-        .post(url("/v1/events"))
-        .header("x-api-key", "edk_0000")
-        .json(&event("d"));
+    let bad_key = h.http.post(url("/v1/events")).header("x-api-key", "edk_0000").json(&event("d"));
     expect(401, "invalid_api_key")(body(bad_key.send().await.unwrap()).await);
-    let bad_jwt = h
-        .http
-        .post(url("/v1/events"))
-        .bearer_auth("a.b.c")
-        .json(&event("d"));
+    let bad_jwt = h.http.post(url("/v1/events")).bearer_auth("a.b.c").json(&event("d"));
     expect(401, "invalid_token")(body(bad_jwt.send().await.unwrap()).await);
     // 403
     expect(403, "organization_inactive")(
-        body(
-            h.post("/v1/events", &h.frozen.key)
-                .json(&event("d"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
+        body(h.post("/v1/events", &h.frozen.key).json(&event("d")).send().await.unwrap()).await,
     );
-    let mismatch = h
-        .post("/v1/events", key)
-        .header("x-organization-id", "org_bravo")
-        .json(&event("d"));
+    let mismatch = h.post("/v1/events", key).header("x-organization-id", "org_bravo").json(&event("d"));
     expect(403, "tenant_mismatch")(body(mismatch.send().await.unwrap()).await);
-    let host_mismatch = h
-        .post("/v1/events", key)
-        .header("host", "bravo.edge.test")
-        .json(&event("d"));
+    let host_mismatch = h.post("/v1/events", key).header("host", "bravo.edge.test").json(&event("d"));
     expect(403, "tenant_mismatch")(body(host_mismatch.send().await.unwrap()).await);
-    let read_only = h
-        .http
-        .post(url("/v1/events"))
-        .bearer_auth(h.token("org_acme", &["events:read"]))
-        .json(&event("d"));
+    let read_only = h.http.post(url("/v1/events")).bearer_auth(h.token("org_acme", &["events:read"])).json(&event("d"));
     expect(403, "insufficient_permission")(body(read_only.send().await.unwrap()).await);
-    let stats_with_key = h
-        .http
-        .get(url("/api/v1/stats/events"))
-        .header("x-api-key", key.expose());
+    let stats_with_key = h.http.get(url("/api/v1/stats/events")).header("x-api-key", key.expose());
     expect(403, "write_only_credential")(body(stats_with_key.send().await.unwrap()).await);
     // 404, 405
     expect(404, "not_found")(body(h.http.get(url("/nope")).send().await.unwrap()).await);
@@ -345,56 +207,22 @@ async fn every_client_error_path() {
     expect(405, "method_not_allowed")(body(r).await);
     // 413: declared length, streamed length, after decompression, event count, single event size.
     let big = vec![b' '; 30_000];
-    let (s, b) = body(
-        h.post("/v1/events/batch", key)
-            .body(big)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (s, b["code"].as_str(), b["limit"].as_u64()),
-        (413, Some("payload_too_large"), Some(20_000))
-    );
+    let (s, b) = body(h.post("/v1/events/batch", key).body(big).send().await.unwrap()).await;
+    assert_eq!((s, b["code"].as_str(), b["limit"].as_u64()), (413, Some("payload_too_large"), Some(20_000)));
     let chunks = futures_stream(vec![vec![b' '; 15_000], vec![b' '; 15_000]]);
-    let r = h
-        .post("/v1/events/batch", key)
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let r = h.post("/v1/events/batch", key).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
     expect(413, "payload_too_large")(body(r).await);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 1_000_000]).unwrap();
     let bomb = gz.finish().unwrap();
     assert!(bomb.len() < 20_000);
     expect(413, "payload_too_large")(
-        body(
-            h.post("/v1/events/batch", key)
-                .header("content-encoding", "gzip")
-                .body(bomb)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
+        body(h.post("/v1/events/batch", key).header("content-encoding", "gzip").body(bomb).send().await.unwrap()).await,
     );
     let six: Vec<Value> = (0..6).map(|i| event(&format!("d{i}"))).collect();
-    expect(413, "too_many_events")(
-        body(
-            h.post("/v1/events/batch", key)
-                .json(&six)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await,
-    );
+    expect(413, "too_many_events")(body(h.post("/v1/events/batch", key).json(&six).send().await.unwrap()).await);
     let fat = json!({"event_type":"t","event_name":"n","device_id":"d","properties":{"p":"x".repeat(3000)}});
-    expect(413, "payload_too_large")(
-        body(h.post("/v1/events", key).json(&fat).send().await.unwrap()).await,
-    );
+    expect(413, "payload_too_large")(body(h.post("/v1/events", key).json(&fat).send().await.unwrap()).await);
     // 415
     let form = h
         .http
@@ -403,10 +231,7 @@ async fn every_client_error_path() {
         .header("content-type", "application/x-www-form-urlencoded")
         .body("a=b");
     expect(415, "unsupported_media_type")(body(form.send().await.unwrap()).await);
-    let brotli = h
-        .post("/v1/events", key)
-        .header("content-encoding", "br")
-        .json(&event("d"));
+    let brotli = h.post("/v1/events", key).header("content-encoding", "br").json(&event("d"));
     expect(415, "unsupported_encoding")(body(brotli.send().await.unwrap()).await);
 
     // Nothing above reached ClickHouse.
@@ -415,9 +240,7 @@ async fn every_client_error_path() {
     ch.drop().await;
 }
 
-fn futures_stream(
-    chunks: Vec<Vec<u8>>,
-) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     struct Chunks(std::vec::IntoIter<Vec<u8>>);
     impl futures_core::Stream for Chunks {
         type Item = Result<Vec<u8>, std::io::Error>;
@@ -445,44 +268,16 @@ async fn rate_limit_and_quota_by_tier() {
         return;
     };
     let ten: Vec<Value> = (0..10).map(|i| event(&format!("r{i}"))).collect();
-    assert_eq!(
-        h.post("/v1/events/batch", &h.bravo.key)
-            .json(&ten)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
-    let r = h
-        .post("/v1/events", &h.bravo.key)
-        .json(&event("r10"))
-        .send()
-        .await
-        .unwrap();
-    let retry_after: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    assert_eq!(h.post("/v1/events/batch", &h.bravo.key).json(&ten).send().await.unwrap().status(), 202);
+    let r = h.post("/v1/events", &h.bravo.key).json(&event("r10")).send().await.unwrap();
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     let (status, b) = body(r).await;
     assert_eq!(status, 429);
     assert_eq!(b["error"], "Rate limit exceeded");
-    assert_eq!(
-        (b["tier"].as_str(), b["limit"].as_u64()),
-        (Some("starter"), Some(5))
-    );
+    assert_eq!((b["tier"].as_str(), b["limit"].as_u64()), (Some("starter"), Some(5)));
     assert!(retry_after >= 1 && b["retry_after"].as_u64() == Some(retry_after));
     // Other organisations are not affected by bravo's limit.
-    assert_eq!(
-        h.post("/v1/events", &h.acme.key)
-            .json(&event("a"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
+    assert_eq!(h.post("/v1/events", &h.acme.key).json(&event("a")).send().await.unwrap().status(), 202);
 
     // After the wait, two more fit: 12 this month, the quota.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -495,34 +290,13 @@ async fn rate_limit_and_quota_by_tier() {
             .status(),
         202
     );
-    let (status, b) = body(
-        h.post("/v1/events", &h.bravo.key)
-            .json(&event("q3"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, b) = body(h.post("/v1/events", &h.bravo.key).json(&event("q3")).send().await.unwrap()).await;
     assert_eq!(status, 402, "{b}");
     assert_eq!(b["error"], "Monthly event quota exceeded");
-    assert_eq!(
-        (b["tier"].as_str(), b["upgrade_url"].as_str()),
-        (Some("starter"), Some("/billing/upgrade"))
-    );
+    assert_eq!((b["tier"].as_str(), b["upgrade_url"].as_str()), (Some("starter"), Some("/billing/upgrade")));
 
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("edge_rate_limited_total{tier=\"starter\"} 1"),
-        "{metrics}"
-    );
+    let metrics = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("edge_rate_limited_total{tier=\"starter\"} 1"), "{metrics}");
     assert!(metrics.contains("edge_quota_exceeded_total{tier=\"starter\"} 1"));
     let ch = h.stop().await.unwrap();
     assert_eq!(ch.count("organization_id = 'org_bravo'").await, 12);
@@ -582,16 +356,8 @@ async fn jwt_operator_and_selectors() {
     assert_eq!(stats["organization_id"], "org_acme");
     assert_eq!(stats["total_events"], 1);
     let ch = h.stop().await.unwrap();
-    assert_eq!(
-        ch.count("organization_id = 'org_bravo' AND device_id = 'op-1'")
-            .await,
-        1
-    );
-    assert_eq!(
-        ch.count("organization_id = 'org_acme' AND device_id = 'jwt-1'")
-            .await,
-        1
-    );
+    assert_eq!(ch.count("organization_id = 'org_bravo' AND device_id = 'op-1'").await, 1);
+    assert_eq!(ch.count("organization_id = 'org_acme' AND device_id = 'jwt-1'").await, 1);
     ch.drop().await;
 }
 
@@ -605,59 +371,25 @@ async fn clickhouse_outage_is_visible_and_bounded() {
     let opts = Options {
         vars: vec![
             ("CLICKHOUSE_URL", "http://127.0.0.1:9".into()),
-            ("EDGE_MAX_PENDING_BYTES", "2000".into()),
+            ("EDGE_SPOOL_MAX_BYTES", "2000".into()),
             ("EDGE_DRAIN_TIMEOUT", "1s".into()),
         ],
         clickhouse: false,
     };
     let h = Harness::start(opts).await.unwrap();
-    assert_eq!(
-        h.http
-            .get(format!("{}/readyz", h.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        h.http
-            .get(format!("{}/healthz", h.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap().status(), 503);
+    assert_eq!(h.http.get(format!("{}/healthz", h.admin)).send().await.unwrap().status(), 200);
     let mut statuses = Vec::new();
     for i in 0..40 {
-        statuses.push(
-            h.post("/v1/events", &h.acme.key)
-                .json(&event(&format!("o{i}")))
-                .send()
-                .await
-                .unwrap(),
-        );
+        statuses.push(h.post("/v1/events", &h.acme.key).json(&event(&format!("o{i}"))).send().await.unwrap());
     }
-    let first_503 = statuses
-        .iter()
-        .position(|r| r.status() == 503)
-        .expect("the bound is reached");
+    let first_503 = statuses.iter().position(|r| r.status() == 503).expect("the bound is reached");
     assert!(first_503 > 0 && statuses[..first_503].iter().all(|r| r.status() == 202));
     assert!(statuses[first_503].headers().contains_key("retry-after"));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            let m = h
-                .http
-                .get(format!("{}/metrics", h.admin))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            m.lines()
-                .any(|l| l.starts_with("edge_clickhouse_insert_errors_total") && !l.ends_with(" 0"))
+            let m = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
+            m.lines().any(|l| l.starts_with("edge_clickhouse_insert_errors_total") && !l.ends_with(" 0"))
         })
         .await
     );
@@ -669,31 +401,10 @@ async fn metrics_and_health() {
     let Some(h) = Harness::start(Options::default()).await else {
         return;
     };
-    assert_eq!(
-        h.post("/v1/events", &h.acme.key)
-            .json(&event("m1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
-    let r = h
-        .http
-        .get(format!("{}/readyz", h.admin))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(h.post("/v1/events", &h.acme.key).json(&event("m1")).send().await.unwrap().status(), 202);
+    let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
     for name in [
         "edge_http_requests_total{",
         "edge_http_request_duration_seconds_bucket",
@@ -709,15 +420,7 @@ async fn metrics_and_health() {
     }
     assert!(
         eventually(Duration::from_secs(5), || async {
-            let m = h
-                .http
-                .get(format!("{}/metrics", h.admin))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
             m.contains("edge_clickhouse_insert_duration_seconds_bucket")
         })
         .await
@@ -730,24 +433,10 @@ async fn metrics_and_health() {
         .stderr(std::process::Stdio::piped())
         .spawn()
     {
-        let text = h
-            .http
-            .get(format!("{}/metrics", h.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
+        let text = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        let report = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "promtool: {report}");
     } else if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") {
         panic!("promtool not installed; scripts/services installs it");

@@ -120,33 +120,19 @@ impl JwtVerifier {
             v
         };
         if let Some(secret) = &config.hs256_secret {
-            keys.push(Key {
-                decoding: DecodingKey::from_secret(secret),
-                validation: validation(Algorithm::HS256),
-            });
+            keys.push(Key { decoding: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) });
         }
         if let Some(path) = &config.public_keys_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("JWT_PUBLIC_KEYS: {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("JWT_PUBLIC_KEYS: {}: {e}", path.display()))?;
             for (i, pem) in split_pem_blocks(&text).enumerate() {
                 let (decoding, alg) = parse_public_key(pem.as_bytes()).ok_or_else(|| {
-                    format!(
-                        "JWT_PUBLIC_KEYS: key {} is not an RSA, EC P-256 or Ed25519 public key",
-                        i + 1
-                    )
+                    format!("JWT_PUBLIC_KEYS: key {} is not an RSA, EC P-256 or Ed25519 public key", i + 1)
                 })?;
-                keys.push(Key {
-                    decoding,
-                    validation: validation(alg),
-                });
+                keys.push(Key { decoding, validation: validation(alg) });
             }
         }
-        Ok(JwtVerifier {
-            keys,
-            leeway: config.leeway_secs,
-            cache: DashMap::default(),
-            cache_capacity,
-        })
+        Ok(JwtVerifier { keys, leeway: config.leeway_secs, cache: DashMap::default(), cache_capacity })
     }
 
     pub fn is_configured(&self) -> bool {
@@ -176,11 +162,7 @@ impl JwtVerifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
         let mut last = JwtError::Invalid;
-        for key in self
-            .keys
-            .iter()
-            .filter(|k| k.validation.algorithms.contains(&header.alg))
-        {
+        for key in self.keys.iter().filter(|k| k.validation.algorithms.contains(&header.alg)) {
             match jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => {
@@ -244,18 +226,11 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn claims(exp: u64) -> Claims {
-        Claims {
-            exp,
-            ..Claims::new("u1", "org_a", &["events:write"], NOW - 10, 0)
-        }
+        Claims { exp, ..Claims::new("u1", "org_a", &["events:write"], NOW - 10, 0) }
     }
 
     fn verifier() -> JwtVerifier {
-        let config = JwtConfig {
-            hs256_secret: Some(SECRET.to_vec()),
-            leeway_secs: 30,
-            ..Default::default()
-        };
+        let config = JwtConfig { hs256_secret: Some(SECRET.to_vec()), leeway_secs: 30, ..Default::default() };
         JwtVerifier::from_config(&config, 16).unwrap()
     }
 
@@ -283,12 +258,7 @@ mod tests {
         let parts: Vec<&str> = good.split('.').collect();
         let mut c = claims(u64::MAX / 2);
         c.organization_id = "org_victim".into();
-        let forged = format!(
-            "{}.{}.{}",
-            parts[0],
-            b64(&serde_json::to_string(&c).unwrap()),
-            parts[2]
-        );
+        let forged = format!("{}.{}.{}", parts[0], b64(&serde_json::to_string(&c).unwrap()), parts[2]);
         assert_eq!(v.verify(&forged, NOW).unwrap_err(), JwtError::Invalid);
     }
 
@@ -298,11 +268,7 @@ mod tests {
         let t = issue_hs256(&claims(NOW + 5), SECRET);
         assert!(v.verify(&t, NOW).is_ok());
         assert!(v.verify(&t, NOW + 35).is_ok(), "within 30 s leeway");
-        assert_eq!(
-            v.verify(&t, NOW + 36).unwrap_err(),
-            JwtError::Expired,
-            "cached token still expires"
-        );
+        assert_eq!(v.verify(&t, NOW + 36).unwrap_err(), JwtError::Expired, "cached token still expires");
         let old = issue_hs256(&claims(1_000), SECRET);
         assert_eq!(v.verify(&old, NOW).unwrap_err(), JwtError::Expired);
     }
@@ -316,14 +282,9 @@ mod tests {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
         mac.update(msg.as_bytes());
-        let sig = base64::Engine::encode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            mac.finalize().into_bytes(),
-        );
-        assert_eq!(
-            v.verify(&format!("{msg}.{sig}"), NOW).unwrap_err(),
-            JwtError::Invalid
-        );
+        let sig =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mac.finalize().into_bytes());
+        assert_eq!(v.verify(&format!("{msg}.{sig}"), NOW).unwrap_err(), JwtError::Invalid);
     }
 
     #[test]
@@ -356,15 +317,9 @@ mod tests {
 
     #[test]
     fn garbage_is_invalid_and_unconfigured_says_so() {
-        assert_eq!(
-            verifier().verify("not.a.jwt", NOW).unwrap_err(),
-            JwtError::Invalid
-        );
+        assert_eq!(verifier().verify("not.a.jwt", NOW).unwrap_err(), JwtError::Invalid);
         let none = JwtVerifier::from_config(&JwtConfig::default(), 16).unwrap();
-        assert_eq!(
-            none.verify("a.b.c", NOW).unwrap_err(),
-            JwtError::NotConfigured
-        );
+        assert_eq!(none.verify("a.b.c", NOW).unwrap_err(), JwtError::NotConfigured);
     }
 
     #[test]
@@ -382,18 +337,9 @@ mod tests {
             jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &c, &key).unwrap()
         };
         let pem = |name: &str| std::fs::read(format!("{fixtures}/{name}")).unwrap();
-        let rs = sign(
-            Algorithm::RS256,
-            jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap(),
-        );
-        let es = sign(
-            Algorithm::ES256,
-            jsonwebtoken::EncodingKey::from_ec_pem(&pem("ec.key")).unwrap(),
-        );
-        let ed = sign(
-            Algorithm::EdDSA,
-            jsonwebtoken::EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap(),
-        );
+        let rs = sign(Algorithm::RS256, jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap());
+        let es = sign(Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_pem(&pem("ec.key")).unwrap());
+        let ed = sign(Algorithm::EdDSA, jsonwebtoken::EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap());
         for token in [&rs, &es, &ed] {
             assert_eq!(v.verify(token, NOW).unwrap().organization_id, "org_a");
         }
@@ -413,10 +359,7 @@ mod tests {
         };
         let v = JwtVerifier::from_config(&config, 16).unwrap();
         let mut c = claims(u64::MAX / 2);
-        assert_eq!(
-            v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(),
-            JwtError::Invalid
-        );
+        assert_eq!(v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(), JwtError::Invalid);
         c.iss = Some("edge".into());
         c.aud = Some("sdk".into());
         assert!(v.verify(&issue_hs256(&c, SECRET), NOW).is_ok());

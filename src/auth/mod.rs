@@ -80,16 +80,8 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(
-        jwt: JwtVerifier,
-        operator_token: Option<&str>,
-        base_domain: Option<String>,
-    ) -> Self {
-        Authenticator {
-            jwt,
-            operator_token: operator_token.map(KeyHash::of),
-            base_domain,
-        }
+    pub fn new(jwt: JwtVerifier, operator_token: Option<&str>, base_domain: Option<String>) -> Self {
+        Authenticator { jwt, operator_token: operator_token.map(KeyHash::of), base_domain }
     }
 
     /// Resolves the caller. `route` only labels the audit line.
@@ -104,46 +96,24 @@ impl Authenticator {
         let org_header = header_str(headers, &ORG_HEADER)?;
 
         let principal = if let Some(bearer) = bearer_token(headers)? {
-            if self
-                .operator_token
-                .is_some_and(|t| t == KeyHash::of(bearer))
-            {
+            if self.operator_token.is_some_and(|t| t == KeyHash::of(bearer)) {
                 let id = org_header.ok_or_else(|| {
-                    ApiError::bad_request(
-                        "organization_required",
-                        "The operator token needs X-Organization-ID",
-                    )
+                    ApiError::bad_request("organization_required", "The operator token needs X-Organization-ID")
                 })?;
                 let org = snapshot.org(id).cloned().ok_or_else(unknown_org)?;
-                let principal = Principal {
-                    org,
-                    credential: Credential::Operator,
-                };
+                let principal = Principal { org, credential: Credential::Operator };
                 audit("operator_act", &principal, route, id);
                 return check_status(principal);
             }
-            let claims = self
-                .jwt
-                .verify(bearer, now)
-                .map_err(|e| ApiError::unauthorized(e.code(), "Invalid bearer token"))?;
-            let org = snapshot
-                .org(&claims.organization_id)
-                .cloned()
-                .ok_or_else(unknown_org)?;
-            Principal {
-                org,
-                credential: Credential::Jwt(claims),
-            }
+            let claims =
+                self.jwt.verify(bearer, now).map_err(|e| ApiError::unauthorized(e.code(), "Invalid bearer token"))?;
+            let org = snapshot.org(&claims.organization_id).cloned().ok_or_else(unknown_org)?;
+            Principal { org, credential: Credential::Jwt(claims) }
         } else if let Some(key) = header_str(headers, &API_KEY_HEADER)? {
             let grant = snapshot
                 .key(&KeyHash::of(key))
                 .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "Unknown SDK key"))?;
-            Principal {
-                org: grant.org.clone(),
-                credential: Credential::SdkKey {
-                    app_id: grant.app_id.clone(),
-                },
-            }
+            Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } }
         } else {
             return Err(ApiError::unauthorized(
                 "missing_credentials",
@@ -151,13 +121,9 @@ impl Authenticator {
             ));
         };
 
-        if let Err(claimed) = selector::check(
-            headers,
-            org_header,
-            &principal.org,
-            &snapshot,
-            self.base_domain.as_deref(),
-        ) {
+        if let Err(claimed) =
+            selector::check(headers, org_header, &principal.org, &snapshot, self.base_domain.as_deref())
+        {
             audit("selector_mismatch", &principal, route, &claimed);
             return Err(ApiError::forbidden(
                 "tenant_mismatch",
@@ -171,14 +137,8 @@ impl Authenticator {
 fn check_status(principal: Principal) -> Result<Principal, ApiError> {
     match principal.org.status {
         OrgStatus::Active => Ok(principal),
-        OrgStatus::Suspended => Err(ApiError::forbidden(
-            "organization_inactive",
-            "Organization is suspended",
-        )),
-        OrgStatus::Deleted => Err(ApiError::forbidden(
-            "organization_deleted",
-            "Organization is deleted",
-        )),
+        OrgStatus::Suspended => Err(ApiError::forbidden("organization_inactive", "Organization is suspended")),
+        OrgStatus::Deleted => Err(ApiError::forbidden("organization_deleted", "Organization is deleted")),
     }
 }
 
@@ -205,9 +165,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'
         Some(v) => v
             .to_str()
             .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
-            .map_err(|_| {
-                ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII"))
-            }),
+            .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII"))),
     }
 }
 
@@ -216,15 +174,10 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         return Ok(None);
     };
     match value.split_once(' ') {
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
             Ok(Some(token.trim()))
         }
-        _ => Err(ApiError::unauthorized(
-            "invalid_authorization",
-            "Authorization must be 'Bearer <token>'",
-        )),
+        _ => Err(ApiError::unauthorized("invalid_authorization", "Authorization must be 'Bearer <token>'")),
     }
 }
 
@@ -246,24 +199,15 @@ mod tests {
 
     fn fixture() -> Fixture {
         let mut b = SnapshotBuilder::default();
-        let a = b
-            .org(Org::new("org_a", "A", "acme", 0, OrgStatus::Active))
-            .unwrap();
-        b.org(Org::new("org_b", "B", "bravo", 0, OrgStatus::Active))
-            .unwrap();
-        let gone = b
-            .org(Org::new("org_gone", "G", "gone", 0, OrgStatus::Deleted))
-            .unwrap();
+        let a = b.org(Org::new("org_a", "A", "acme", 0, OrgStatus::Active)).unwrap();
+        b.org(Org::new("org_b", "B", "bravo", 0, OrgStatus::Active)).unwrap();
+        let gone = b.org(Org::new("org_gone", "G", "gone", 0, OrgStatus::Deleted)).unwrap();
         let key_a = SdkKey::generate();
         b.key(key_a.hash(), &a, "app_a").unwrap();
         let key_gone = SdkKey::generate();
         b.key(key_gone.hash(), &gone, "app_g").unwrap();
         let jwt = JwtVerifier::from_config(
-            &JwtConfig {
-                hs256_secret: Some(SECRET.to_vec()),
-                leeway_secs: 30,
-                ..Default::default()
-            },
+            &JwtConfig { hs256_secret: Some(SECRET.to_vec()), leeway_secs: 30, ..Default::default() },
             64,
         )
         .unwrap();
@@ -302,72 +246,27 @@ mod tests {
     #[test]
     fn missing_or_unknown_credentials_are_401() {
         let f = fixture();
-        assert_eq!(
-            run(&f, &headers(&[])).unwrap_err().code,
-            "missing_credentials"
-        );
+        assert_eq!(run(&f, &headers(&[])).unwrap_err().code, "missing_credentials");
         // A selector alone is not a credential.
-        assert_eq!(
-            run(&f, &headers(&[("x-organization-id", "org_a")]))
-                .unwrap_err()
-                .status,
-            401
-        );
-        assert_eq!(
-            run(&f, &headers(&[("x-api-key", "edk_nope")]))
-                .unwrap_err()
-                .code,
-            "invalid_api_key"
-        );
-        assert_eq!(
-            run(&f, &headers(&[("authorization", "Basic abc")]))
-                .unwrap_err()
-                .status,
-            401
-        );
-        assert_eq!(
-            run(&f, &headers(&[("authorization", "Bearer x.y.z")]))
-                .unwrap_err()
-                .code,
-            "invalid_token"
-        );
+        assert_eq!(run(&f, &headers(&[("x-organization-id", "org_a")])).unwrap_err().status, 401);
+        assert_eq!(run(&f, &headers(&[("x-api-key", "edk_nope")])).unwrap_err().code, "invalid_api_key");
+        assert_eq!(run(&f, &headers(&[("authorization", "Basic abc")])).unwrap_err().status, 401);
+        assert_eq!(run(&f, &headers(&[("authorization", "Bearer x.y.z")])).unwrap_err().code, "invalid_token");
     }
 
     #[test]
     fn selectors_must_match_the_credential() {
         let f = fixture();
         let key = f.key_a.expose();
-        assert!(run(
-            &f,
-            &headers(&[("x-api-key", key), ("x-organization-id", "org_a")])
-        )
-        .is_ok());
-        assert!(run(
-            &f,
-            &headers(&[("x-api-key", key), ("host", "acme.edge.example:443")])
-        )
-        .is_ok());
-        let e = run(
-            &f,
-            &headers(&[("x-api-key", key), ("x-organization-id", "org_b")]),
-        )
-        .unwrap_err();
+        assert!(run(&f, &headers(&[("x-api-key", key), ("x-organization-id", "org_a")])).is_ok());
+        assert!(run(&f, &headers(&[("x-api-key", key), ("host", "acme.edge.example:443")])).is_ok());
+        let e = run(&f, &headers(&[("x-api-key", key), ("x-organization-id", "org_b")])).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (403, "tenant_mismatch"));
-        let e = run(
-            &f,
-            &headers(&[("x-api-key", key), ("host", "bravo.edge.example")]),
-        )
-        .unwrap_err();
+        let e = run(&f, &headers(&[("x-api-key", key), ("host", "bravo.edge.example")])).unwrap_err();
         assert_eq!(e.status, 403);
         let t = token("org_b", &["events:write"]);
-        let e = run(
-            &f,
-            &headers(&[
-                ("authorization", &format!("Bearer {t}")),
-                ("x-organization-id", "org_a"),
-            ]),
-        )
-        .unwrap_err();
+        let e = run(&f, &headers(&[("authorization", &format!("Bearer {t}")), ("x-organization-id", "org_a")]))
+            .unwrap_err();
         assert_eq!(e.code, "tenant_mismatch");
     }
 
@@ -380,9 +279,7 @@ mod tests {
         assert!(!p.can_write_events() && p.can_read());
         let t = token("org_unknown", &["events:write"]);
         assert_eq!(
-            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))]))
-                .unwrap_err()
-                .code,
+            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err().code,
             "organization_not_found"
         );
     }
@@ -392,9 +289,7 @@ mod tests {
         let f = fixture();
         let t = token("org_gone", &["events:write"]);
         assert_eq!(
-            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))]))
-                .unwrap_err()
-                .code,
+            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err().code,
             "organization_deleted"
         );
     }
@@ -403,18 +298,9 @@ mod tests {
     fn operator_picks_org_by_header() {
         let f = fixture();
         let bearer = format!("Bearer {OPERATOR}");
-        let p = run(
-            &f,
-            &headers(&[("authorization", &bearer), ("x-organization-id", "org_b")]),
-        )
-        .unwrap();
+        let p = run(&f, &headers(&[("authorization", &bearer), ("x-organization-id", "org_b")])).unwrap();
         assert!(matches!(p.credential, Credential::Operator));
         assert_eq!(p.org.id.as_str(), "org_b");
-        assert_eq!(
-            run(&f, &headers(&[("authorization", &bearer)]))
-                .unwrap_err()
-                .code,
-            "organization_required"
-        );
+        assert_eq!(run(&f, &headers(&[("authorization", &bearer)])).unwrap_err().code, "organization_required");
     }
 }

@@ -27,11 +27,8 @@ pub fn check(
     };
     let host = strip_port(host).trim_end_matches('.');
     // Hosts arrive lower case almost always; only mixed case pays for a copy.
-    let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        host.to_ascii_lowercase().into()
-    } else {
-        host.into()
-    };
+    let host: std::borrow::Cow<str> =
+        if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
     let selected = match base_domain.and_then(|base| subdomain_of(&host, base)) {
         Some(label) => Some(label),
         // Not under the base domain: maybe a tenant's custom domain.
@@ -67,10 +64,7 @@ mod tests {
 
     #[test]
     fn subdomains() {
-        assert_eq!(
-            subdomain_of("acme.edge.example", "edge.example"),
-            Some("acme")
-        );
+        assert_eq!(subdomain_of("acme.edge.example", "edge.example"), Some("acme"));
         assert_eq!(subdomain_of("edge.example", "edge.example"), None);
         assert_eq!(subdomain_of("a.b.edge.example", "edge.example"), None);
         assert_eq!(subdomain_of("acmeedge.example", "edge.example"), None);

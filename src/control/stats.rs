@@ -15,34 +15,17 @@ use crate::server::AppState;
 const DEFAULT_DAYS: u32 = 30;
 
 pub fn handle(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let principal =
-        state
-            .auth
-            .authenticate(req.headers(), &state.registry, now, "/api/v1/stats/events")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let principal = state.auth.authenticate(req.headers(), &state.registry, now, "/api/v1/stats/events")?;
     if !principal.can_read() {
-        return Err(ApiError::forbidden(
-            "write_only_credential",
-            "SDK keys can only write events; use a user token",
-        ));
+        return Err(ApiError::forbidden("write_only_credential", "SDK keys can only write events; use a user token"));
     }
     let today = (now / 86_400) as u32;
     let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
     let mut to = today;
-    for (key, value) in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-    {
+    for (key, value) in req.uri().query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
         let day = || {
-            parse_date(value).ok_or_else(|| {
-                ApiError::bad_request("invalid_date", format!("{key} must be YYYY-MM-DD"))
-            })
+            parse_date(value).ok_or_else(|| ApiError::bad_request("invalid_date", format!("{key} must be YYYY-MM-DD")))
         };
         match key {
             "from" => from = day()?,
@@ -54,18 +37,14 @@ pub fn handle(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body
         return Err(ApiError::bad_request("invalid_range", "from is after to"));
     }
     let report = state.stats.report(&principal.org.id, from, to);
-    Ok(response::json(
-        StatusCode::OK,
-        serde_json::to_vec(&report).unwrap_or_default(),
-    ))
+    Ok(response::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default()))
 }
 
 /// Days since the epoch of a `YYYY-MM-DD` date.
 fn parse_date(s: &str) -> Option<u32> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let date = time::Date::parse(s, &format).ok()?;
-    let days =
-        (date - time::Date::from_calendar_date(1970, time::Month::January, 1).ok()?).whole_days();
+    let days = (date - time::Date::from_calendar_date(1970, time::Month::January, 1).ok()?).whole_days();
     u32::try_from(days).ok()
 }
 
@@ -76,10 +55,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(parse_date("1970-01-02"), Some(1));
-        assert_eq!(
-            crate::stats::day_to_date(parse_date("2026-11-26").unwrap()),
-            "2026-11-26"
-        );
+        assert_eq!(crate::stats::day_to_date(parse_date("2026-11-26").unwrap()), "2026-11-26");
         assert_eq!(parse_date("26/11/2026"), None);
     }
 }

@@ -24,11 +24,7 @@ pub struct RowBlock {
 
 impl RowBlock {
     pub fn new(org: OrgId, capacity: usize) -> Self {
-        RowBlock {
-            org,
-            rows: 0,
-            data: BytesMut::with_capacity(capacity),
-        }
+        RowBlock { org, rows: 0, data: BytesMut::with_capacity(capacity) }
     }
 }
 
@@ -41,10 +37,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Rejection {
-            code,
-            message: message.into(),
-        }
+        Rejection { code, message: message.into() }
     }
 }
 

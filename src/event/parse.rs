@@ -39,15 +39,9 @@ pub fn parse_body<'b>(
                 .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON: {e}")))?;
             if shape == Shape::Single {
                 if !value.is_object() {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        "Expected one JSON object",
-                    ));
+                    return Err(ApiError::bad_request("invalid_body", "Expected one JSON object"));
                 }
-                return Ok(ParsedBody {
-                    events: vec![Ok(value)],
-                    sent_at_ms: None,
-                });
+                return Ok(ParsedBody { events: vec![Ok(value)], sent_at_ms: None });
             }
             let (items, sent_at_ms) = match value {
                 BorrowedValue::Array(items) => (*items, None),
@@ -55,10 +49,7 @@ pub fn parse_body<'b>(
                     let sent_at_ms = match obj.remove("sent_at") {
                         None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => None,
                         Some(v) => Some(parse_timestamp_ms(&v).ok_or_else(|| {
-                            ApiError::bad_request(
-                                "invalid_sent_at",
-                                "sent_at must be RFC 3339 or epoch milliseconds",
-                            )
+                            ApiError::bad_request("invalid_sent_at", "sent_at must be RFC 3339 or epoch milliseconds")
                         })?),
                     };
                     match obj.remove("events") {
@@ -71,35 +62,20 @@ pub fn parse_body<'b>(
                         }
                     }
                 }
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "invalid_body",
-                        "Expected {\"events\":[...]} or a JSON array",
-                    ))
-                }
+                _ => return Err(ApiError::bad_request("invalid_body", "Expected {\"events\":[...]} or a JSON array")),
             };
             if items.len() > max_events {
                 return Err(ApiError::too_many_events(max_events));
             }
             if items.is_empty() {
-                return Err(ApiError::bad_request(
-                    "empty_batch",
-                    "The batch holds no events",
-                ));
+                return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
             }
-            Ok(ParsedBody {
-                events: items.into_iter().map(Ok).collect(),
-                sent_at_ms,
-            })
+            Ok(ParsedBody { events: items.into_iter().map(Ok).collect(), sent_at_ms })
         }
     }
 }
 
-fn parse_ndjson<'b>(
-    body: &'b mut [u8],
-    max_events: usize,
-    buffers: &mut Buffers,
-) -> Result<ParsedBody<'b>, ApiError> {
+fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers) -> Result<ParsedBody<'b>, ApiError> {
     let mut events = Vec::new();
     for line in body.split_mut(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -108,27 +84,16 @@ fn parse_ndjson<'b>(
         if events.len() == max_events {
             return Err(ApiError::too_many_events(max_events));
         }
-        events.push(
-            match simd_json::to_borrowed_value_with_buffers(line, buffers) {
-                Ok(v) if v.is_object() => Ok(v),
-                Ok(_) => Err(Rejection::new(
-                    "invalid_event",
-                    "Each NDJSON line must be a JSON object",
-                )),
-                Err(e) => Err(Rejection::new("invalid_json", format!("Invalid JSON: {e}"))),
-            },
-        );
+        events.push(match simd_json::to_borrowed_value_with_buffers(line, buffers) {
+            Ok(v) if v.is_object() => Ok(v),
+            Ok(_) => Err(Rejection::new("invalid_event", "Each NDJSON line must be a JSON object")),
+            Err(e) => Err(Rejection::new("invalid_json", format!("Invalid JSON: {e}"))),
+        });
     }
     if events.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
-            "The batch holds no events",
-        ));
+        return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
     }
-    Ok(ParsedBody {
-        events,
-        sent_at_ms: None,
-    })
+    Ok(ParsedBody { events, sent_at_ms: None })
 }
 
 #[cfg(test)]
@@ -145,56 +110,26 @@ mod tests {
 
     #[test]
     fn shapes() {
+        assert_eq!(parse(r#"{"event_type":"a"}"#, Shape::Single).unwrap(), (1, 0, None));
+        assert_eq!(parse(r#"[{"a":1},{"b":2}]"#, Shape::Batch).unwrap(), (2, 0, None));
         assert_eq!(
-            parse(r#"{"event_type":"a"}"#, Shape::Single).unwrap(),
-            (1, 0, None)
-        );
-        assert_eq!(
-            parse(r#"[{"a":1},{"b":2}]"#, Shape::Batch).unwrap(),
-            (2, 0, None)
-        );
-        assert_eq!(
-            parse(
-                r#"{"events":[{"a":1}],"sent_at":1700000000000}"#,
-                Shape::Batch
-            )
-            .unwrap(),
+            parse(r#"{"events":[{"a":1}],"sent_at":1700000000000}"#, Shape::Batch).unwrap(),
             (1, 0, Some(1_700_000_000_000))
         );
-        assert_eq!(
-            parse("{\"a\":1}\n\n{bad\n[1]\n", Shape::Ndjson).unwrap(),
-            (1, 2, None)
-        );
+        assert_eq!(parse("{\"a\":1}\n\n{bad\n[1]\n", Shape::Ndjson).unwrap(), (1, 2, None));
     }
 
     #[test]
     fn whole_body_errors() {
-        assert_eq!(
-            parse("{nope", Shape::Batch).unwrap_err().code,
-            "invalid_json"
-        );
-        assert_eq!(
-            parse("[1,2", Shape::Single).unwrap_err().code,
-            "invalid_json"
-        );
+        assert_eq!(parse("{nope", Shape::Batch).unwrap_err().code, "invalid_json");
+        assert_eq!(parse("[1,2", Shape::Single).unwrap_err().code, "invalid_json");
         assert_eq!(parse("[]", Shape::Single).unwrap_err().code, "invalid_body");
-        assert_eq!(
-            parse(r#"{"events":3}"#, Shape::Batch).unwrap_err().code,
-            "invalid_body"
-        );
+        assert_eq!(parse(r#"{"events":3}"#, Shape::Batch).unwrap_err().code, "invalid_body");
         assert_eq!(parse("[]", Shape::Batch).unwrap_err().code, "empty_batch");
+        assert_eq!(parse("[{},{},{},{}]", Shape::Batch).unwrap_err().status, 413);
+        assert_eq!(parse("{}\n{}\n{}\n{}\n", Shape::Ndjson).unwrap_err().status, 413);
         assert_eq!(
-            parse("[{},{},{},{}]", Shape::Batch).unwrap_err().status,
-            413
-        );
-        assert_eq!(
-            parse("{}\n{}\n{}\n{}\n", Shape::Ndjson).unwrap_err().status,
-            413
-        );
-        assert_eq!(
-            parse(r#"{"events":[{}],"sent_at":"yesterday"}"#, Shape::Batch)
-                .unwrap_err()
-                .code,
+            parse(r#"{"events":[{}],"sent_at":"yesterday"}"#, Shape::Batch).unwrap_err().code,
             "invalid_sent_at"
         );
     }

@@ -7,8 +7,7 @@
 use bytes::BufMut;
 
 /// Columns in encoding order; must exist in `migrations/clickhouse/*`.
-pub const COLUMNS: &str =
-    "organization_id, app_id, event_id, event_type, event_name, device_id, session_id, \
+pub const COLUMNS: &str = "organization_id, app_id, event_id, event_type, event_name, device_id, session_id, \
 platform, event_timestamp, received_at, sent_at, properties, user_properties, revenue, currency, \
 idfa, idfv, gaid, oaid, ip, user_agent";
 

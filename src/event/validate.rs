@@ -62,10 +62,7 @@ impl Validator {
         out: &mut RowBlock,
     ) -> Result<EventSummary, Rejection> {
         let Some(f) = Fields::collect(event) else {
-            return Err(Rejection::new(
-                "invalid_event",
-                "An event must be a JSON object",
-            ));
+            return Err(Rejection::new("invalid_event", "An event must be a JSON object"));
         };
         let event_type = required_str(f.event_type, "event_type", 64)?;
         let event_name = required_str(f.event_name, "event_name", 256)?;
@@ -90,10 +87,7 @@ impl Validator {
         let oaid = optional_str(f.oaid, "oaid", 64)?.unwrap_or("");
         let ip = optional_str(f.ip, "ip", 45)?.unwrap_or("");
         if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(Rejection::new(
-                "invalid_field",
-                "ip is not an IPv4 or IPv6 address",
-            ));
+            return Err(Rejection::new("invalid_field", "ip is not an IPv4 or IPv6 address"));
         }
         let user_agent = optional_str(f.user_agent, "user_agent", 1024)?.unwrap_or("");
 
@@ -101,41 +95,27 @@ impl Validator {
             None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => ctx.received_ms,
             Some(v) => parse_timestamp_ms(v)
                 .ok_or_else(|| {
-                    Rejection::new(
-                        "invalid_timestamp",
-                        "event_timestamp must be RFC 3339 or epoch milliseconds",
-                    )
+                    Rejection::new("invalid_timestamp", "event_timestamp must be RFC 3339 or epoch milliseconds")
                 })?
                 .saturating_add(ctx.skew_ms),
         };
         if timestamp_ms > ctx.received_ms + self.limits.max_future.as_millis() as i64 {
-            return Err(Rejection::new(
-                "timestamp_in_future",
-                "event_timestamp is too far in the future",
-            ));
+            return Err(Rejection::new("timestamp_in_future", "event_timestamp is too far in the future"));
         }
         let oldest = ctx.received_ms - i64::from(ctx.retention_days) * 86_400_000;
         if timestamp_ms < oldest.max(0) {
             return Err(Rejection::new(
                 "timestamp_too_old",
-                format!(
-                    "event_timestamp is older than the {}-day retention",
-                    ctx.retention_days
-                ),
+                format!("event_timestamp is older than the {}-day retention", ctx.retention_days),
             ));
         }
 
         let revenue_cents = match f.revenue {
             None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => 0,
             Some(v) => {
-                let r = v
-                    .as_f64()
-                    .ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
+                let r = v.as_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
                 if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
-                    return Err(Rejection::new(
-                        "invalid_revenue",
-                        "revenue does not fit Decimal(18,2)",
-                    ));
+                    return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
                 }
                 (r * 100.0).round() as i64
             }
@@ -144,18 +124,9 @@ impl Validator {
             None => *b"USD",
             Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
                 let b = c.as_bytes();
-                [
-                    b[0].to_ascii_uppercase(),
-                    b[1].to_ascii_uppercase(),
-                    b[2].to_ascii_uppercase(),
-                ]
+                [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase(), b[2].to_ascii_uppercase()]
             }
-            Some(_) => {
-                return Err(Rejection::new(
-                    "invalid_currency",
-                    "currency must be a three-letter ISO 4217 code",
-                ))
-            }
+            Some(_) => return Err(Rejection::new("invalid_currency", "currency must be a three-letter ISO 4217 code")),
         };
 
         scratch.clear();
@@ -173,11 +144,8 @@ impl Validator {
             None => {
                 // Built by hand: `Uuid::now_v7` takes a process-wide mutex for monotonic counters,
                 // which would serialise every core; random bits suffice for an idempotency key.
-                let id = uuid::Builder::from_unix_timestamp_millis(
-                    ctx.received_ms as u64,
-                    &rand::random::<[u8; 10]>(),
-                )
-                .into_uuid();
+                let id = uuid::Builder::from_unix_timestamp_millis(ctx.received_ms as u64, &rand::random::<[u8; 10]>())
+                    .into_uuid();
                 let mut buf = uuid::Uuid::encode_buffer();
                 put_str(d, id.hyphenated().encode_lower(&mut buf).as_bytes());
             }
@@ -204,10 +172,7 @@ impl Validator {
             d.truncate(start);
             return Err(Rejection::new(
                 "event_too_large",
-                format!(
-                    "an event may be at most {} bytes",
-                    self.limits.max_event_bytes
-                ),
+                format!("an event may be at most {} bytes", self.limits.max_event_bytes),
             ));
         }
         out.rows += 1;
@@ -227,25 +192,16 @@ impl Validator {
     ) -> Result<(), Rejection> {
         let start = out.len();
         match value {
-            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => {
-                out.extend_from_slice(b"{}")
-            }
+            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => out.extend_from_slice(b"{}"),
             Some(v @ BorrowedValue::Object(_)) => {
                 if depth_exceeds(v, self.limits.max_properties_depth) {
                     return Err(Rejection::new(
                         "properties_too_deep",
-                        format!(
-                            "{key} nests deeper than {}",
-                            self.limits.max_properties_depth
-                        ),
+                        format!("{key} nests deeper than {}", self.limits.max_properties_depth),
                     ));
                 }
-                v.write(out).map_err(|_| {
-                    Rejection::new(
-                        "invalid_properties",
-                        format!("{key} could not be serialised"),
-                    )
-                })?;
+                v.write(out)
+                    .map_err(|_| Rejection::new("invalid_properties", format!("{key} could not be serialised")))?;
                 if out.len() - start > self.limits.max_properties_bytes {
                     return Err(Rejection::new(
                         "properties_too_large",
@@ -253,12 +209,7 @@ impl Validator {
                     ));
                 }
             }
-            Some(_) => {
-                return Err(Rejection::new(
-                    "invalid_properties",
-                    format!("{key} must be a JSON object"),
-                ))
-            }
+            Some(_) => return Err(Rejection::new("invalid_properties", format!("{key} must be a JSON object"))),
         }
         Ok(())
     }
@@ -343,10 +294,7 @@ fn required_str<'v>(
 ) -> Result<&'v str, Rejection> {
     match optional_str(value, key, max_chars)? {
         Some(s) => Ok(s),
-        None => Err(Rejection::new(
-            "missing_field",
-            format!("{key} is required"),
-        )),
+        None => Err(Rejection::new("missing_field", format!("{key} is required"))),
     }
 }
 
@@ -362,15 +310,10 @@ fn optional_str<'v>(
     if v.is_null() {
         return Ok(None);
     }
-    let s = v
-        .as_str()
-        .ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
+    let s = v.as_str().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
     // Bytes bound chars from above, so counting is needed only for long non-ASCII text.
     if s.len() > max_chars && s.chars().count() > max_chars {
-        return Err(Rejection::new(
-            "field_too_long",
-            format!("{key} exceeds {max_chars} characters"),
-        ));
+        return Err(Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters")));
     }
     Ok(Some(s).filter(|s| !s.is_empty()))
 }
@@ -454,10 +397,7 @@ mod tests {
             "idfa":"IDFA","ip":"10.0.0.1","user_agent":"ua","unknown":true,"event_timestamp":1779999999000}"#)
         .unwrap();
         let cols = strings(&row);
-        assert_eq!(
-            cols[0], "org_a",
-            "organization_id comes from the credential, never the body"
-        );
+        assert_eq!(cols[0], "org_a", "organization_id comes from the credential, never the body");
         assert_eq!(cols[1], "app_1");
         assert_eq!(cols[2], "e1");
         assert_eq!(&cols[3..6], ["purchase", "buy", "d1"]);
@@ -479,57 +419,26 @@ mod tests {
 
     #[test]
     fn required_fields_and_types() {
-        assert_eq!(
-            code(r#"{"event_name":"n","device_id":"d"}"#),
-            "missing_field"
-        );
-        assert_eq!(
-            code(r#"{"event_type":"","event_name":"n","device_id":"d"}"#),
-            "missing_field"
-        );
-        assert_eq!(
-            code(r#"{"event_type":5,"event_name":"n","device_id":"d"}"#),
-            "invalid_field"
-        );
+        assert_eq!(code(r#"{"event_name":"n","device_id":"d"}"#), "missing_field");
+        assert_eq!(code(r#"{"event_type":"","event_name":"n","device_id":"d"}"#), "missing_field");
+        assert_eq!(code(r#"{"event_type":5,"event_name":"n","device_id":"d"}"#), "invalid_field");
         let long = "x".repeat(65);
-        assert_eq!(
-            code(&format!(
-                r#"{{"event_type":"{long}","event_name":"n","device_id":"d"}}"#
-            )),
-            "field_too_long"
-        );
+        assert_eq!(code(&format!(r#"{{"event_type":"{long}","event_name":"n","device_id":"d"}}"#)), "field_too_long");
         // 64 multi-byte characters are fine: the limit is in characters.
         let wide = "é".repeat(64);
-        assert!(run(&format!(
-            r#"{{"event_type":"{wide}","event_name":"n","device_id":"d"}}"#
-        ))
-        .is_ok());
-        assert_eq!(
-            code(r#"{"event_type":"t","event_name":"n","device_id":"d","ip":"not-an-ip"}"#),
-            "invalid_field"
-        );
+        assert!(run(&format!(r#"{{"event_type":"{wide}","event_name":"n","device_id":"d"}}"#)).is_ok());
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","ip":"not-an-ip"}"#), "invalid_field");
     }
 
     #[test]
     fn timestamps() {
-        let ok = |ts: &str| {
-            run(&format!(
-                r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{ts}}}"#
-            ))
-        };
+        let ok =
+            |ts: &str| run(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{ts}}}"#));
         assert!(ok(r#""2026-05-28T12:00:00Z""#).is_ok());
         assert!(ok(r#""2026-05-28T12:00:00.123+02:00""#).is_ok());
         assert_eq!(ok(r#""yesterday""#).unwrap_err().code, "invalid_timestamp");
-        assert_eq!(
-            ok(&(NOW_MS + 25 * 3_600_000).to_string()).unwrap_err().code,
-            "timestamp_in_future"
-        );
-        assert_eq!(
-            ok(&(NOW_MS - 91 * 86_400_000).to_string())
-                .unwrap_err()
-                .code,
-            "timestamp_too_old"
-        );
+        assert_eq!(ok(&(NOW_MS + 25 * 3_600_000).to_string()).unwrap_err().code, "timestamp_in_future");
+        assert_eq!(ok(&(NOW_MS - 91 * 86_400_000).to_string()).unwrap_err().code, "timestamp_too_old");
         assert!(ok(&(NOW_MS - 89 * 86_400_000).to_string()).is_ok());
     }
 
@@ -540,17 +449,17 @@ mod tests {
         c.sent_at_ms = Some(NOW_MS - 3_600_000);
         c.skew_ms = NOW_MS - (NOW_MS - 3_600_000);
         let device_ts = NOW_MS - 3_600_000 - 60_000; // a minute before sending, device time
-        let (s, row) = run_with(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{device_ts}}}"#), &c).unwrap();
+        let (s, row) = run_with(
+            &format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_timestamp":{device_ts}}}"#),
+            &c,
+        )
+        .unwrap();
         let mut v = &row[..];
         for _ in 0..8 {
             read_str(&mut v);
         }
         let ts = u32::from_le_bytes(v[..4].try_into().unwrap());
-        assert_eq!(
-            ts as i64,
-            (NOW_MS - 60_000) / 1000,
-            "a minute before receipt, server time"
-        );
+        assert_eq!(ts as i64, (NOW_MS - 60_000) / 1000, "a minute before receipt, server time");
         assert_eq!(s.day as i64, (NOW_MS - 60_000) / 86_400_000);
     }
 
@@ -562,9 +471,7 @@ mod tests {
         );
         let deep = format!("{}1{}", r#"{"a":"#.repeat(33), "}".repeat(33));
         assert_eq!(
-            code(&format!(
-                r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{deep}}}"#
-            )),
+            code(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{deep}}}"#)),
             "properties_too_deep"
         );
         let big = "y".repeat(33 * 1024);
@@ -578,40 +485,20 @@ mod tests {
 
     #[test]
     fn revenue_and_currency() {
-        assert_eq!(
-            code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":"9.99"}"#),
-            "invalid_revenue"
-        );
-        assert_eq!(
-            code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":1e17}"#),
-            "invalid_revenue"
-        );
-        assert_eq!(
-            code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"EURO"}"#),
-            "field_too_long"
-        );
-        assert_eq!(
-            code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"E1R"}"#),
-            "invalid_currency"
-        );
-        let (s, _) =
-            run(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":-0.015}"#).unwrap();
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":"9.99"}"#), "invalid_revenue");
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":1e17}"#), "invalid_revenue");
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"EURO"}"#), "field_too_long");
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"E1R"}"#), "invalid_currency");
+        let (s, _) = run(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":-0.015}"#).unwrap();
         assert_eq!(s.revenue_cents, -2);
     }
 
     #[test]
     fn app_binding() {
-        assert_eq!(
-            code(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"other"}"#),
-            "app_mismatch"
-        );
+        assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"other"}"#), "app_mismatch");
         let mut c = ctx();
         c.credential_app = None;
-        let (_, row) = run_with(
-            r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"mine"}"#,
-            &c,
-        )
-        .unwrap();
+        let (_, row) = run_with(r#"{"event_type":"t","event_name":"n","device_id":"d","app_id":"mine"}"#, &c).unwrap();
         assert_eq!(strings(&row)[1], "mine");
     }
 }

@@ -40,10 +40,7 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     } else if is("zstd") {
         Ok(Encoding::Zstd)
     } else {
-        Err(ApiError::unsupported(
-            "unsupported_encoding",
-            "Content-Encoding must be gzip, zstd or identity",
-        ))
+        Err(ApiError::unsupported("unsupported_encoding", "Content-Encoding must be gzip, zstd or identity"))
     }
 }
 
@@ -59,21 +56,11 @@ pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
     let Some(v) = headers.get(CONTENT_TYPE) else {
         return Ok(MediaType::Json);
     };
-    let essence = v
-        .to_str()
-        .unwrap_or("\u{0}")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim();
+    let essence = v.to_str().unwrap_or("\u{0}").split(';').next().unwrap_or("").trim();
     let is_any = |names: &[&str]| names.iter().any(|n| essence.eq_ignore_ascii_case(n));
     if essence.is_empty() || is_any(&["application/json", "text/plain"]) {
         Ok(MediaType::Json)
-    } else if is_any(&[
-        "application/x-ndjson",
-        "application/ndjson",
-        "application/jsonlines",
-    ]) {
+    } else if is_any(&["application/x-ndjson", "application/ndjson", "application/jsonlines"]) {
         Ok(MediaType::Ndjson)
     } else {
         Err(ApiError::unsupported(
@@ -84,17 +71,9 @@ pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
 }
 
 /// Reads the whole body (at most `limit` bytes on the wire and after decompression).
-pub async fn read(
-    headers: &HeaderMap,
-    body: Incoming,
-    limit: usize,
-    what: &'static str,
-) -> Result<Vec<u8>, ApiError> {
+pub async fn read(headers: &HeaderMap, body: Incoming, limit: usize, what: &'static str) -> Result<Vec<u8>, ApiError> {
     let encoding = encoding(headers)?;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(what, limit));
     }
@@ -103,24 +82,13 @@ pub async fn read(
     let first = std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await;
     let raw = match first {
         Poll::Ready(result) => result?,
-        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, collecting)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "The request body did not arrive in time",
-                )
-            })??,
+        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, collecting).await.map_err(|_| {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "The request body did not arrive in time")
+        })??,
     };
     match encoding {
         Encoding::Identity => Ok(raw),
-        Encoding::Gzip => inflate(
-            flate2::read::MultiGzDecoder::new(&raw[..]),
-            limit,
-            what,
-            "gzip",
-        ),
+        Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, what, "gzip"),
         Encoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&raw[..])
                 .map_err(|e| ApiError::bad_request("invalid_encoding", format!("zstd: {e}")))?;
@@ -129,17 +97,11 @@ pub async fn read(
     }
 }
 
-async fn collect(
-    mut body: Incoming,
-    limit: usize,
-    hint: usize,
-    what: &'static str,
-) -> Result<Vec<u8>, ApiError> {
+async fn collect(mut body: Incoming, limit: usize, hint: usize, what: &'static str) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(hint.min(limit));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::bad_request("body_read_error", format!("Reading the body failed: {e}"))
-        })?;
+        let frame =
+            frame.map_err(|e| ApiError::bad_request("body_read_error", format!("Reading the body failed: {e}")))?;
         if let Some(data) = frame.data_ref() {
             if out.len() + data.len() > limit {
                 return Err(ApiError::too_large(what, limit));
@@ -150,22 +112,12 @@ async fn collect(
     Ok(out)
 }
 
-fn inflate(
-    decoder: impl Read,
-    limit: usize,
-    what: &'static str,
-    name: &str,
-) -> Result<Vec<u8>, ApiError> {
+fn inflate(decoder: impl Read, limit: usize, what: &'static str, name: &str) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     decoder
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| {
-            ApiError::bad_request(
-                "invalid_encoding",
-                format!("The {name} body could not be decoded: {e}"),
-            )
-        })?;
+        .map_err(|e| ApiError::bad_request("invalid_encoding", format!("The {name} body could not be decoded: {e}")))?;
     if out.len() > limit {
         return Err(ApiError::too_large(what, limit));
     }
@@ -185,41 +137,13 @@ mod tests {
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         assert!(gz.len() < 200, "a tiny bomb");
-        assert_eq!(
-            inflate(
-                flate2::read::MultiGzDecoder::new(&gz[..]),
-                10_000,
-                "batch",
-                "gzip"
-            )
-            .unwrap()
-            .len(),
-            10_000
-        );
-        let e = inflate(
-            flate2::read::MultiGzDecoder::new(&gz[..]),
-            9_999,
-            "batch",
-            "gzip",
-        )
-        .unwrap_err();
+        assert_eq!(inflate(flate2::read::MultiGzDecoder::new(&gz[..]), 10_000, "batch", "gzip").unwrap().len(), 10_000);
+        let e = inflate(flate2::read::MultiGzDecoder::new(&gz[..]), 9_999, "batch", "gzip").unwrap_err();
         assert_eq!(e.status, 413);
         let zs = zstd::encode_all(&plain[..], 3).unwrap();
-        let e = inflate(
-            zstd::stream::read::Decoder::new(&zs[..]).unwrap(),
-            100,
-            "batch",
-            "zstd",
-        )
-        .unwrap_err();
+        let e = inflate(zstd::stream::read::Decoder::new(&zs[..]).unwrap(), 100, "batch", "zstd").unwrap_err();
         assert_eq!(e.status, 413);
-        let e = inflate(
-            flate2::read::MultiGzDecoder::new(&b"not gzip"[..]),
-            100,
-            "batch",
-            "gzip",
-        )
-        .unwrap_err();
+        let e = inflate(flate2::read::MultiGzDecoder::new(&b"not gzip"[..]), 100, "batch", "gzip").unwrap_err();
         assert_eq!(e.code, "invalid_encoding");
     }
 
@@ -229,10 +153,7 @@ mod tests {
         assert_eq!(encoding(&h).unwrap(), Encoding::Identity);
         h.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
         assert_eq!(encoding(&h).unwrap_err().status, 415);
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson; charset=utf-8"),
-        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson; charset=utf-8"));
         assert_eq!(media_type(&h).unwrap(), MediaType::Ndjson);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
         assert_eq!(media_type(&h).unwrap_err().code, "unsupported_media_type");

@@ -28,20 +28,10 @@ pub async fn serve_data(
     let started = Instant::now();
     let path = req.uri().path();
     let (route, result) = match (req.method(), path) {
-        (&Method::POST, "/v1/events") => (
-            Route::Events,
-            crate::ingest::handle(&state, req, Shape::Single).await,
-        ),
-        (&Method::POST, "/v1/events/batch") => (
-            Route::Batch,
-            crate::ingest::handle(&state, req, Shape::Batch).await,
-        ),
-        (_, "/v1/events" | "/v1/events/batch") => {
-            (Route::Events, Err(ApiError::method_not_allowed("POST")))
-        }
-        (&Method::GET, "/api/v1/stats/events") => {
-            (Route::Stats, crate::control::stats::handle(&state, &req))
-        }
+        (&Method::POST, "/v1/events") => (Route::Events, crate::ingest::handle(&state, req, Shape::Single).await),
+        (&Method::POST, "/v1/events/batch") => (Route::Batch, crate::ingest::handle(&state, req, Shape::Batch).await),
+        (_, "/v1/events" | "/v1/events/batch") => (Route::Events, Err(ApiError::method_not_allowed("POST"))),
+        (&Method::GET, "/api/v1/stats/events") => (Route::Stats, crate::control::stats::handle(&state, &req)),
         (_, "/api/v1/stats/events") => (Route::Stats, Err(ApiError::method_not_allowed("GET"))),
         (&Method::GET, "/healthz") => (Route::Healthz, Ok(response::text(StatusCode::OK, "ok\n"))),
         _ => (Route::Other, Err(ApiError::not_found())),
@@ -56,15 +46,10 @@ pub async fn serve_admin(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let (route, result) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            Route::Metrics,
-            Ok(response::metrics(state.metrics.render())),
-        ),
+        (&Method::GET, "/metrics") => (Route::Metrics, Ok(response::metrics(state.metrics.render()))),
         (&Method::GET, "/healthz") => (Route::Healthz, Ok(response::text(StatusCode::OK, "ok\n"))),
         (&Method::GET, "/readyz") => (Route::Readyz, Ok(readiness(&state))),
-        (_, "/metrics" | "/healthz" | "/readyz") => {
-            (Route::Other, Err(ApiError::method_not_allowed("GET")))
-        }
+        (_, "/metrics" | "/healthz" | "/readyz") => (Route::Other, Err(ApiError::method_not_allowed("GET"))),
         _ => (Route::Other, Err(ApiError::not_found())),
     };
     Ok(finish(route, started, result))
@@ -81,17 +66,9 @@ fn readiness(state: &AppState) -> Response<Body> {
     response::text(StatusCode::OK, "ready\n")
 }
 
-fn finish(
-    route: Route,
-    started: Instant,
-    result: Result<Response<Body>, ApiError>,
-) -> Response<Body> {
+fn finish(route: Route, started: Instant, result: Result<Response<Body>, ApiError>) -> Response<Body> {
     let response = result.unwrap_or_else(|e| response::error(&e));
-    m::http_request(
-        route as usize,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    m::http_request(route as usize, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 

@@ -23,19 +23,13 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
 pub fn metrics(text: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text)));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     r
 }
 
@@ -78,18 +72,12 @@ pub fn accepted(accepted: usize, errors: &[(usize, Rejection)]) -> Response<Body
         "rejected": errors.len(),
         "errors": rejections(errors),
     });
-    json(
-        StatusCode::ACCEPTED,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
+    json(StatusCode::ACCEPTED, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 pub fn rejections(errors: &[(usize, Rejection)]) -> Value {
     Value::Array(
-        errors
-            .iter()
-            .map(|(i, r)| serde_json::json!({"index": i, "code": r.code, "message": r.message}))
-            .collect(),
+        errors.iter().map(|(i, r)| serde_json::json!({"index": i, "code": r.code, "message": r.message})).collect(),
     )
 }
 
@@ -112,11 +100,7 @@ mod tests {
         assert_eq!(b["error"], "Rate limit exceeded");
         assert_eq!(b["code"], "rate_limited");
         assert_eq!(
-            (
-                b["tier"].as_str(),
-                b["limit"].as_u64(),
-                b["retry_after"].as_u64()
-            ),
+            (b["tier"].as_str(), b["limit"].as_u64(), b["retry_after"].as_u64()),
             (Some("growth"), Some(10_000), Some(2))
         );
         let r = error(&ApiError::method_not_allowed("POST"));
@@ -127,15 +111,8 @@ mod tests {
     #[tokio::test]
     async fn accepted_fast_path_is_valid_json() {
         let b = body_of(accepted(12, &[])).await;
-        assert_eq!(
-            b,
-            serde_json::json!({"accepted":12,"rejected":0,"errors":[]})
-        );
-        let b = body_of(accepted(
-            1,
-            &[(3, Rejection::new("missing_field", "device_id is required"))],
-        ))
-        .await;
+        assert_eq!(b, serde_json::json!({"accepted":12,"rejected":0,"errors":[]}));
+        let b = body_of(accepted(1, &[(3, Rejection::new("missing_field", "device_id is required"))])).await;
         assert_eq!(b["errors"][0]["index"], 3);
         assert_eq!(b["rejected"], 1);
     }

@@ -24,13 +24,8 @@ use tiers::TierTable;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    RateLimited {
-        retry_after: Duration,
-        limit_per_sec: u64,
-    },
-    QuotaExceeded {
-        limit_per_month: u64,
-    },
+    RateLimited { retry_after: Duration, limit_per_sec: u64 },
+    QuotaExceeded { limit_per_month: u64 },
 }
 
 /// Counters for one organisation; lives as long as the process, across registry reloads.
@@ -50,11 +45,7 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(tiers: TierTable) -> Self {
-        Limiter {
-            tiers,
-            epoch: Epoch::default(),
-            orgs: DashMap::default(),
-        }
+        Limiter { tiers, epoch: Epoch::default(), orgs: DashMap::default() }
     }
 
     pub fn tiers(&self) -> &TierTable {
@@ -80,20 +71,14 @@ impl Limiter {
             0
         };
         if used >= tier.events_per_month {
-            return Decision::QuotaExceeded {
-                limit_per_month: tier.events_per_month,
-            };
+            return Decision::QuotaExceeded { limit_per_month: tier.events_per_month };
         }
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
-        match counters
-            .bucket
-            .check(self.epoch.now_ns(), n, tier.events_per_second, burst)
-        {
+        match counters.bucket.check(self.epoch.now_ns(), n, tier.events_per_second, burst) {
             RateDecision::Allow => Decision::Allow,
-            RateDecision::Limit { retry_after } => Decision::RateLimited {
-                retry_after,
-                limit_per_sec: tier.events_per_second,
-            },
+            RateDecision::Limit { retry_after } => {
+                Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
+            }
         }
     }
 
@@ -102,12 +87,7 @@ impl Limiter {
         let counters = self.counters(org);
         let month = month_index(now_unix_secs);
         let seen = counters.month.load(Ordering::Relaxed);
-        if seen != month
-            && counters
-                .month
-                .compare_exchange(seen, month, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if seen != month && counters.month.compare_exchange(seen, month, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             counters.month_events.store(0, Ordering::Relaxed);
         }
         counters.month_events.fetch_add(n, Ordering::Relaxed);
@@ -115,17 +95,13 @@ impl Limiter {
 
     /// Events charged this month (for `/usage` and tests).
     pub fn month_events(&self, org: &OrgId) -> u64 {
-        self.orgs
-            .get(org)
-            .map(|c| c.month_events.load(Ordering::Relaxed))
-            .unwrap_or(0)
+        self.orgs.get(org).map(|c| c.month_events.load(Ordering::Relaxed)).unwrap_or(0)
     }
 }
 
 /// Calendar month number (UTC) of a unix timestamp.
 fn month_index(unix_secs: i64) -> u32 {
-    let date = time::OffsetDateTime::from_unix_timestamp(unix_secs)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let date = time::OffsetDateTime::from_unix_timestamp(unix_secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     (date.year() as u32) * 12 + (date.month() as u32 - 1)
 }
 
@@ -147,12 +123,7 @@ mod tests {
         let now = 1_780_000_000;
         assert_eq!(l.check(&o, 10, now), Decision::Allow);
         l.record(&o.id, 10, now);
-        assert_eq!(
-            l.check(&o, 1, now),
-            Decision::QuotaExceeded {
-                limit_per_month: 10
-            }
-        );
+        assert_eq!(l.check(&o, 1, now), Decision::QuotaExceeded { limit_per_month: 10 });
         // A new month starts from zero.
         assert_eq!(l.check(&o, 1, now + 40 * 86400), Decision::Allow);
         l.record(&o.id, 1, now + 40 * 86400);
@@ -167,10 +138,7 @@ mod tests {
         let o = org(0);
         assert_eq!(l.check(&o, 10, 0), Decision::Allow);
         match l.check(&o, 1, 0) {
-            Decision::RateLimited {
-                limit_per_sec,
-                retry_after,
-            } => {
+            Decision::RateLimited { limit_per_sec, retry_after } => {
                 assert_eq!(limit_per_sec, 5);
                 assert!(retry_after > Duration::ZERO);
             }

@@ -36,9 +36,7 @@ impl Bucket {
     /// `rate`: tokens per second; `burst`: bucket capacity in tokens.
     pub fn check(&self, now_ns: u64, n: u64, rate: u64, burst: u64) -> RateDecision {
         if rate == 0 {
-            return RateDecision::Limit {
-                retry_after: Duration::from_secs(60),
-            };
+            return RateDecision::Limit { retry_after: Duration::from_secs(60) };
         }
         let interval = 1_000_000_000 / rate.max(1); // ns per token
         let capacity = interval.saturating_mul(burst.max(1)); // ns of backlog the bucket absorbs
@@ -48,15 +46,10 @@ impl Bucket {
             // At least one token must be free: backlog + one interval within capacity.
             if backlog + interval > capacity {
                 let wait = backlog + interval - capacity;
-                return RateDecision::Limit {
-                    retry_after: Duration::from_nanos(wait),
-                };
+                return RateDecision::Limit { retry_after: Duration::from_nanos(wait) };
             }
             let new_tat = tat.max(now_ns) + interval.saturating_mul(n);
-            match self
-                .tat
-                .compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.tat.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return RateDecision::Allow,
                 Err(current) => tat = current,
             }
@@ -101,10 +94,7 @@ mod tests {
         }
         // After 100 ms one token is back.
         assert_eq!(b.check(SEC / 10, 1, 10, 20), RateDecision::Allow);
-        assert!(matches!(
-            b.check(SEC / 10, 1, 10, 20),
-            RateDecision::Limit { .. }
-        ));
+        assert!(matches!(b.check(SEC / 10, 1, 10, 20), RateDecision::Limit { .. }));
     }
 
     #[test]
@@ -144,17 +134,10 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let b = b.clone();
-                std::thread::spawn(move || {
-                    (0..1000)
-                        .filter(|_| b.check(0, 1, 100, 10) == RateDecision::Allow)
-                        .count()
-                })
+                std::thread::spawn(move || (0..1000).filter(|_| b.check(0, 1, 100, 10) == RateDecision::Allow).count())
             })
             .collect();
         let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        assert_eq!(
-            total, 10,
-            "a burst of 10 tokens at a frozen clock, whatever the threads"
-        );
+        assert_eq!(total, 10, "a burst of 10 tokens at a frozen clock, whatever the threads");
     }
 }

@@ -120,44 +120,19 @@ mod tests {
         let t = TierTable::default();
         let s = t.get("starter").unwrap();
         assert_eq!(
-            (
-                s.events_per_month,
-                s.api_requests_per_minute,
-                s.users,
-                s.apps,
-                s.data_retention_days
-            ),
+            (s.events_per_month, s.api_requests_per_minute, s.users, s.apps, s.data_retention_days),
             (1_000_000, 100, Some(5), Some(2), 90)
         );
         let g = t.get("growth").unwrap();
         assert_eq!(
-            (
-                g.events_per_month,
-                g.api_requests_per_minute,
-                g.users,
-                g.apps,
-                g.data_retention_days
-            ),
+            (g.events_per_month, g.api_requests_per_minute, g.users, g.apps, g.data_retention_days),
             (10_000_000, 500, Some(20), Some(10), 180)
         );
         let e = t.get("enterprise").unwrap();
         assert_eq!(
-            (
-                e.events_per_month,
-                e.api_requests_per_minute,
-                e.users,
-                e.apps,
-                e.data_retention_days
-            ),
+            (e.events_per_month, e.api_requests_per_minute, e.users, e.apps, e.data_retention_days),
             (100_000_000, 2000, None, None, 730)
         );
-        assert_eq!(
-            [
-                s.events_per_second,
-                g.events_per_second,
-                e.events_per_second
-            ],
-            [1_000, 10_000, 100_000]
-        );
+        assert_eq!([s.events_per_second, g.events_per_second, e.events_per_second], [1_000, 10_000, 100_000]);
     }
 }

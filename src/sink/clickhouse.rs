@@ -56,18 +56,12 @@ impl ClickHouseSink {
             }
             Err(InsertError::Malformed) => {
                 metrics::counter!(m::CH_INSERT_ERRORS).increment(1);
-                Err(SinkError {
-                    retryable: false,
-                    message: "block is not valid RowBinary for events".into(),
-                })
+                Err(SinkError { retryable: false, message: "block is not valid RowBinary for events".into() })
             }
             Err(InsertError::ClickHouse(e)) => {
                 metrics::counter!(m::CH_INSERT_ERRORS).increment(1);
                 let message = e.to_string();
-                Err(SinkError {
-                    retryable: retryable(&message),
-                    message,
-                })
+                Err(SinkError { retryable: retryable(&message), message })
             }
         }
     }
@@ -82,10 +76,7 @@ impl ClickHouseSink {
         let mut offset = 0;
         while offset < data.len() {
             let end = (offset + SEND_PIECE).min(data.len());
-            insert
-                .send(data.slice(offset..end))
-                .await
-                .map_err(InsertError::ClickHouse)?;
+            insert.send(data.slice(offset..end)).await.map_err(InsertError::ClickHouse)?;
             offset = end;
         }
         insert.end().await.map_err(InsertError::ClickHouse)
@@ -93,11 +84,7 @@ impl ClickHouseSink {
 
     pub async fn ping(&self) -> bool {
         matches!(
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                self.query_client.query("SELECT 1").execute()
-            )
-            .await,
+            tokio::time::timeout(Duration::from_secs(2), self.query_client.query("SELECT 1").execute()).await,
             Ok(Ok(()))
         )
     }
@@ -115,10 +102,7 @@ enum InsertError {
 
 /// A client for `config` with schema validation off (see the module docs).
 pub fn client(config: &ClickHouseConfig) -> Client {
-    let mut c = Client::default()
-        .with_url(&config.url)
-        .with_database(&config.database)
-        .with_validation(false);
+    let mut c = Client::default().with_url(&config.url).with_database(&config.database).with_validation(false);
     if let Some(user) = &config.user {
         c = c.with_user(user);
     }
@@ -131,9 +115,7 @@ pub fn client(config: &ClickHouseConfig) -> Client {
 /// The server's error code from a message like `Code: 60, e.displayText() = DB::Exception: …`.
 fn error_code(message: &str) -> Option<u32> {
     let rest = &message[message.find("Code: ")? + 6..];
-    let digits = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..digits].parse().ok()
 }
 
@@ -173,11 +155,11 @@ mod tests {
 
     #[test]
     fn codes_are_read_from_messages() {
-        assert_eq!(error_code("bad response: Code: 60, e.displayText() = DB::Exception: Table default.events doesn't exist"), Some(60));
         assert_eq!(
-            error_code("Code: 252. DB::Exception: Too many parts"),
-            Some(252)
+            error_code("bad response: Code: 60, e.displayText() = DB::Exception: Table default.events doesn't exist"),
+            Some(60)
         );
+        assert_eq!(error_code("Code: 252. DB::Exception: Too many parts"), Some(252));
         assert_eq!(error_code("network error: connection refused"), None);
     }
 
@@ -186,38 +168,16 @@ mod tests {
         // One case per reason in the table.
         assert!(retryable("network error: connection refused"));
         assert!(retryable("timeout expired"));
-        assert!(retryable(
-            "Code: 252, e.displayText() = DB::Exception: Too many parts (300)"
-        ));
-        assert!(retryable(
-            "Code: 241, e.displayText() = DB::Exception: Memory limit exceeded"
-        ));
-        assert!(retryable(
-            "Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries"
-        ));
-        assert!(retryable(
-            "Code: 60, e.displayText() = DB::Exception: Table default.events doesn't exist"
-        ));
-        assert!(retryable(
-            "Code: 81, e.displayText() = DB::Exception: Database edge doesn't exist"
-        ));
-        assert!(retryable(
-            "Code: 516, e.displayText() = DB::Exception: default: Authentication failed"
-        ));
-        assert!(retryable(
-            "Code: 193, e.displayText() = DB::Exception: Wrong password for user default"
-        ));
-        assert!(!retryable(
-            "Code: 33, e.displayText() = DB::Exception: Cannot read all data"
-        ));
-        assert!(!retryable(
-            "Code: 27, e.displayText() = DB::Exception: Cannot parse input"
-        ));
-        assert!(!retryable(
-            "Code: 53, e.displayText() = DB::Exception: Type mismatch"
-        ));
-        assert!(!retryable(
-            "Code: 271, e.displayText() = DB::Exception: Cannot decompress"
-        ));
+        assert!(retryable("Code: 252, e.displayText() = DB::Exception: Too many parts (300)"));
+        assert!(retryable("Code: 241, e.displayText() = DB::Exception: Memory limit exceeded"));
+        assert!(retryable("Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries"));
+        assert!(retryable("Code: 60, e.displayText() = DB::Exception: Table default.events doesn't exist"));
+        assert!(retryable("Code: 81, e.displayText() = DB::Exception: Database edge doesn't exist"));
+        assert!(retryable("Code: 516, e.displayText() = DB::Exception: default: Authentication failed"));
+        assert!(retryable("Code: 193, e.displayText() = DB::Exception: Wrong password for user default"));
+        assert!(!retryable("Code: 33, e.displayText() = DB::Exception: Cannot read all data"));
+        assert!(!retryable("Code: 27, e.displayText() = DB::Exception: Cannot parse input"));
+        assert!(!retryable("Code: 53, e.displayText() = DB::Exception: Type mismatch"));
+        assert!(!retryable("Code: 271, e.displayText() = DB::Exception: Cannot decompress"));
     }
 }

@@ -31,12 +31,7 @@ impl LocalSink {
         for entry in std::fs::read_dir(&dir)? {
             used += entry?.metadata()?.len();
         }
-        Ok(LocalSink {
-            dir,
-            spool_dir,
-            max_bytes,
-            used: AtomicU64::new(used),
-        })
+        Ok(LocalSink { dir, spool_dir, max_bytes, used: AtomicU64::new(used) })
     }
 
     pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
@@ -47,23 +42,15 @@ impl LocalSink {
                 message: format!("local store full ({used} of {} bytes)", self.max_bytes),
             });
         }
-        let file = self
-            .dir
-            .join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
+        let file = self.dir.join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
         // One blocking write per block: tokio::fs would hop to the blocking pool per chunk.
         let data = block.concat();
         let path = file.clone();
         let write = tokio::task::spawn_blocking(move || {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
             f.write_all(&data)
         });
-        let failed = |message: String| SinkError {
-            retryable: true,
-            message,
-        };
+        let failed = |message: String| SinkError { retryable: true, message };
         match write.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(failed(format!("{}: {e}", file.display()))),

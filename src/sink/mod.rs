@@ -76,11 +76,7 @@ impl Sink {
         };
         let result = async {
             tokio::fs::create_dir_all(&dir).await?;
-            let name = format!(
-                "block-{}-{}.rowbinary",
-                std::process::id(),
-                uuid::Uuid::now_v7()
-            );
+            let name = format!("block-{}-{}.rowbinary", std::process::id(), uuid::Uuid::now_v7());
             tokio::fs::write(dir.join(name), block.concat()).await
         }
         .await;
@@ -91,13 +87,7 @@ impl Sink {
 
     pub fn memory_rows(&self) -> usize {
         match self {
-            Sink::Memory(s) => s
-                .blocks
-                .lock()
-                .expect("memory sink lock")
-                .iter()
-                .map(|(_, rows)| rows)
-                .sum(),
+            Sink::Memory(s) => s.blocks.lock().expect("memory sink lock").iter().map(|(_, rows)| rows).sum(),
             _ => 0,
         }
     }
@@ -119,10 +109,7 @@ pub struct MemorySink {
 
 impl MemorySink {
     fn send(&self, block: &Block) -> Result<(), SinkError> {
-        self.blocks
-            .lock()
-            .expect("memory sink lock")
-            .push((block.concat(), block.rows));
+        self.blocks.lock().expect("memory sink lock").push((block.concat(), block.rows));
         Ok(())
     }
 }

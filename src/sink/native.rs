@@ -32,11 +32,7 @@ const SCHEMA: [(&str, &str, Kind); 21] = [
     ("platform", "String", Kind::Str),
     ("event_timestamp", "DateTime('UTC')", Kind::DateTime),
     ("received_at", "DateTime('UTC')", Kind::DateTime),
-    (
-        "sent_at",
-        "Nullable(DateTime('UTC'))",
-        Kind::NullableDateTime,
-    ),
+    ("sent_at", "Nullable(DateTime('UTC'))", Kind::NullableDateTime),
     ("properties", "String", Kind::Str),
     ("user_properties", "String", Kind::Str),
     ("revenue", "Decimal(18, 2)", Kind::Decimal64),
@@ -53,10 +49,7 @@ const SCHEMA: [(&str, &str, Kind); 21] = [
 pub struct Malformed;
 
 /// Transposes RowBinary rows (`chunks` hold whole rows; `rows` in all) into one Native block.
-pub fn to_native<'a>(
-    chunks: impl IntoIterator<Item = &'a [u8]>,
-    rows: usize,
-) -> Result<Bytes, Malformed> {
+pub fn to_native<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, rows: usize) -> Result<Bytes, Malformed> {
     let mut columns: Vec<Vec<u8>> = SCHEMA.iter().map(|_| Vec::new()).collect();
     // Nullable columns keep their null map apart from the values.
     let mut null_map = Vec::with_capacity(rows);
@@ -112,11 +105,7 @@ pub fn to_native<'a>(
     Ok(out.freeze())
 }
 
-fn copy_fixed<'a>(
-    input: &'a [u8],
-    width: usize,
-    column: &mut Vec<u8>,
-) -> Result<&'a [u8], Malformed> {
+fn copy_fixed<'a>(input: &'a [u8], width: usize, column: &mut Vec<u8>) -> Result<&'a [u8], Malformed> {
     let value = input.get(..width).ok_or(Malformed)?;
     column.extend_from_slice(value);
     Ok(&input[width..])
@@ -173,20 +162,14 @@ mod tests {
         // organization_id: name, type, two values.
         assert_eq!(read_str(&mut v).unwrap(), b"organization_id");
         assert_eq!(read_str(&mut v).unwrap(), b"String");
-        assert_eq!(
-            (read_str(&mut v).unwrap(), read_str(&mut v).unwrap()),
-            (&b"x"[..], &b"x"[..])
-        );
+        assert_eq!((read_str(&mut v).unwrap(), read_str(&mut v).unwrap()), (&b"x"[..], &b"x"[..]));
         read_str(&mut v);
         read_str(&mut v);
         read_str(&mut v);
         read_str(&mut v); // app_id
         assert_eq!(read_str(&mut v).unwrap(), b"event_id");
         read_str(&mut v);
-        assert_eq!(
-            (read_str(&mut v).unwrap(), read_str(&mut v).unwrap()),
-            (&b"a"[..], &b"bb"[..])
-        );
+        assert_eq!((read_str(&mut v).unwrap(), read_str(&mut v).unwrap()), (&b"a"[..], &b"bb"[..]));
         // Skip to sent_at: 5 more string columns and 2 DateTime columns.
         for _ in 0..5 {
             read_str(&mut v);
@@ -202,32 +185,16 @@ mod tests {
         assert_eq!(read_str(&mut v).unwrap(), b"sent_at");
         assert_eq!(read_str(&mut v).unwrap(), b"Nullable(DateTime('UTC'))");
         assert_eq!(&v[..2], [0, 1], "null map");
-        assert_eq!(
-            &v[2..10],
-            [7, 0, 0, 0, 0, 0, 0, 0],
-            "values, placeholder under the null"
-        );
+        assert_eq!(&v[2..10], [7, 0, 0, 0, 0, 0, 0, 0], "values, placeholder under the null");
     }
 
     #[test]
     fn malformed_input_is_refused() {
         let mut rb = BytesMut::new();
         row(&mut rb, "a", None);
-        assert_eq!(
-            to_native([&rb[..rb.len() - 1]], 1),
-            Err(Malformed),
-            "truncated row"
-        );
-        assert_eq!(
-            to_native([&rb[..]], 2),
-            Err(Malformed),
-            "fewer rows than claimed"
-        );
-        assert_eq!(
-            to_native([&rb[..], &rb[..]], 1),
-            Err(Malformed),
-            "more rows than claimed"
-        );
+        assert_eq!(to_native([&rb[..rb.len() - 1]], 1), Err(Malformed), "truncated row");
+        assert_eq!(to_native([&rb[..]], 2), Err(Malformed), "fewer rows than claimed");
+        assert_eq!(to_native([&rb[..], &rb[..]], 1), Err(Malformed), "more rows than claimed");
         // Rows split over chunks at row boundaries are fine.
         let two = to_native([&rb[..], &rb[..]], 2).unwrap();
         let mut both = rb.clone();

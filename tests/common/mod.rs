@@ -45,6 +45,8 @@ pub struct Harness {
     pub bravo: Tenant,
     /// A suspended organisation with a key.
     pub frozen: Tenant,
+    /// The spool and local state of this server; removed with the harness.
+    pub dir: tempfile::TempDir,
 }
 
 pub struct Options {
@@ -54,10 +56,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            vars: Vec::new(),
-            clickhouse: true,
-        }
+        Options { vars: Vec::new(), clickhouse: true }
     }
 }
 
@@ -70,7 +69,9 @@ impl Harness {
         } else {
             None
         };
+        let dir = tempfile::tempdir().expect("temp dir");
         let mut vars: HashMap<String, String> = HashMap::from([
+            ("EDGE_SPOOL_DIR".into(), dir.path().display().to_string()),
             ("EDGE_LISTEN".into(), "127.0.0.1:0".into()),
             ("EDGE_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
             ("JWT_SECRET".into(), JWT_SECRET.into()),
@@ -90,27 +91,9 @@ impl Harness {
 
         let (acme, bravo, frozen) = (SdkKey::generate(), SdkKey::generate(), SdkKey::generate());
         let mut b = SnapshotBuilder::default();
-        let a = b
-            .org(Org::new("org_acme", "Acme", "acme", 1, OrgStatus::Active))
-            .unwrap();
-        let br = b
-            .org(Org::new(
-                "org_bravo",
-                "Bravo",
-                "bravo",
-                0,
-                OrgStatus::Active,
-            ))
-            .unwrap();
-        let fr = b
-            .org(Org::new(
-                "org_frozen",
-                "Frozen",
-                "frozen",
-                0,
-                OrgStatus::Suspended,
-            ))
-            .unwrap();
+        let a = b.org(Org::new("org_acme", "Acme", "acme", 1, OrgStatus::Active)).unwrap();
+        let br = b.org(Org::new("org_bravo", "Bravo", "bravo", 0, OrgStatus::Active)).unwrap();
+        let fr = b.org(Org::new("org_frozen", "Frozen", "frozen", 0, OrgStatus::Suspended)).unwrap();
         b.key(acme.hash(), &a, "app_acme").unwrap();
         b.key(bravo.hash(), &br, "app_bravo").unwrap();
         b.key(frozen.hash(), &fr, "app_frozen").unwrap();
@@ -120,27 +103,17 @@ impl Harness {
             Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.spool_dir.clone())),
             None => Sink::Memory(Default::default()),
         };
-        let server = Server::start(config, registry, sink)
-            .await
-            .expect("server starts");
+        let server = Server::start(config, registry, sink).await.expect("server starts");
         Some(Harness {
             base: format!("http://{}", server.addr),
             admin: format!("http://{}", server.admin_addr),
             server,
             http: reqwest::Client::new(),
             ch,
-            acme: Tenant {
-                id: "org_acme",
-                key: acme,
-            },
-            bravo: Tenant {
-                id: "org_bravo",
-                key: bravo,
-            },
-            frozen: Tenant {
-                id: "org_frozen",
-                key: frozen,
-            },
+            acme: Tenant { id: "org_acme", key: acme },
+            bravo: Tenant { id: "org_bravo", key: bravo },
+            frozen: Tenant { id: "org_frozen", key: frozen },
+            dir,
         })
     }
 
@@ -152,10 +125,7 @@ impl Harness {
     }
 
     pub fn token(&self, org: &str, permissions: &[&str]) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         edge::auth::jwt::issue_hs256(
             &edge::auth::jwt::Claims::new("user_1", org, permissions, now, 3600),
             JWT_SECRET.as_bytes(),
@@ -165,9 +135,7 @@ impl Harness {
     /// Stops the server (drain + final flush) and returns the ClickHouse handle.
     pub async fn stop(self) -> Option<ClickHouse> {
         self.server.shutdown();
-        tokio::time::timeout(Duration::from_secs(30), self.server.wait())
-            .await
-            .expect("drain finishes");
+        tokio::time::timeout(Duration::from_secs(30), self.server.wait()).await.expect("drain finishes");
         self.ch
     }
 }
@@ -182,20 +150,9 @@ pub struct ClickHouse {
 impl ClickHouse {
     pub async fn fresh(url: &str) -> ClickHouse {
         let database = format!("edge_test_{}", uuid::Uuid::now_v7().simple());
-        let config = ClickHouseConfig {
-            url: url.into(),
-            database: database.clone(),
-            user: None,
-            password: None,
-        };
-        edge::migrate::run_clickhouse(&config, |_| {})
-            .await
-            .expect("migrations apply");
-        ClickHouse {
-            url: url.into(),
-            database,
-            http: reqwest::Client::new(),
-        }
+        let config = ClickHouseConfig { url: url.into(), database: database.clone(), user: None, password: None };
+        edge::migrate::run_clickhouse(&config, |_| {}).await.expect("migrations apply");
+        ClickHouse { url: url.into(), database, http: reqwest::Client::new() }
     }
 
     /// Runs a query in this database and returns its TSV output.
@@ -214,20 +171,11 @@ impl ClickHouse {
     }
 
     pub async fn count(&self, sql_where: &str) -> u64 {
-        self.query(&format!("SELECT count() FROM events WHERE {sql_where}"))
-            .await
-            .trim()
-            .parse()
-            .unwrap()
+        self.query(&format!("SELECT count() FROM events WHERE {sql_where}")).await.trim().parse().unwrap()
     }
 
     pub async fn drop(&self) {
-        let _ = self
-            .http
-            .post(&self.url)
-            .body(format!("DROP DATABASE IF EXISTS {}", self.database))
-            .send()
-            .await;
+        let _ = self.http.post(&self.url).body(format!("DROP DATABASE IF EXISTS {}", self.database)).send().await;
     }
 }
 
