@@ -181,7 +181,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ships_everything_sorted_by_org_and_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut spool, reader, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, reader, _) = Spool::open(&config(dir.path())).unwrap();
         let sink = Arc::new(Sink::Memory(MemorySink::default()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let shipper = Shipper { config: batch_config(), sink: sink.clone(), reader };

@@ -200,3 +200,92 @@ where
 pub fn event(device: &str) -> serde_json::Value {
     serde_json::json!({"event_type": "session", "event_name": "app_open", "device_id": device})
 }
+
+/// A running `edge` binary (killed on drop if still running).
+pub struct EdgeProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl EdgeProcess {
+    /// Starts `edge serve` with `envs` on a port chosen by the OS; returns once it listens.
+    pub fn spawn(envs: &[(&str, String)]) -> EdgeProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge"));
+        cmd.arg("serve")
+            .env("EDGE_LISTEN", "127.0.0.1:0")
+            .env("EDGE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("edge starts");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("edge logs its address").unwrap();
+            if let Some(rest) = line.split(" addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        EdgeProcess { child, addr }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+
+    /// Waits for exit; `None` after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tenants file with one organisation (`org_crash`, enterprise) and `key`.
+pub fn tenants_file(dir: &std::path::Path, key: &SdkKey) -> std::path::PathBuf {
+    let path = dir.join("tenants.toml");
+    let text = format!(
+        "[[organizations]]\nid = \"org_crash\"\nname = \"Crash\"\nsubdomain = \"crash\"\ntier = \"enterprise\"\n\
+         keys = [{{ app_id = \"app\", sha256 = \"{}\" }}]\n",
+        key.hash().to_hex()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl ClickHouse {
+    /// Loads `ids` into a scratch table and counts those missing from `events`.
+    pub async fn missing_event_ids(&self, ids: &[String]) -> u64 {
+        self.query("CREATE TABLE IF NOT EXISTS acked (event_id String) ENGINE = Memory").await;
+        for chunk in ids.chunks(50_000) {
+            let r = self
+                .http
+                .post(format!("{}/?database={}&query=INSERT%20INTO%20acked%20FORMAT%20TSV", self.url, self.database))
+                .body(chunk.join("\n") + "\n")
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+        let missing = self.query("SELECT count() FROM acked WHERE event_id NOT IN (SELECT event_id FROM events)").await;
+        missing.trim().parse().unwrap()
+    }
+}

@@ -1,0 +1,115 @@
+//! Durability against real crashes: the edge is killed with SIGKILL at random
+//! moments under load, restarted on the same spool, and every event it
+//! acknowledged must reach ClickHouse exactly once after deduplication.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ClickHouse, EdgeProcess};
+
+const ROUNDS: usize = 5;
+const WORKERS: usize = 8;
+const BATCH: usize = 50;
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_event() {
+    let Some(url) = common::clickhouse_url() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ch = rt.block_on(ClickHouse::fresh(&url));
+    let dir = tempfile::tempdir().unwrap();
+    let key = edge::tenant::SdkKey::generate();
+    let tenants = common::tenants_file(dir.path(), &key);
+    let envs = vec![
+        ("EDGE_TENANTS_FILE", tenants.display().to_string()),
+        ("EDGE_SPOOL_DIR", dir.path().join("state").display().to_string()),
+        ("CLICKHOUSE_URL", ch.url.clone()),
+        ("CLICKHOUSE_DATABASE", ch.database.clone()),
+        ("EDGE_ACK", "durable".to_string()),
+        ("EDGE_BATCH_INTERVAL", "200ms".to_string()),
+        ("EDGE_SPOOL_SEGMENT_BYTES", "262144".to_string()),
+    ];
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut sent = 0usize;
+    for round in 0..ROUNDS {
+        let edge = EdgeProcess::spawn(&envs);
+        let kill_after = Duration::from_millis(300 + rand::random::<u64>() % 1200);
+        // SIGKILL lands while the workers are mid-request.
+        let pid = edge.child.id();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(kill_after);
+            std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        });
+        sent += rt.block_on(load(&edge.addr, key.expose(), round, acked.clone()));
+        killer.join().unwrap();
+        drop(edge);
+    }
+    // A last start drains what the killed processes left in the spool.
+    let mut edge = EdgeProcess::spawn(&envs);
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    let distinct: HashSet<&String> = acked.iter().collect();
+    assert_eq!(distinct.len(), acked.len(), "ids are unique per send");
+    assert!(acked.len() > 1000, "the load produced acknowledgements ({} acked of {sent} sent)", acked.len());
+    let landed = rt.block_on(common::eventually(Duration::from_secs(60), || async {
+        ch.query("SELECT uniqExact(event_id) FROM events").await.trim().parse::<usize>().unwrap() >= acked.len()
+    }));
+    assert!(landed, "acknowledged events reach ClickHouse after the restart");
+    edge.signal("TERM");
+    assert!(edge.wait(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    rt.block_on(async {
+        assert_eq!(ch.missing_event_ids(&acked).await, 0, "every acknowledged event is in ClickHouse");
+        let final_count: usize = ch.query("SELECT count() FROM events FINAL").await.trim().parse().unwrap();
+        let distinct_ids: usize = ch.query("SELECT uniqExact(event_id) FROM events").await.trim().parse().unwrap();
+        assert_eq!(final_count, distinct_ids, "after FINAL, replays collapse to one row per event_id");
+        // Unacknowledged requests cut by the kill may or may not have landed; nothing else can.
+        assert!(
+            final_count >= acked.len() && final_count <= sent,
+            "{} acked ≤ {final_count} ≤ {sent} sent",
+            acked.len()
+        );
+        eprintln!(
+            "kill -9 x{ROUNDS}: {} acknowledged, {final_count} in ClickHouse after FINAL, {sent} sent",
+            acked.len()
+        );
+        ch.drop().await;
+    });
+}
+
+/// Posts batches with unique ids from `WORKERS` tasks until the edge stops answering; returns events sent.
+async fn load(addr: &str, key: &str, round: usize, acked: Arc<Mutex<Vec<String>>>) -> usize {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut tasks = Vec::new();
+    for worker in 0..WORKERS {
+        let (http, acked) = (http.clone(), acked.clone());
+        let url = format!("http://{addr}/v1/events/batch");
+        let key = key.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            for seq in 0.. {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                let ids: Vec<String> = (0..BATCH).map(|i| format!("r{round}-w{worker}-s{seq}-e{i}")).collect();
+                let events: Vec<_> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({"event_type":"t","event_name":"n","device_id":"d","event_id":id}))
+                    .collect();
+                sent += BATCH;
+                match http.post(&url).header("x-api-key", &key).json(&events).send().await {
+                    Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(ids),
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => break, // killed
+                }
+            }
+            sent
+        }));
+    }
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    sent
+}
