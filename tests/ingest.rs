@@ -444,3 +444,20 @@ async fn metrics_and_health() {
     let ch = h.stop().await.unwrap();
     ch.drop().await;
 }
+
+#[tokio::test]
+async fn client_retries_collapse_to_one_copy() {
+    let Some(h) = Harness::start(Options::default()).await else { return };
+    let batch: Vec<Value> = (0..20)
+        .map(|i| json!({"event_type":"t","event_name":"n","device_id":"d","event_id":format!("retry-{i}")}))
+        .collect();
+    for _ in 0..2 {
+        assert_eq!(h.post("/v1/events/batch", &h.acme.key).json(&batch).send().await.unwrap().status(), 202);
+    }
+    let ch = h.stop().await.unwrap();
+    // Both sends are stored (background merges may already have collapsed some).
+    assert!(ch.count("1").await >= 20);
+    let after_final: u64 = ch.query("SELECT count() FROM events FINAL").await.trim().parse().unwrap();
+    assert_eq!(after_final, 20, "one copy of each event after FINAL");
+    ch.drop().await;
+}
