@@ -112,7 +112,7 @@ impl Default for BodyLimits {
     }
 }
 
-/// When the batcher flushes, and how much it may hold.
+/// When the shipper sends a block to the sink.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// ClickHouse likes blocks of 10k–1M rows; 100k keeps parts few without long waits.

@@ -4,7 +4,7 @@
 //! ClickHouse would receive, so they can be loaded later with
 //! `clickhouse-client --query "INSERT INTO events (…) FORMAT RowBinary"`).
 //! The store is bounded: past `max_bytes` a send fails (retryable), the
-//! batcher holds the rows, and ingestion answers 503 once that fills too.
+//! spool keeps the rows, and ingestion answers 503 once that fills too.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
