@@ -445,7 +445,10 @@ impl SpoolReader {
                 break; // a record still being written
             }
         }
-        self.next_written_ms = batch.records.first().map(|r| r.written_ms);
+        // The first record read since the last confirm is the oldest unshipped one.
+        if self.next_written_ms.is_none() {
+            self.next_written_ms = batch.records.first().map(|r| r.written_ms);
+        }
         Ok(batch)
     }
 
@@ -470,6 +473,8 @@ impl SpoolReader {
                 fs::remove_file(segment::segment_path(&self.dir, seq))?;
             }
         }
+        // The oldest unshipped record is now the next one read, not this batch's first.
+        self.next_written_ms = None;
         self.shared.shipped_bytes.fetch_add(batch.consumed, Ordering::AcqRel);
         self.shared.shipped_rows.fetch_add(batch.rows as u64, Ordering::AcqRel);
         self.shared.publish();
