@@ -44,9 +44,9 @@ fn parse_validate(c: &mut Criterion) {
                 |mut body| {
                     let mut block = RowBlock::new(OrgId::new("org_bench"), body.len());
                     let parsed = parse_body(&mut body, shape, 10_000, &mut buffers).unwrap();
-                    for e in parsed.events.iter() {
-                        black_box(validator.encode(e.as_ref().unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
-                    }
+                    parsed.for_each(|_, e| {
+                        black_box(validator.encode(e.unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
+                    });
                     block
                 },
                 BatchSize::SmallInput,
@@ -100,9 +100,9 @@ fn native_block(c: &mut Criterion) {
     let mut scratch = Vec::new();
     let mut block = RowBlock::new(OrgId::new("org_bench"), 4 << 20);
     let mut body = EVENT.as_bytes().to_vec();
-    let value = simd_json::to_borrowed_value(&mut body).unwrap();
+    let tape = simd_json::to_tape(&mut body).unwrap();
     for _ in 0..10_000 {
-        validator.encode(&value, &ctx(), &mut scratch, &mut block).unwrap();
+        validator.encode(tape.as_value(), &ctx(), &mut scratch, &mut block).unwrap();
     }
     let mut group = c.benchmark_group("native_block");
     group.throughput(Throughput::Elements(10_000));

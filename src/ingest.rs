@@ -61,7 +61,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
     let capacity = body.len();
     let (block, summaries, errors) = JSON_BUFFERS.with_borrow_mut(|buffers| {
         let parsed = parse_body(&mut body, shape, limits.max_batch_events, buffers)?;
-        let n = parsed.events.len();
+        let n = parsed.len();
         match state.limiter.check(org, n as u64, received.as_secs() as i64) {
             Decision::Allow => {}
             Decision::RateLimited { retry_after, limit_per_sec } => {
@@ -85,7 +85,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
         let mut summaries: Vec<EventSummary> = Vec::with_capacity(n);
         let mut errors: Vec<(usize, Rejection)> = Vec::new();
         SCRATCH.with_borrow_mut(|scratch| {
-            for (index, event) in parsed.events.iter().enumerate() {
+            parsed.for_each(|index, event| {
                 let outcome = match event {
                     Ok(value) => state.validator.encode(value, &ctx, scratch, &mut block),
                     Err(rejection) => Err(rejection.clone()),
@@ -94,7 +94,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
                     Ok(summary) => summaries.push(summary),
                     Err(rejection) => errors.push((index, rejection)),
                 }
-            }
+            });
         });
         Ok((block, summaries, errors))
     })?;

@@ -4,9 +4,13 @@
 //! `{"events":[…], "sent_at":…}`, a bare array, or NDJSON (one object per
 //! line; a bad line rejects that event, not the batch). Invalid JSON as a
 //! whole is a 400; more events than allowed is a 413 before any is validated.
+//!
+//! Parsing produces simd-json tapes: flat node arrays over the (unescaped in
+//! place) body, so no per-object maps are allocated; events are views into them.
 
 use simd_json::prelude::*;
-use simd_json::{BorrowedValue, Buffers};
+use simd_json::value::tape::Value;
+use simd_json::{Buffers, Tape};
 
 use super::validate::parse_timestamp_ms;
 use super::Rejection;
@@ -20,10 +24,48 @@ pub enum Shape {
 }
 
 pub struct ParsedBody<'b> {
-    /// One entry per event, in request order.
-    pub events: Vec<Result<BorrowedValue<'b>, Rejection>>,
+    /// One tape for a JSON body; one per line for NDJSON.
+    tapes: Vec<Result<Tape<'b>, Rejection>>,
+    /// `tapes[0]` holds an array of events (bare, or under `"events"`).
+    batch: bool,
+    len: usize,
     /// The batch's `sent_at` in epoch milliseconds, for clock-skew correction.
     pub sent_at_ms: Option<i64>,
+}
+
+impl<'b> ParsedBody<'b> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Calls `each(index, event)` for every event in request order.
+    pub fn for_each(&self, mut each: impl FnMut(usize, Result<Value<'_, 'b>, &Rejection>)) {
+        if self.batch {
+            if let Some(Ok(tape)) = self.tapes.first() {
+                if let Some(events) = events_array(tape.as_value()) {
+                    for (i, event) in events.iter().enumerate() {
+                        each(i, Ok(event));
+                    }
+                }
+            }
+            return;
+        }
+        for (i, tape) in self.tapes.iter().enumerate() {
+            each(i, tape.as_ref().map(|t| t.as_value()));
+        }
+    }
+}
+
+/// The events of a batch body: a bare array, or the `events` member of an object.
+fn events_array<'t, 'i>(root: Value<'t, 'i>) -> Option<simd_json::value::tape::Array<'t, 'i>> {
+    match root.as_array() {
+        Some(a) => Some(a),
+        None => root.as_object()?.get("events")?.as_array(),
+    }
 }
 
 pub fn parse_body<'b>(
@@ -32,68 +74,56 @@ pub fn parse_body<'b>(
     max_events: usize,
     buffers: &mut Buffers,
 ) -> Result<ParsedBody<'b>, ApiError> {
-    match shape {
-        Shape::Ndjson => parse_ndjson(body, max_events, buffers),
-        Shape::Single | Shape::Batch => {
-            let value = simd_json::to_borrowed_value_with_buffers(body, buffers)
-                .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON: {e}")))?;
-            if shape == Shape::Single {
-                if !value.is_object() {
-                    return Err(ApiError::bad_request("invalid_body", "Expected one JSON object"));
-                }
-                return Ok(ParsedBody { events: vec![Ok(value)], sent_at_ms: None });
-            }
-            let (items, sent_at_ms) = match value {
-                BorrowedValue::Array(items) => (*items, None),
-                BorrowedValue::Object(mut obj) => {
-                    let sent_at_ms = match obj.remove("sent_at") {
-                        None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => None,
-                        Some(v) => Some(parse_timestamp_ms(&v).ok_or_else(|| {
-                            ApiError::bad_request("invalid_sent_at", "sent_at must be RFC 3339 or epoch milliseconds")
-                        })?),
-                    };
-                    match obj.remove("events") {
-                        Some(BorrowedValue::Array(items)) => (*items, sent_at_ms),
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                "invalid_body",
-                                "Expected {\"events\":[...]} or a JSON array",
-                            ))
-                        }
-                    }
-                }
-                _ => return Err(ApiError::bad_request("invalid_body", "Expected {\"events\":[...]} or a JSON array")),
-            };
-            if items.len() > max_events {
-                return Err(ApiError::too_many_events(max_events));
-            }
-            if items.is_empty() {
-                return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
-            }
-            Ok(ParsedBody { events: items.into_iter().map(Ok).collect(), sent_at_ms })
-        }
+    if shape == Shape::Ndjson {
+        return parse_ndjson(body, max_events, buffers);
     }
+    let tape = simd_json::to_tape_with_buffers(body, buffers)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON: {e}")))?;
+    let root = tape.as_value();
+    if shape == Shape::Single {
+        if !root.is_object() {
+            return Err(ApiError::bad_request("invalid_body", "Expected one JSON object"));
+        }
+        return Ok(ParsedBody { tapes: vec![Ok(tape)], batch: false, len: 1, sent_at_ms: None });
+    }
+    let not_a_batch = || ApiError::bad_request("invalid_body", "Expected {\"events\":[...]} or a JSON array");
+    let sent_at_ms = match root.as_object().and_then(|o| o.get("sent_at")) {
+        None => None,
+        Some(v) if v.is_null() => None,
+        Some(v) => Some(parse_timestamp_ms(v).ok_or_else(|| {
+            ApiError::bad_request("invalid_sent_at", "sent_at must be RFC 3339 or epoch milliseconds")
+        })?),
+    };
+    let len = events_array(root).ok_or_else(not_a_batch)?.len();
+    if len > max_events {
+        return Err(ApiError::too_many_events(max_events));
+    }
+    if len == 0 {
+        return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
+    }
+    Ok(ParsedBody { tapes: vec![Ok(tape)], batch: true, len, sent_at_ms })
 }
 
 fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers) -> Result<ParsedBody<'b>, ApiError> {
-    let mut events = Vec::new();
+    let mut tapes = Vec::new();
     for line in body.split_mut(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if events.len() == max_events {
+        if tapes.len() == max_events {
             return Err(ApiError::too_many_events(max_events));
         }
-        events.push(match simd_json::to_borrowed_value_with_buffers(line, buffers) {
-            Ok(v) if v.is_object() => Ok(v),
+        tapes.push(match simd_json::to_tape_with_buffers(line, buffers) {
+            Ok(t) if t.as_value().is_object() => Ok(t),
             Ok(_) => Err(Rejection::new("invalid_event", "Each NDJSON line must be a JSON object")),
             Err(e) => Err(Rejection::new("invalid_json", format!("Invalid JSON: {e}"))),
         });
     }
-    if events.is_empty() {
+    if tapes.is_empty() {
         return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
     }
-    Ok(ParsedBody { events, sent_at_ms: None })
+    let len = tapes.len();
+    Ok(ParsedBody { tapes, batch: false, len, sent_at_ms: None })
 }
 
 #[cfg(test)]
@@ -104,8 +134,10 @@ mod tests {
         let mut buf = body.as_bytes().to_vec();
         let mut buffers = Buffers::default();
         let p = parse_body(&mut buf, shape, 3, &mut buffers)?;
-        let ok = p.events.iter().filter(|e| e.is_ok()).count();
-        Ok((ok, p.events.len() - ok, p.sent_at_ms))
+        let (mut ok, mut bad) = (0, 0);
+        p.for_each(|_, e| if e.is_ok() { ok += 1 } else { bad += 1 });
+        assert_eq!(ok + bad, p.len());
+        Ok((ok, bad, p.sent_at_ms))
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! event leaves no partial row behind.
 
 use simd_json::prelude::*;
-use simd_json::BorrowedValue;
+use simd_json::value::tape::Value;
 use time::format_description::well_known::Rfc3339;
 
 use super::rowbinary::*;
@@ -56,7 +56,7 @@ impl Validator {
     /// calls to serialise the property objects without allocating per event.
     pub fn encode(
         &self,
-        event: &BorrowedValue,
+        event: Value<'_, '_>,
         ctx: &EventContext,
         scratch: &mut Vec<u8>,
         out: &mut RowBlock,
@@ -92,7 +92,8 @@ impl Validator {
         let user_agent = optional_str(f.user_agent, "user_agent", 1024)?.unwrap_or("");
 
         let timestamp_ms = match f.event_timestamp {
-            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => ctx.received_ms,
+            None => ctx.received_ms,
+            Some(v) if v.is_null() => ctx.received_ms,
             Some(v) => parse_timestamp_ms(v)
                 .ok_or_else(|| {
                     Rejection::new("invalid_timestamp", "event_timestamp must be RFC 3339 or epoch milliseconds")
@@ -111,7 +112,8 @@ impl Validator {
         }
 
         let revenue_cents = match f.revenue {
-            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => 0,
+            None => 0,
+            Some(v) if v.is_null() => 0,
             Some(v) => {
                 let r = v.as_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
                 if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
@@ -186,14 +188,15 @@ impl Validator {
     /// Appends the JSON text of `event[key]` (an object; `{}` when absent) to `out`.
     fn serialise_object(
         &self,
-        value: Option<&BorrowedValue>,
+        value: Option<Value<'_, '_>>,
         key: &'static str,
         out: &mut Vec<u8>,
     ) -> Result<(), Rejection> {
         let start = out.len();
         match value {
-            None | Some(BorrowedValue::Static(simd_json::StaticNode::Null)) => out.extend_from_slice(b"{}"),
-            Some(v @ BorrowedValue::Object(_)) => {
+            None => out.extend_from_slice(b"{}"),
+            Some(v) if v.is_null() => out.extend_from_slice(b"{}"),
+            Some(v) if v.is_object() => {
                 if depth_exceeds(v, self.limits.max_properties_depth) {
                     return Err(Rejection::new(
                         "properties_too_deep",
@@ -218,32 +221,32 @@ impl Validator {
 /// The fields this edge reads, picked out of the event in one pass over its keys
 /// (one string match per key, rather than a map lookup per field).
 #[derive(Default)]
-struct Fields<'a, 'v> {
-    event_type: Option<&'a BorrowedValue<'v>>,
-    event_name: Option<&'a BorrowedValue<'v>>,
-    device_id: Option<&'a BorrowedValue<'v>>,
-    event_id: Option<&'a BorrowedValue<'v>>,
-    session_id: Option<&'a BorrowedValue<'v>>,
-    platform: Option<&'a BorrowedValue<'v>>,
-    app_id: Option<&'a BorrowedValue<'v>>,
-    idfa: Option<&'a BorrowedValue<'v>>,
-    idfv: Option<&'a BorrowedValue<'v>>,
-    gaid: Option<&'a BorrowedValue<'v>>,
-    oaid: Option<&'a BorrowedValue<'v>>,
-    ip: Option<&'a BorrowedValue<'v>>,
-    user_agent: Option<&'a BorrowedValue<'v>>,
-    event_timestamp: Option<&'a BorrowedValue<'v>>,
-    revenue: Option<&'a BorrowedValue<'v>>,
-    currency: Option<&'a BorrowedValue<'v>>,
-    properties: Option<&'a BorrowedValue<'v>>,
-    user_properties: Option<&'a BorrowedValue<'v>>,
+struct Fields<'t, 'v> {
+    event_type: Option<Value<'t, 'v>>,
+    event_name: Option<Value<'t, 'v>>,
+    device_id: Option<Value<'t, 'v>>,
+    event_id: Option<Value<'t, 'v>>,
+    session_id: Option<Value<'t, 'v>>,
+    platform: Option<Value<'t, 'v>>,
+    app_id: Option<Value<'t, 'v>>,
+    idfa: Option<Value<'t, 'v>>,
+    idfv: Option<Value<'t, 'v>>,
+    gaid: Option<Value<'t, 'v>>,
+    oaid: Option<Value<'t, 'v>>,
+    ip: Option<Value<'t, 'v>>,
+    user_agent: Option<Value<'t, 'v>>,
+    event_timestamp: Option<Value<'t, 'v>>,
+    revenue: Option<Value<'t, 'v>>,
+    currency: Option<Value<'t, 'v>>,
+    properties: Option<Value<'t, 'v>>,
+    user_properties: Option<Value<'t, 'v>>,
 }
 
-impl<'a, 'v> Fields<'a, 'v> {
-    fn collect(event: &'a BorrowedValue<'v>) -> Option<Self> {
+impl<'t, 'v> Fields<'t, 'v> {
+    fn collect(event: Value<'t, 'v>) -> Option<Self> {
         let mut f = Fields::default();
         for (key, value) in event.as_object()?.iter() {
-            let slot = match key.as_ref() {
+            let slot = match key {
                 "event_type" => &mut f.event_type,
                 "event_name" => &mut f.event_name,
                 "device_id" => &mut f.device_id,
@@ -275,7 +278,7 @@ fn secs(ms: i64) -> u32 {
 }
 
 /// RFC 3339 text or epoch milliseconds (integer or float).
-pub fn parse_timestamp_ms(v: &BorrowedValue) -> Option<i64> {
+pub fn parse_timestamp_ms(v: Value<'_, '_>) -> Option<i64> {
     if let Some(s) = v.as_str() {
         let t = time::OffsetDateTime::parse(s, &Rfc3339).ok()?;
         return i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
@@ -287,11 +290,7 @@ pub fn parse_timestamp_ms(v: &BorrowedValue) -> Option<i64> {
     (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
 }
 
-fn required_str<'v>(
-    value: Option<&'v BorrowedValue>,
-    key: &'static str,
-    max_chars: usize,
-) -> Result<&'v str, Rejection> {
+fn required_str<'v>(value: Option<Value<'_, 'v>>, key: &'static str, max_chars: usize) -> Result<&'v str, Rejection> {
     match optional_str(value, key, max_chars)? {
         Some(s) => Ok(s),
         None => Err(Rejection::new("missing_field", format!("{key} is required"))),
@@ -300,7 +299,7 @@ fn required_str<'v>(
 
 /// Absent, null and "" are all "not sent".
 fn optional_str<'v>(
-    value: Option<&'v BorrowedValue>,
+    value: Option<Value<'_, 'v>>,
     key: &'static str,
     max_chars: usize,
 ) -> Result<Option<&'v str>, Rejection> {
@@ -310,7 +309,8 @@ fn optional_str<'v>(
     if v.is_null() {
         return Ok(None);
     }
-    let s = v.as_str().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
+    // `into_string` keeps the body's lifetime (`as_str` would tie it to `v`).
+    let s = v.into_string().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
     // Bytes bound chars from above, so counting is needed only for long non-ASCII text.
     if s.len() > max_chars && s.chars().count() > max_chars {
         return Err(Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters")));
@@ -318,16 +318,18 @@ fn optional_str<'v>(
     Ok(Some(s).filter(|s| !s.is_empty()))
 }
 
-fn depth_exceeds(v: &BorrowedValue, limit: usize) -> bool {
-    fn walk(v: &BorrowedValue, depth: usize, limit: usize) -> bool {
+fn depth_exceeds(v: Value<'_, '_>, limit: usize) -> bool {
+    fn walk(v: Value<'_, '_>, depth: usize, limit: usize) -> bool {
         if depth > limit {
             return true;
         }
-        match v {
-            BorrowedValue::Object(o) => o.values().any(|c| walk(c, depth + 1, limit)),
-            BorrowedValue::Array(a) => a.iter().any(|c| walk(c, depth + 1, limit)),
-            _ => false,
+        if let Some(o) = v.as_object() {
+            return o.iter().any(|(_, c)| walk(c, depth + 1, limit));
         }
+        if let Some(a) = v.as_array() {
+            return a.iter().any(|c| walk(c, depth + 1, limit));
+        }
+        false
     }
     walk(v, 1, limit)
 }
@@ -352,10 +354,10 @@ mod tests {
 
     fn run_with(json: &str, ctx: &EventContext) -> Result<(EventSummary, Vec<u8>), Rejection> {
         let mut buf = json.as_bytes().to_vec();
-        let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let tape = simd_json::to_tape(&mut buf).unwrap();
         let mut out = RowBlock::new(OrgId::new("org_a"), 256);
         let mut scratch = Vec::new();
-        let r = Validator::new(BodyLimits::default()).encode(&v, ctx, &mut scratch, &mut out);
+        let r = Validator::new(BodyLimits::default()).encode(tape.as_value(), ctx, &mut scratch, &mut out);
         if r.is_err() {
             assert!(out.data.is_empty(), "no partial row on rejection");
         }
