@@ -204,7 +204,7 @@ async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| handler(req))).into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler)).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

@@ -44,6 +44,8 @@ pub struct SinkError {
     pub message: String,
 }
 
+// One instance per process, behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Sink {
     ClickHouse(clickhouse::ClickHouseSink),
     Local(local::LocalSink),
