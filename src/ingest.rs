@@ -117,9 +117,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
     state.pipeline.accept(block).await?;
 
     let accepted = summaries.len();
-    for summary in &summaries {
-        state.stats.record(&org.id, summary);
-    }
+    state.stats.record(&org.id, &summaries);
     state.limiter.record(&org.id, accepted as u64, received.as_secs() as i64);
     m::events_accepted(accepted as u64);
     Ok(response::accepted(accepted, &errors))

@@ -35,7 +35,11 @@ impl HyperLogLog {
     pub fn insert(&self, hash: u64) {
         let index = (hash >> (64 - HLL_BITS)) as usize;
         let rank = ((hash << HLL_BITS) | (1 << (HLL_BITS - 1))).leading_zeros() as u8 + 1;
-        self.registers[index].fetch_max(rank, Ordering::Relaxed);
+        let register = &self.registers[index];
+        // Most inserts do not raise the register: a plain load keeps the cache line shared.
+        if register.load(Ordering::Relaxed) < rank {
+            register.fetch_max(rank, Ordering::Relaxed);
+        }
     }
 
     fn merge_into(&self, acc: &mut [u8]) {
@@ -100,11 +104,23 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn record(&self, org: &OrgId, event: &EventSummary) {
-        let day = self.day(org, event.day);
-        day.events.fetch_add(1, Ordering::Relaxed);
-        day.revenue_cents.fetch_add(event.revenue_cents, Ordering::Relaxed);
-        day.devices.insert(event.device_hash);
+    /// Records one request's accepted events: one map lookup and one add per run of
+    /// events on the same day (usually the whole request), not per event.
+    pub fn record(&self, org: &OrgId, events: &[EventSummary]) {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|e| e.day == first.day).count();
+            let (same_day, tail) = rest.split_at(run);
+            let day = self.day(org, first.day);
+            let mut cents = 0;
+            for e in same_day {
+                day.devices.insert(e.device_hash);
+                cents += e.revenue_cents;
+            }
+            day.events.fetch_add(run as u64, Ordering::Relaxed);
+            day.revenue_cents.fetch_add(cents, Ordering::Relaxed);
+            rest = tail;
+        }
     }
 
     fn day(&self, org: &OrgId, day: u32) -> Arc<DayStats> {
@@ -187,15 +203,19 @@ mod tests {
         let s = Stats::default();
         let org = OrgId::new("o");
         let other = OrgId::new("p");
-        for day in [20_000, 20_001] {
-            for dev in 0..3u64 {
-                s.record(
-                    &org,
-                    &EventSummary { day, revenue_cents: 150, device_hash: dev.wrapping_mul(0x9E37_79B9_7F4A_7C15) },
-                );
-            }
-        }
-        s.record(&other, &EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42 });
+        // One request spanning two days, with the same three devices on each.
+        let events: Vec<EventSummary> = [20_000, 20_001]
+            .into_iter()
+            .flat_map(|day| {
+                (0..3u64).map(move |dev| EventSummary {
+                    day,
+                    revenue_cents: 150,
+                    device_hash: dev.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                })
+            })
+            .collect();
+        s.record(&org, &events);
+        s.record(&other, &[EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42 }]);
         let r = s.report(&org, 0, u32::MAX);
         assert_eq!(r.days.len(), 2);
         assert_eq!(r.days[0].date, "2024-10-04");
