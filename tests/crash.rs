@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ClickHouse, EdgeProcess};
+use common::{EdgeProcess, ProcessFixture};
 
 const ROUNDS: usize = 5;
 const WORKERS: usize = 8;
@@ -16,21 +16,14 @@ const BATCH: usize = 50;
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_event() {
-    let Some(url) = common::clickhouse_url() else { return };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let ch = rt.block_on(ClickHouse::fresh(&url));
-    let dir = tempfile::tempdir().unwrap();
-    let key = edge::tenant::SdkKey::generate();
-    let tenants = common::tenants_file(dir.path(), &key);
-    let envs = vec![
-        ("EDGE_TENANTS_FILE", tenants.display().to_string()),
-        ("EDGE_SPOOL_DIR", dir.path().join("state").display().to_string()),
-        ("CLICKHOUSE_URL", ch.url.clone()),
-        ("CLICKHOUSE_DATABASE", ch.database.clone()),
+    let Some(fx) = ProcessFixture::new() else { return };
+    let (rt, ch, key) = (&fx.rt, &fx.ch, &fx.key);
+    let mut envs = fx.env(&ch.url);
+    envs.extend([
         ("EDGE_ACK", "durable".to_string()),
         ("EDGE_BATCH_INTERVAL", "200ms".to_string()),
         ("EDGE_SPOOL_SEGMENT_BYTES", "262144".to_string()),
-    ];
+    ]);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut sent = 0usize;
     for round in 0..ROUNDS {

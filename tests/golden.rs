@@ -11,7 +11,8 @@ use serde_json::Value;
 async fn golden_requests() {
     let h = Harness::start(Options { clickhouse: false, ..Default::default() }).await.unwrap();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let now = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000 - 60).unwrap().to_offset(time::macros::offset!(+2));
+    let now =
+        time::OffsetDateTime::from_unix_timestamp(now_ms / 1000 - 60).unwrap().to_offset(time::macros::offset!(+2));
     let rfc3339 = now.format(&time::format_description::well_known::Rfc3339).unwrap();
     let substitute = |text: &str| {
         text.replace("\"$NOW_MS_FLOAT\"", &format!("{}.5", now_ms - 1000))

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ClickHouse, EdgeProcess};
+use common::{EdgeProcess, ProcessFixture};
 use tokio::net::{TcpListener, TcpStream};
 
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -80,23 +80,17 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn clickhouse_outage_under_load() {
-    let Some(url) = common::clickhouse_url() else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let ch = rt.block_on(ClickHouse::fresh(&url));
-    let ch_addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let Some(fx) = ProcessFixture::new() else { return };
+    let (rt, ch, key) = (&fx.rt, &fx.ch, &fx.key);
+    let ch_addr = ch.url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let proxy = rt.block_on(Proxy::start(&ch_addr));
-    let dir = tempfile::tempdir().unwrap();
-    let key = edge::tenant::SdkKey::generate();
-    let tenants = common::tenants_file(dir.path(), &key);
-    let mut edge = EdgeProcess::spawn(&[
-        ("EDGE_TENANTS_FILE", tenants.display().to_string()),
-        ("EDGE_SPOOL_DIR", dir.path().join("state").display().to_string()),
-        ("CLICKHOUSE_URL", format!("http://127.0.0.1:{}", proxy.port)),
-        ("CLICKHOUSE_DATABASE", ch.database.clone()),
+    let mut envs = fx.env(&format!("http://127.0.0.1:{}", proxy.port));
+    envs.extend([
         ("EDGE_BATCH_INTERVAL", "200ms".to_string()),
         ("EDGE_SPOOL_MAX_BYTES", (4 << 20).to_string()),
         ("EDGE_SPOOL_SEGMENT_BYTES", (1 << 20).to_string()),
     ]);
+    let mut edge = EdgeProcess::spawn(&envs);
     let pid = edge.child.id();
     let addr = edge.addr.clone();
 

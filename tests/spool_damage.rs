@@ -5,26 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ClickHouse, EdgeProcess};
+use common::{EdgeProcess, ProcessFixture};
 
 #[test]
 fn flipped_bytes_and_torn_tail_cost_only_the_damaged_records() {
-    let Some(url) = common::clickhouse_url() else { return };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let ch = rt.block_on(ClickHouse::fresh(&url));
-    let dir = tempfile::tempdir().unwrap();
-    let key = edge::tenant::SdkKey::generate();
-    let tenants = common::tenants_file(dir.path(), &key);
-    let state = dir.path().join("state");
-    let base = vec![
-        ("EDGE_TENANTS_FILE", tenants.display().to_string()),
-        ("EDGE_SPOOL_DIR", state.display().to_string()),
-        ("EDGE_BATCH_INTERVAL", "100ms".to_string()),
-    ];
+    let Some(fx) = ProcessFixture::new() else { return };
+    let (rt, ch, key, state) = (&fx.rt, &fx.ch, &fx.key, fx.state());
+    let offline = [fx.env("http://127.0.0.1:9"), vec![("EDGE_BATCH_INTERVAL", "100ms".to_string())]].concat();
+    let online = [fx.env(&ch.url), vec![("EDGE_BATCH_INTERVAL", "100ms".to_string())]].concat();
 
     // 1. Four acknowledged requests while ClickHouse is unreachable: they stay in the spool.
-    let mut offline = base.clone();
-    offline.push(("CLICKHOUSE_URL", "http://127.0.0.1:9".to_string()));
     let edge = EdgeProcess::spawn(&offline);
     rt.block_on(async {
         let http = reqwest::Client::new();
@@ -65,9 +55,6 @@ fn flipped_bytes_and_torn_tail_cost_only_the_damaged_records() {
     assert!(report.contains("200 unshipped events, 2 damaged regions"), "{report}");
 
     // 4. Start-up succeeds and ships the intact records only.
-    let mut online = base.clone();
-    online.push(("CLICKHOUSE_URL", ch.url.clone()));
-    online.push(("CLICKHOUSE_DATABASE", ch.database.clone()));
     let mut edge = EdgeProcess::spawn(&online);
     let shipped = rt.block_on(common::eventually(Duration::from_secs(30), || async { ch.count("1").await >= 200 }));
     assert!(shipped);

@@ -289,3 +289,41 @@ impl ClickHouse {
         missing.trim().parse().unwrap()
     }
 }
+
+/// Set-up shared by the tests that run the real binary: a runtime for the
+/// client side, a fresh ClickHouse database, a temp dir with a tenants file
+/// holding one organisation (`org_crash`) and its key.
+pub struct ProcessFixture {
+    pub rt: tokio::runtime::Runtime,
+    pub ch: ClickHouse,
+    pub dir: tempfile::TempDir,
+    pub key: SdkKey,
+    pub tenants: std::path::PathBuf,
+}
+
+impl ProcessFixture {
+    /// `None` (test skipped) when no ClickHouse is configured outside CI.
+    pub fn new() -> Option<ProcessFixture> {
+        let url = clickhouse_url()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let ch = rt.block_on(ClickHouse::fresh(&url));
+        let dir = tempfile::tempdir().unwrap();
+        let key = SdkKey::generate();
+        let tenants = tenants_file(dir.path(), &key);
+        Some(ProcessFixture { rt, ch, dir, key, tenants })
+    }
+
+    /// Environment for `edge serve` on this fixture, state under `dir/state`.
+    pub fn env(&self, clickhouse_url: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("EDGE_TENANTS_FILE", self.tenants.display().to_string()),
+            ("EDGE_SPOOL_DIR", self.state().display().to_string()),
+            ("CLICKHOUSE_URL", clickhouse_url.to_string()),
+            ("CLICKHOUSE_DATABASE", self.ch.database.clone()),
+        ]
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+}
