@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::parse::{parse_body, Shape};
 use crate::event::validate::EventContext;
@@ -54,15 +55,48 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
     let (parts, incoming) = req.into_parts();
     let mut body = body::read(&parts.headers, incoming, limit, what).await?;
 
+    let decoded = decode(state, &principal, shape, &mut body, received.as_millis() as i64)?;
+    for (_, rejection) in &decoded.errors {
+        metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
+    }
+    if decoded.summaries.is_empty() {
+        return Err(all_rejected(&decoded.errors));
+    }
+
+    state.pipeline.accept(decoded.block).await?;
+
+    let org = &principal.org.id;
+    let accepted = decoded.summaries.len();
+    state.stats.record(org, &decoded.summaries);
+    state.limiter.record(org, accepted as u64, received.as_secs() as i64);
+    m::events_accepted(accepted as u64);
+    Ok(response::accepted(accepted, &decoded.errors))
+}
+
+/// The outcome of parsing, limiting and validating one request body.
+struct Decoded {
+    block: RowBlock,
+    summaries: Vec<EventSummary>,
+    errors: Vec<(usize, Rejection)>,
+}
+
+/// Parse → rate and quota check for that many events → validate and encode each.
+/// Synchronous on purpose: the thread-local parser buffers are held throughout.
+fn decode(
+    state: &AppState,
+    principal: &Principal,
+    shape: Shape,
+    body: &mut [u8],
+    received_ms: i64,
+) -> Result<Decoded, ApiError> {
     let org = &principal.org;
     let tier = state.limiter.tiers().by_index(org.tier);
-    let received_ms = received.as_millis() as i64;
     // RowBinary is a little smaller than the JSON it came from: one allocation for most blocks.
     let capacity = body.len();
-    let (block, summaries, errors) = JSON_BUFFERS.with_borrow_mut(|buffers| {
-        let parsed = parse_body(&mut body, shape, limits.max_batch_events, buffers)?;
+    JSON_BUFFERS.with_borrow_mut(|buffers| {
+        let parsed = parse_body(body, shape, state.validator.limits().max_batch_events, buffers)?;
         let n = parsed.len();
-        match state.limiter.check(org, n as u64, received.as_secs() as i64) {
+        match state.limiter.check(org, n as u64, received_ms / 1000) {
             Decision::Allow => {}
             Decision::RateLimited { retry_after, limit_per_sec } => {
                 metrics::counter!(m::RATE_LIMITED, "tier" => tier.name).increment(1);
@@ -81,44 +115,35 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
             sent_at_ms: parsed.sent_at_ms,
             retention_days: tier.data_retention_days,
         };
-        let mut block = RowBlock::new(org.id.clone(), capacity);
-        let mut summaries: Vec<EventSummary> = Vec::with_capacity(n);
-        let mut errors: Vec<(usize, Rejection)> = Vec::new();
+        let mut decoded = Decoded {
+            block: RowBlock::new(org.id.clone(), capacity),
+            summaries: Vec::with_capacity(n),
+            errors: Vec::new(),
+        };
         SCRATCH.with_borrow_mut(|scratch| {
             parsed.for_each(|index, event| {
                 let outcome = match event {
-                    Ok(value) => state.validator.encode(value, &ctx, scratch, &mut block),
+                    Ok(value) => state.validator.encode(value, &ctx, scratch, &mut decoded.block),
                     Err(rejection) => Err(rejection.clone()),
                 };
                 match outcome {
-                    Ok(summary) => summaries.push(summary),
-                    Err(rejection) => errors.push((index, rejection)),
+                    Ok(summary) => decoded.summaries.push(summary),
+                    Err(rejection) => decoded.errors.push((index, rejection)),
                 }
             });
         });
-        Ok((block, summaries, errors))
-    })?;
+        Ok(decoded)
+    })
+}
 
-    for (_, rejection) in &errors {
-        metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
-    }
-    if summaries.is_empty() {
-        let message =
-            if errors.len() == 1 { errors[0].1.message.clone() } else { "Every event in the batch is invalid".into() };
-        return Err(ApiError::bad_request(
-            if errors.len() == 1 { errors[0].1.code } else { "invalid_events" },
-            message,
-        )
+/// 400 when no event is valid: the one event's own code, or `invalid_events` with each error.
+fn all_rejected(errors: &[(usize, Rejection)]) -> ApiError {
+    let (code, message) = match errors {
+        [(_, only)] => (only.code, only.message.clone()),
+        _ => ("invalid_events", "Every event in the batch is invalid".to_string()),
+    };
+    ApiError::bad_request(code, message)
         .with("accepted", 0)
         .with("rejected", errors.len())
-        .with("errors", response::rejections(&errors)));
-    }
-
-    state.pipeline.accept(block).await?;
-
-    let accepted = summaries.len();
-    state.stats.record(&org.id, &summaries);
-    state.limiter.record(&org.id, accepted as u64, received.as_secs() as i64);
-    m::events_accepted(accepted as u64);
-    Ok(response::accepted(accepted, &errors))
+        .with("errors", response::rejections(errors))
 }
