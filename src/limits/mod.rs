@@ -12,7 +12,6 @@ pub mod rate;
 pub mod tiers;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -40,7 +39,7 @@ struct OrgCounters {
 pub struct Limiter {
     tiers: TierTable,
     epoch: Epoch,
-    orgs: DashMap<OrgId, Arc<OrgCounters>, ahash::RandomState>,
+    orgs: DashMap<OrgId, OrgCounters, ahash::RandomState>,
 }
 
 impl Limiter {
@@ -52,45 +51,52 @@ impl Limiter {
         &self.tiers
     }
 
-    fn counters(&self, org: &OrgId) -> Arc<OrgCounters> {
+    /// Runs `f` on the organisation's counters under the shard's guard: nothing is
+    /// cloned, so no shared reference count bounces between cores per request.
+    fn with_counters<R>(&self, org: &OrgId, f: impl FnOnce(&OrgCounters) -> R) -> R {
         if let Some(c) = self.orgs.get(org) {
-            return c.clone();
+            return f(&c);
         }
-        self.orgs.entry(org.clone()).or_default().clone()
+        let c = self.orgs.entry(org.clone()).or_default();
+        f(&c)
     }
 
     /// Checks quota then rate for `n` events; on `Allow` the rate tokens are taken.
     /// The quota is charged separately with [`Limiter::record`] for what was accepted.
     pub fn check(&self, org: &Org, n: u64, now_unix_secs: i64) -> Decision {
         let tier = self.tiers.by_index(org.tier);
-        let counters = self.counters(&org.id);
         let month = month_index(now_unix_secs);
-        let used = if counters.month.load(Ordering::Relaxed) == month {
-            counters.month_events.load(Ordering::Relaxed)
-        } else {
-            0
-        };
-        if used >= tier.events_per_month {
-            return Decision::QuotaExceeded { limit_per_month: tier.events_per_month };
-        }
-        let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
-        match counters.bucket.check(self.epoch.now_ns(), n, tier.events_per_second, burst) {
-            RateDecision::Allow => Decision::Allow,
-            RateDecision::Limit { retry_after } => {
-                Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
+        self.with_counters(&org.id, |counters| {
+            let used = if counters.month.load(Ordering::Relaxed) == month {
+                counters.month_events.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            if used >= tier.events_per_month {
+                return Decision::QuotaExceeded { limit_per_month: tier.events_per_month };
             }
-        }
+            let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
+            match counters.bucket.check(self.epoch.now_ns(), n, tier.events_per_second, burst) {
+                RateDecision::Allow => Decision::Allow,
+                RateDecision::Limit { retry_after } => {
+                    Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
+                }
+            }
+        })
     }
 
     /// Charges `n` accepted events to the organisation's monthly quota.
     pub fn record(&self, org: &OrgId, n: u64, now_unix_secs: i64) {
-        let counters = self.counters(org);
         let month = month_index(now_unix_secs);
-        let seen = counters.month.load(Ordering::Relaxed);
-        if seen != month && counters.month.compare_exchange(seen, month, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            counters.month_events.store(0, Ordering::Relaxed);
-        }
-        counters.month_events.fetch_add(n, Ordering::Relaxed);
+        self.with_counters(org, |counters| {
+            let seen = counters.month.load(Ordering::Relaxed);
+            if seen != month
+                && counters.month.compare_exchange(seen, month, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                counters.month_events.store(0, Ordering::Relaxed);
+            }
+            counters.month_events.fetch_add(n, Ordering::Relaxed);
+        })
     }
 
     /// Events charged this month (for `/usage` and tests).
