@@ -1,7 +1,7 @@
 # Multi-stage build: compile with the Rust toolchain, run on a slim Debian as a
 # non-root user. (No Docker engine runs on the development machines, so this
 # file is built by the deployment pipeline, not by CI here.)
-FROM rust:1.89-bookworm AS build
+FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
