@@ -208,6 +208,27 @@ mod tests {
         assert_eq!(recovery.replay_rows, 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_blocks_go_to_dead_letters_and_the_spool_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, reader, _) = Spool::open(&config(&dir.path().join("spool"))).unwrap();
+        let dead = dir.path().join("dead-letter");
+        let sink =
+            Arc::new(Sink::Memory(MemorySink { refuse: true, dead_letters: Some(dead.clone()), ..Default::default() }));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(Shipper { config: batch_config(), sink, reader }.run(stop_rx, Duration::from_secs(5)));
+        for _ in 0..10 {
+            spool.append(block("a", 2)).await.unwrap();
+        }
+        tokio::task::block_in_place(|| spool.close());
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        let kept: Vec<u8> =
+            std::fs::read_dir(&dead).unwrap().flat_map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        assert_eq!(kept, "a;".repeat(20).into_bytes(), "every refused row is kept on disk");
+        assert_eq!(spool.unshipped_bytes(), 0, "and the spool does not retry it forever");
+    }
+
     #[test]
     fn backoff_grows_and_caps() {
         let mut bo = Backoff::default();

@@ -74,7 +74,10 @@ impl Sink {
         let dir = match self {
             Sink::ClickHouse(s) => s.dead_letter_dir(),
             Sink::Local(s) => s.dead_letter_dir(),
-            Sink::Memory(_) => return,
+            Sink::Memory(s) => match &s.dead_letters {
+                Some(dir) => dir.clone(),
+                None => return,
+            },
         };
         let result = async {
             tokio::fs::create_dir_all(&dir).await?;
@@ -103,14 +106,20 @@ impl Sink {
     }
 }
 
-/// Keeps blocks in memory (tests).
+/// Keeps blocks in memory (tests); can be told to refuse every block for good.
 #[derive(Default)]
 pub struct MemorySink {
     pub blocks: Mutex<Vec<(Bytes, usize)>>,
+    /// Answer every send with a non-retryable error.
+    pub refuse: bool,
+    pub dead_letters: Option<PathBuf>,
 }
 
 impl MemorySink {
     fn send(&self, block: &Block) -> Result<(), SinkError> {
+        if self.refuse {
+            return Err(SinkError { retryable: false, message: "refused by the test sink".into() });
+        }
         self.blocks.lock().expect("memory sink lock").push((block.concat(), block.rows));
         Ok(())
     }
