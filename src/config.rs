@@ -17,6 +17,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Admin listener: `/metrics`, `/healthz`, `/readyz`; loopback so it is never public by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
+/// Mobile SDKs hold connections open; 25k keeps well inside a raised file-descriptor limit.
+const DEFAULT_MAX_CONNECTIONS: usize = 25_000;
+/// Kubernetes' default grace period is 30 s: drain in half of it, leaving room to exit.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Active users' tokens: ~100 bytes each, so 100k cost ~10 MiB.
+const DEFAULT_JWT_CACHE: usize = 100_000;
+/// `--dev` only: enough for a day of demo traffic, small enough for a laptop.
+const DEFAULT_LOCAL_STORE_BYTES: u64 = 1 << 30;
+/// ~1 hour of ClickHouse outage at ~1 MB/s of events; past it the edge says 503.
+const DEFAULT_SPOOL_MAX_BYTES: u64 = 4 << 30;
+/// Big enough that rotation is rare, small enough that shipped space is freed promptly.
+const DEFAULT_SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -317,12 +330,12 @@ impl Config {
             body,
             batch,
             tiers,
-            max_connections: r.positive("EDGE_MAX_CONNECTIONS", 25_000),
-            drain_timeout: r.duration("EDGE_DRAIN_TIMEOUT", Duration::from_secs(15)),
-            jwt_cache_capacity: r.positive("EDGE_JWT_CACHE_CAPACITY", 100_000),
-            local_store_max_bytes: r.parse("EDGE_LOCAL_STORE_MAX_BYTES", 1 << 30),
-            spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", 4 << 30),
-            spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", 64 << 20),
+            max_connections: r.positive("EDGE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
+            drain_timeout: r.duration("EDGE_DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT),
+            jwt_cache_capacity: r.positive("EDGE_JWT_CACHE_CAPACITY", DEFAULT_JWT_CACHE),
+            local_store_max_bytes: r.parse("EDGE_LOCAL_STORE_MAX_BYTES", DEFAULT_LOCAL_STORE_BYTES),
+            spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES),
+            spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", DEFAULT_SPOOL_SEGMENT_BYTES),
         };
         if r.errors.is_empty() {
             Ok(config)
