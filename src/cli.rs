@@ -199,6 +199,7 @@ fn load_config(vars: &HashMap<String, String>) -> Result<Config, ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    raise_open_file_limit();
     let mut config = match load_config(&settings(&args)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -399,5 +400,20 @@ fn spool_repair(dir: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("spool repair {}: {e}", dir.display())),
+    }
+}
+
+/// Each connection is a file descriptor; many systems start processes at a soft
+/// limit of 1024. Raise it to the hard limit, as servers commonly do.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-file limit; connections are capped by it");
+            }
+        }
     }
 }
