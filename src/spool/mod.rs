@@ -618,6 +618,20 @@ mod tests {
         assert!(matches!(spool.append(block(1)).await, Err(AppendError::Io(_))), "closed");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_acks_still_reach_disk_on_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig { ack: AckMode::Memory, ..config(dir.path(), 1 << 20) };
+        let (spool, _reader, _) = Spool::open(&config).unwrap();
+        for _ in 0..10 {
+            spool.append(block(3)).await.unwrap();
+        }
+        tokio::task::block_in_place(|| spool.close());
+        drop(spool);
+        let (_spool, _reader, recovery) = Spool::open(&config).unwrap();
+        assert_eq!(recovery.replay_rows, 30);
+    }
+
     #[test]
     fn checkpoint_round_trip() {
         let dir = tempfile::tempdir().unwrap();
