@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use crate::config::AckMode;
 use crate::error::ApiError;
 use crate::event::RowBlock;
 use crate::spool::{AppendError, Spool};
@@ -24,10 +23,6 @@ const IO_RETRY_AFTER: Duration = Duration::from_secs(1);
 impl Pipeline {
     pub fn new(spool: Spool) -> Self {
         Pipeline { spool }
-    }
-
-    pub fn ack_mode(&self) -> AckMode {
-        self.spool.ack_mode()
     }
 
     /// `Ok` means the rows are in the spool (on disk, in durable mode) and will reach the sink.

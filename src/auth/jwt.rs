@@ -135,10 +135,6 @@ impl JwtVerifier {
         Ok(JwtVerifier { keys, leeway: config.leeway_secs, cache: DashMap::default(), cache_capacity })
     }
 
-    pub fn is_configured(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
     /// Verifies `token` at `now` (unix seconds), from the cache when it was verified before.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, JwtError> {
         if let Some(hit) = self.cache.get(token) {

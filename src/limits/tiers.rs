@@ -97,10 +97,6 @@ impl TierTable {
         self.tiers.iter_mut()
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.tiers.iter().map(|t| t.name)
-    }
-
     /// Position of a tier in the table: organisations store this, not a string.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.tiers.iter().position(|t| t.name == name)

@@ -217,10 +217,6 @@ impl Spool {
         self.shared.unshipped_bytes()
     }
 
-    pub fn ack_mode(&self) -> AckMode {
-        self.ack
-    }
-
     /// Stops the writer after it has written and synced everything queued (blocks until then).
     pub fn close(&self) {
         self.tx.store(None);
