@@ -309,38 +309,18 @@ async fn jwt_operator_and_selectors() {
         return;
     };
     let token = h.token("org_acme", &["events:write", "events:read"]);
-    let url = format!("{}/v1/events", h.base);
-    let r = h
-        .http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("host", "acme.edge.test")
-        .json(&event("jwt-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let post = |bearer: &str, header: (&'static str, &'static str), device: &str| {
+        h.http
+            .post(format!("{}/v1/events", h.base))
+            .bearer_auth(bearer)
+            .header(header.0, header.1)
+            .json(&event(device))
+            .send()
+    };
+    assert_eq!(post(&token, ("host", "acme.edge.test"), "jwt-1").await.unwrap().status(), 202);
     // The operator picks an organisation by header; a user token cannot.
-    let r = h
-        .http
-        .post(&url)
-        .bearer_auth(common::OPERATOR_TOKEN)
-        .header("x-organization-id", "org_bravo")
-        .json(&event("op-1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let r = h
-        .http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("x-organization-id", "org_bravo")
-        .json(&event("x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(post(common::OPERATOR_TOKEN, ("x-organization-id", "org_bravo"), "op-1").await.unwrap().status(), 202);
+    assert_eq!(post(&token, ("x-organization-id", "org_bravo"), "x").await.unwrap().status(), 403);
 
     // Stats show only the caller's organisation.
     let stats: Value = h
