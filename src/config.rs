@@ -223,11 +223,6 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Config, Vec<ConfigError>> {
-        Config::from_vars(&std::env::vars().collect())
-    }
-
     /// Parses settings from a name → value map; every problem is returned, not just the first.
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, Vec<ConfigError>> {
         let mut r = Reader { vars, errors: Vec::new() };

@@ -133,10 +133,12 @@ impl Spool {
             recovery.replay_rows += stats.rows;
             recovery.damaged_regions += stats.damaged_regions;
             recovery.damaged_bytes += stats.damaged_bytes;
-            // A torn tail (damage after the last valid record) is cut so the file ends clean.
-            let tail = data.len() as u64 - stats.valid_end.max(start);
-            if tail > 0 && tail_is_torn(&data, stats.valid_end.max(start) as usize) {
-                OpenOptions::new().write(true).open(&path)?.set_len(stats.valid_end.max(start))?;
+            // Bytes after the last valid record hold no record at all (the scan resyncs past
+            // damage): a write cut short. Cut them so the file ends clean.
+            let clean_end = stats.valid_end.max(start);
+            let tail = data.len() as u64 - clean_end;
+            if tail > 0 {
+                OpenOptions::new().write(true).open(&path)?.set_len(clean_end)?;
                 recovery.truncated_bytes += tail;
             }
             let size = fs::metadata(&path)?.len();
@@ -312,12 +314,6 @@ fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
     // The new name must survive a crash too.
     File::open(dir)?.sync_all()?;
     Ok(file)
-}
-
-/// Damage at the end of a segment with no valid record after it: a write cut short.
-fn tail_is_torn(data: &Bytes, from: usize) -> bool {
-    let (stats, _) = segment::scan(&data.slice(from..), 0, true, |_, _| {});
-    stats.records == 0
 }
 
 const CHECKPOINT: &str = "checkpoint";
