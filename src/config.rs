@@ -27,6 +27,14 @@ const DEFAULT_JWT_CACHE: usize = 100_000;
 const DEFAULT_LOCAL_STORE_BYTES: u64 = 1 << 30;
 /// ~1 hour of ClickHouse outage at ~1 MB/s of events; past it the edge says 503.
 const DEFAULT_SPOOL_MAX_BYTES: u64 = 4 << 30;
+/// The admin listener is for probes and scrapes: a few clients, but never locked out by silent sockets.
+const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 4096;
+/// Bodies in flight across all requests; 256 MiB is ~25 full batches at once.
+const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 256 << 20;
+/// Some 400 000 organisation-days of small sketches, or 12 000 of dense ones.
+const DEFAULT_STATS_MAX_BYTES: usize = 64 << 20;
+/// Four of the writer's largest groups: the writer keeps up unless the disk stalls.
+const DEFAULT_SPOOL_MAX_QUEUED_BYTES: u64 = 64 << 20;
 /// Big enough that rotation is rare, small enough that shipped space is freed promptly.
 const DEFAULT_SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -58,6 +66,102 @@ pub struct Config {
     pub spool_max_bytes: u64,
     /// Segment size: the unit in which shipped data is deleted.
     pub spool_segment_bytes: u64,
+    /// In-process daily aggregates (`/api/v1/stats/events` without ClickHouse); oldest days go first.
+    pub stats_max_bytes: usize,
+    /// Accepted blocks waiting in memory for the spool writer; past it, 503.
+    pub spool_max_queued_bytes: u64,
+    /// Per-phase connection timeouts and protocol bounds (both listeners).
+    pub conn: ConnConfig,
+    /// Connections the admin listener serves at once.
+    pub admin_max_connections: usize,
+    /// Body bytes held in memory by all requests together (raw, decompressed, parse buffers).
+    pub max_inflight_body_bytes: usize,
+    /// Peers whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Origins allowed to call the control-plane routes from a browser (`*` for any).
+    pub cors_origins: Vec<String>,
+}
+
+/// Connection-level bounds: every phase of a connection has a timer.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// From accept until the first bytes tell HTTP/1 from HTTP/2.
+    pub detect_timeout: Duration,
+    /// HTTP/1: until a request's headers are complete (also the keep-alive idle limit).
+    pub header_timeout: Duration,
+    /// Until a request's body has fully arrived.
+    pub body_timeout: Duration,
+    /// HTTP/2: a connection with no open stream is closed after this long.
+    pub idle_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection.
+    pub write_timeout: Duration,
+    /// HTTP/2 streams open at once on one connection.
+    pub h2_max_streams: u32,
+    /// All request headers of one request together (HTTP/1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// One header value.
+    pub max_header_value_bytes: usize,
+    /// After an early answer (413, 401, …), how much of the unread body is read and
+    /// discarded so that a client still sending can read the answer.
+    pub early_drain_bytes: usize,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            detect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            h2_max_streams: 32,
+            max_header_bytes: 64 << 10,
+            max_header_value_bytes: 8 << 10,
+            early_drain_bytes: 16 << 20,
+        }
+    }
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::*;
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map(V4).unwrap_or(V6(v6)),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("{s:?}: not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{s:?}: bad prefix length"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +414,47 @@ impl Config {
             tier.events_per_month = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_MONTH"), tier.events_per_month);
         }
 
+        let d = ConnConfig::default();
+        let conn = ConnConfig {
+            detect_timeout: r.duration("EDGE_DETECT_TIMEOUT", d.detect_timeout),
+            header_timeout: r.duration("EDGE_HEADER_TIMEOUT", d.header_timeout),
+            body_timeout: r.duration("EDGE_BODY_TIMEOUT", d.body_timeout),
+            idle_timeout: r.duration("EDGE_IDLE_TIMEOUT", d.idle_timeout),
+            write_timeout: r.duration("EDGE_WRITE_TIMEOUT", d.write_timeout),
+            h2_max_streams: r.positive("EDGE_H2_MAX_STREAMS", d.h2_max_streams as usize).min(u32::MAX as usize) as u32,
+            max_header_bytes: r.positive("EDGE_MAX_HEADER_BYTES", d.max_header_bytes).max(8192),
+            max_header_value_bytes: r.positive("EDGE_MAX_HEADER_VALUE_BYTES", d.max_header_value_bytes),
+            early_drain_bytes: r.parse("EDGE_EARLY_DRAIN_BYTES", d.early_drain_bytes),
+        };
+        for (name, value) in [
+            ("EDGE_DETECT_TIMEOUT", conn.detect_timeout),
+            ("EDGE_HEADER_TIMEOUT", conn.header_timeout),
+            ("EDGE_BODY_TIMEOUT", conn.body_timeout),
+            ("EDGE_IDLE_TIMEOUT", conn.idle_timeout),
+            ("EDGE_WRITE_TIMEOUT", conn.write_timeout),
+        ] {
+            if value.is_zero() {
+                r.fail(name, "must be greater than 0".into());
+            }
+        }
+        let mut trusted_proxies = Vec::new();
+        for item in r.string("EDGE_TRUSTED_PROXIES").unwrap_or_default().split(',').map(str::trim) {
+            if item.is_empty() {
+                continue;
+            }
+            match item.parse::<IpNet>() {
+                Ok(net) => trusted_proxies.push(net),
+                Err(e) => r.fail("EDGE_TRUSTED_PROXIES", e),
+            }
+        }
+        let cors_origins: Vec<String> = r
+            .string("EDGE_CORS_ORIGINS")
+            .unwrap_or_default()
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+
         let config = Config {
             listen,
             admin_listen,
@@ -331,6 +476,13 @@ impl Config {
             local_store_max_bytes: r.parse("EDGE_LOCAL_STORE_MAX_BYTES", DEFAULT_LOCAL_STORE_BYTES),
             spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES),
             spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", DEFAULT_SPOOL_SEGMENT_BYTES),
+            stats_max_bytes: r.positive("EDGE_STATS_MAX_BYTES", DEFAULT_STATS_MAX_BYTES),
+            spool_max_queued_bytes: r.parse("EDGE_SPOOL_MAX_QUEUED_BYTES", DEFAULT_SPOOL_MAX_QUEUED_BYTES),
+            conn,
+            admin_max_connections: r.positive("EDGE_ADMIN_MAX_CONNECTIONS", DEFAULT_ADMIN_MAX_CONNECTIONS),
+            max_inflight_body_bytes: r.positive("EDGE_MAX_INFLIGHT_BODY_BYTES", DEFAULT_MAX_INFLIGHT_BODY_BYTES),
+            trusted_proxies,
+            cors_origins,
         };
         if r.errors.is_empty() {
             Ok(config)

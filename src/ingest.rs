@@ -1,10 +1,13 @@
 //! `POST /v1/events` and `POST /v1/events/batch`: the data plane's handler.
 //!
 //! Order matters and each step is cheaper than the next: authenticate (no
-//! body read for strangers) → read the bounded body → parse → check the
-//! organisation's rate and quota for that many events → validate and encode
-//! each event → hand the rows to the [`crate::pipeline`] → 202 with per-event
-//! results. Nothing is accepted that the pipeline did not take.
+//! body read for strangers) → is the quota already used up (no body read) →
+//! read the bounded body, charged to the memory budget → parse → check the
+//! organisation's rate for that many events → validate and encode each event
+//! → reserve that many events of the quota, cutting what is over it → hand
+//! the rows to the [`crate::pipeline`] and do the accounting → wait for the
+//! spool → 202 with per-event results. Nothing is accepted that the pipeline
+//! did not take; nothing the pipeline took goes uncharged.
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Principal;
+use crate::tenant::Org;
 use crate::error::ApiError;
 use crate::event::parse::{parse_body, Shape};
 use crate::event::validate::EventContext;
@@ -30,32 +34,65 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The per-request parse cost charged to the body budget, in multiples of the decoded body:
+/// simd-json's tape and structural index, and the encoded rows.
+const PARSE_BYTES_PER_BODY_BYTE: usize = 3;
+
 pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let result = ingest(state, &parts, &mut body, shape).await;
+    if let (Err(_), Some(unread)) = (&result, body) {
+        // Answered before the body was read: let an HTTP/1 client that is still sending read it.
+        if parts.version <= hyper::Version::HTTP_11 {
+            let conn = &state.conn;
+            crate::http::body::discard(unread, conn.early_drain_bytes, conn.body_timeout).await;
+        }
+    }
+    result
+}
+
+/// Authenticate → quota pre-check → read → decode (rate, validate, reserve quota) → submit →
+/// account → wait for the spool. `body` is taken when it is read.
+async fn ingest(
+    state: &AppState,
+    parts: &hyper::http::request::Parts,
+    body: &mut Option<Incoming>,
+    shape: Shape,
+) -> Result<Response<Body>, ApiError> {
     let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now_secs = received.as_secs() as i64;
     let route = if shape == Shape::Single { "/v1/events" } else { "/v1/events/batch" };
     let principal = state
         .auth
-        .authenticate(req.headers(), &state.registry, received.as_secs(), route)
+        .authenticate(&parts.headers, &state.registry, received.as_secs(), route)
         .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
     if !principal.can_write_events() {
         return Err(ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"));
     }
-    let shape = match (shape, body::media_type(req.headers())?) {
+    let shape = match (shape, body::media_type(&parts.headers)?) {
         (Shape::Batch | Shape::Ndjson, MediaType::Ndjson) => Shape::Ndjson,
         (Shape::Single, MediaType::Ndjson) => {
             return Err(ApiError::unsupported("unsupported_media_type", "NDJSON goes to /v1/events/batch"));
         }
         (shape, MediaType::Json) => shape,
     };
+    let org = &principal.org;
+    if let Some(limit) = state.limiter.quota_exhausted(org, now_secs) {
+        return Err(quota_exceeded(state, org, limit));
+    }
     let limits = state.validator.limits();
     let (limit, what) = match shape {
         Shape::Single => (limits.max_event_bytes, "event"),
         _ => (limits.max_batch_bytes, "batch"),
     };
-    let (parts, incoming) = req.into_parts();
-    let mut body = body::read(&parts.headers, incoming, limit, what).await?;
+    let mut lease = state.budget.lease();
+    let incoming = body.take().expect("the body is read once");
+    let mut bytes = body::read(&parts.headers, incoming, limit, what, &mut lease, state.conn.body_timeout).await?;
+    lease.grow(bytes.len() * PARSE_BYTES_PER_BODY_BYTE)?;
 
-    let decoded = decode(state, &principal, shape, &mut body, received.as_millis() as i64)?;
+    let decoded = decode(state, &principal, shape, &mut bytes, received.as_millis() as i64)?;
+    drop(bytes);
     for (_, rejection) in &decoded.errors {
         metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
     }
@@ -63,21 +100,54 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
         return Err(all_rejected(&decoded.errors));
     }
 
-    state.pipeline.accept(decoded.block).await?;
-
-    let org = &principal.org.id;
+    // Charged before waiting: once submitted the rows will be stored, so a client that hangs up
+    // now still pays for them (the quota was reserved in `decode`).
     let accepted = decoded.summaries.len();
-    state.stats.record(org, &decoded.summaries);
-    state.limiter.record(org, accepted as u64, received.as_secs() as i64);
+    let stored = match state.pipeline.submit(decoded.block) {
+        Ok(stored) => stored,
+        Err(e) => {
+            state.limiter.refund(&org.id, accepted as u64, now_secs);
+            return Err(e);
+        }
+    };
+    state.stats.record(&org.id, &decoded.summaries);
+    if let Err(e) = stored.stored().await {
+        state.limiter.refund(&org.id, accepted as u64, now_secs);
+        state.stats.forget(&org.id, &decoded.summaries);
+        return Err(e);
+    }
     m::events_accepted(accepted as u64);
     Ok(response::accepted(accepted, &decoded.errors))
+}
+
+fn quota_exceeded(state: &AppState, org: &Org, limit: u64) -> ApiError {
+    let tier = state.limiter.tiers().by_index(org.tier);
+    metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
+    ApiError::quota_exceeded(tier.name, limit)
 }
 
 /// The outcome of parsing, limiting and validating one request body.
 struct Decoded {
     block: RowBlock,
     summaries: Vec<EventSummary>,
+    /// For each accepted event: its index in the request and where its row ends in `block`.
+    rows: Vec<(usize, usize)>,
     errors: Vec<(usize, Rejection)>,
+}
+
+impl Decoded {
+    /// Keeps the first `keep` accepted events; the rest are refused as over the quota.
+    fn cut(&mut self, keep: usize) {
+        let end = keep.checked_sub(1).map_or(0, |last| self.rows[last].1);
+        self.block.data.truncate(end);
+        self.block.rows = keep;
+        self.summaries.truncate(keep);
+        for &(index, _) in &self.rows[keep..] {
+            self.errors.push((index, Rejection::new("quota_exceeded", "The monthly event quota is used up")));
+        }
+        self.rows.truncate(keep);
+        self.errors.sort_by_key(|(index, _)| *index);
+    }
 }
 
 /// Parse → rate and quota check for that many events → validate and encode each.
@@ -96,16 +166,9 @@ fn decode(
     JSON_BUFFERS.with_borrow_mut(|buffers| {
         let parsed = parse_body(body, shape, state.validator.limits().max_batch_events, buffers)?;
         let n = parsed.len();
-        match state.limiter.check(org, n as u64, received_ms / 1000) {
-            Decision::Allow => {}
-            Decision::RateLimited { retry_after, limit_per_sec } => {
-                metrics::counter!(m::RATE_LIMITED, "tier" => tier.name).increment(1);
-                return Err(ApiError::rate_limited(tier.name, limit_per_sec, retry_after));
-            }
-            Decision::QuotaExceeded { limit_per_month } => {
-                metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
-                return Err(ApiError::quota_exceeded(tier.name, limit_per_month));
-            }
+        if let Decision::RateLimited { retry_after, limit_per_sec } = state.limiter.check_rate(org, n as u64) {
+            metrics::counter!(m::RATE_LIMITED, "tier" => tier.name).increment(1);
+            return Err(ApiError::rate_limited(tier.name, limit_per_sec, retry_after));
         }
         let ctx = EventContext {
             org_id: org.id.as_str(),
@@ -118,6 +181,7 @@ fn decode(
         let mut decoded = Decoded {
             block: RowBlock::new(org.id.clone(), capacity),
             summaries: Vec::with_capacity(n),
+            rows: Vec::with_capacity(n),
             errors: Vec::new(),
         };
         SCRATCH.with_borrow_mut(|scratch| {
@@ -127,11 +191,25 @@ fn decode(
                     Err(rejection) => Err(rejection.clone()),
                 };
                 match outcome {
-                    Ok(summary) => decoded.summaries.push(summary),
+                    Ok(summary) => {
+                        decoded.summaries.push(summary);
+                        decoded.rows.push((index, decoded.block.data.len()));
+                    }
                     Err(rejection) => decoded.errors.push((index, rejection)),
                 }
             });
         });
+        let valid = decoded.summaries.len() as u64;
+        if valid > 0 {
+            let granted = state.limiter.reserve(org, valid, received_ms / 1000);
+            if granted == 0 {
+                return Err(quota_exceeded(state, org, tier.events_per_month));
+            }
+            if granted < valid {
+                metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
+                decoded.cut(granted as usize);
+            }
+        }
         Ok(decoded)
     })
 }

@@ -30,6 +30,9 @@ pub const TENANTS: &str = "edge_tenants";
 pub const REDIS_SYNC_ERRORS: &str = "edge_redis_sync_errors_total";
 pub const OVERLOADED: &str = "edge_overloaded_total";
 pub const AUTH_FAILURES: &str = "edge_auth_failures_total";
+pub const STATS_EVICTIONS: &str = "edge_stats_evictions_total";
+pub const CONNECTIONS_REFUSED: &str = "edge_connections_refused_total";
+pub const ACCEPT_ERRORS: &str = "edge_accept_errors_total";
 
 /// Every metric the edge exports (the dashboard test checks queries against this).
 pub const ALL: &[&str] = &[
@@ -53,6 +56,9 @@ pub const ALL: &[&str] = &[
     REDIS_SYNC_ERRORS,
     OVERLOADED,
     AUTH_FAILURES,
+    CONNECTIONS_REFUSED,
+    ACCEPT_ERRORS,
+    STATS_EVICTIONS,
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
@@ -114,6 +120,9 @@ fn describe() {
     describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "Age of the oldest accepted event not yet in ClickHouse");
     describe_counter!(OVERLOADED, "Requests refused with 503 because buffers are full");
     describe_counter!(AUTH_FAILURES, "Requests refused by authentication, by code");
+    describe_counter!(STATS_EVICTIONS, "Times the in-process daily aggregates evicted old days to stay in bounds");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections refused at once because the listener is at its cap");
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener");
     // Series that only appear on rare events are created now so dashboards see zeros.
     metrics::counter!(REDIS_SYNC_ERRORS).absolute(0);
     metrics::counter!(CH_INSERT_ERRORS).absolute(0);

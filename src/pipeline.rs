@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::event::RowBlock;
-use crate::spool::{AppendError, Spool};
+use crate::spool::{AppendError, Spool, Submitted};
 
 pub struct Pipeline {
     spool: Spool,
@@ -20,31 +20,45 @@ const FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// A disk error may be momentary (the writer moves to a new segment).
 const IO_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Rows the spool writer has taken.
+pub struct Accepted(Submitted);
+
+impl Accepted {
+    /// Resolves when the rows are on disk (durable mode) or at once (memory mode).
+    pub async fn stored(self) -> Result<(), ApiError> {
+        self.0.written().await.map_err(unavailable)
+    }
+}
+
+fn unavailable(e: AppendError) -> ApiError {
+    metrics::counter!(crate::metrics::OVERLOADED).increment(1);
+    match e {
+        AppendError::Full => ApiError::unavailable(
+            "spool_full",
+            "The edge holds as many unshipped events as it may; retry later",
+            FULL_RETRY_AFTER,
+        ),
+        AppendError::Io(message) => {
+            tracing::error!(%message, "spool append failed");
+            ApiError::unavailable("spool_unavailable", "The edge could not store the events; retry", IO_RETRY_AFTER)
+        }
+    }
+}
+
 impl Pipeline {
     pub fn new(spool: Spool) -> Self {
         Pipeline { spool }
     }
 
-    /// `Ok` means the rows are in the spool (on disk, in durable mode) and will reach the sink.
+    /// Hands the rows to the spool writer. `Ok` means they will be written whatever happens to
+    /// the caller next, so whatever accounting goes with acceptance can be done right here.
+    pub fn submit(&self, block: RowBlock) -> Result<Accepted, ApiError> {
+        self.spool.submit(block).map(Accepted).map_err(unavailable)
+    }
+
+    /// Submits and waits until the rows are stored (see [`Accepted::stored`]).
     pub async fn accept(&self, block: RowBlock) -> Result<(), ApiError> {
-        self.spool.append(block).await.map_err(|e| {
-            metrics::counter!(crate::metrics::OVERLOADED).increment(1);
-            match e {
-                AppendError::Full => ApiError::unavailable(
-                    "spool_full",
-                    "The edge holds as many unshipped events as it may; retry later",
-                    FULL_RETRY_AFTER,
-                ),
-                AppendError::Io(message) => {
-                    tracing::error!(%message, "spool append failed");
-                    ApiError::unavailable(
-                        "spool_unavailable",
-                        "The edge could not store the events; retry",
-                        IO_RETRY_AFTER,
-                    )
-                }
-            }
-        })
+        self.submit(block)?.stored().await
     }
 
     /// Stops the spool writer once everything queued is written and synced.

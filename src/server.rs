@@ -13,20 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
 use crate::batch::Shipper;
-use crate::config::Config;
+use crate::config::{Config, ConnConfig};
+use crate::http::budget::MemoryBudget;
+use crate::http::cors::Cors;
 use crate::event::validate::Validator;
+use crate::http::conn::Listener;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::sink::Sink;
@@ -43,14 +42,17 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub stats: Stats,
     pub metrics: PrometheusHandle,
+    /// Request bytes in memory across all requests.
+    pub budget: Arc<MemoryBudget>,
+    /// Connection and body bounds (timeouts, header sizes, early-answer drain).
+    pub conn: ConnConfig,
+    pub cors: Cors,
     /// Set when shutdown starts; `/readyz` reports it.
     pub draining: AtomicBool,
     /// Last result of the background sink check; `/readyz` reports it.
     pub sink_ready: AtomicBool,
 }
 
-/// Slow clients may not hold a connection open without sending headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `/readyz`'s view of the sink is refreshed (off the request path).
 const READY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -72,6 +74,7 @@ impl Server {
             dir: config.spool_dir.join("spool"),
             segment_bytes: config.spool_segment_bytes,
             max_bytes: config.spool_max_bytes,
+            max_queued_bytes: config.spool_max_queued_bytes,
             ack: config.ack,
         };
         let (spool, reader, recovery) =
@@ -93,8 +96,11 @@ impl Server {
             limiter: Limiter::new(config.tiers.clone()),
             validator: Validator::new(config.body.clone()),
             pipeline: Pipeline::new(spool),
-            stats: Stats::default(),
+            stats: Stats::new(config.stats_max_bytes),
             metrics,
+            budget: MemoryBudget::new(config.max_inflight_body_bytes),
+            conn: config.conn.clone(),
+            cors: Cors::new(&config.cors_origins),
             draining: AtomicBool::new(false),
             sink_ready: AtomicBool::new(sink.ready().await),
         });
@@ -111,17 +117,29 @@ impl Server {
         let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader };
         let shipper = tokio::spawn(shipper.run(stop_rx, config.drain_timeout));
         let ready_task = tokio::spawn(watch_sink(state.clone(), sink.clone(), shutdown_rx.clone()));
-        let limit = Arc::new(Semaphore::new(config.max_connections));
-
+        let conn_config = Arc::new(config.conn.clone());
         let data_state = state.clone();
-        let data_loop = tokio::spawn(accept_loop(data, shutdown_rx.clone(), limit.clone(), move |req| {
-            crate::http::serve_data(data_state.clone(), req)
-        }));
+        let data_loop = tokio::spawn(
+            Listener {
+                name: "data",
+                listener: data,
+                max_connections: config.max_connections,
+                config: conn_config.clone(),
+                handler: move |req| crate::http::serve_data(data_state.clone(), req),
+            }
+            .run(shutdown_rx.clone()),
+        );
         let admin_state = state.clone();
-        let admin_loop =
-            tokio::spawn(accept_loop(admin, shutdown_rx.clone(), Arc::new(Semaphore::new(64)), move |req| {
-                crate::http::serve_admin(admin_state.clone(), req)
-            }));
+        let admin_loop = tokio::spawn(
+            Listener {
+                name: "admin",
+                listener: admin,
+                max_connections: config.admin_max_connections,
+                config: conn_config,
+                handler: move |req| crate::http::serve_admin(admin_state.clone(), req),
+            }
+            .run(shutdown_rx.clone()),
+        );
 
         let drain_timeout = config.drain_timeout;
         let state_for_task = state.clone();
@@ -170,47 +188,3 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Accepts until shutdown, then waits for open connections to finish their requests.
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    limit: Arc<Semaphore>,
-    handler: F,
-) where
-    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<hyper::Response<crate::http::response::Body>, std::convert::Infallible>>
-        + Send
-        + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = stopped(&mut shutdown) => break,
-        };
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handler)).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}

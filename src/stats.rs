@@ -2,15 +2,18 @@
 //! devices per UTC day, answering `GET /api/v1/stats/events` without a
 //! round trip to ClickHouse (and in `--dev` with no ClickHouse at all).
 //!
-//! Updates are atomic adds and an atomic max per HyperLogLog register, so
-//! request threads never lock. Unique devices are estimated (HyperLogLog,
-//! 4 096 registers, ≈ 1.6 % standard error): a sum of per-day uniques is not
-//! the unique count of the whole range, which is why registers are merged,
-//! not estimates added.
+//! Counts are atomic adds; each day's device sketch takes one short lock per
+//! request. Unique devices are estimated (HyperLogLog, 4 096 registers, ≈ 1.6 %
+//! standard error), sparse while a day has few devices: a sum of per-day
+//! uniques is not the unique count of the whole range, which is why registers
+//! are merged, not estimates added. Money totals saturate, never wrap.
+//!
+//! Memory is bounded in bytes (`EDGE_STATS_MAX_BYTES`): past it the oldest
+//! days of any organisation are evicted, so ten thousand organisations
+//! sending over a month cost what the bound says, not a sketch each per day.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
@@ -19,32 +22,76 @@ use crate::tenant::OrgId;
 
 const HLL_BITS: u32 = 12;
 const HLL_REGISTERS: usize = 1 << HLL_BITS;
+/// A sparse sketch holds at most this many registers (4 bytes each) before it turns dense
+/// (1 byte for each of the 4 096): small days, the common case, stay small.
+const SPARSE_MAX: usize = 512;
 
-/// Distinct count estimator over 64-bit hashes.
-pub struct HyperLogLog {
-    registers: Box<[AtomicU8]>,
+/// Distinct count estimator over 64-bit hashes: the registers of a 4 096-register
+/// HyperLogLog, kept sparse (sorted `index << 8 | rank`) while few are set.
+#[derive(Debug, Clone)]
+pub enum HyperLogLog {
+    Sparse(Vec<u32>),
+    Dense(Box<[u8]>),
 }
 
 impl Default for HyperLogLog {
     fn default() -> Self {
-        HyperLogLog { registers: (0..HLL_REGISTERS).map(|_| AtomicU8::new(0)).collect() }
+        HyperLogLog::Sparse(Vec::new())
     }
 }
 
 impl HyperLogLog {
-    pub fn insert(&self, hash: u64) {
-        let index = (hash >> (64 - HLL_BITS)) as usize;
+    /// Adds a hash; returns the change in bytes held.
+    pub fn insert(&mut self, hash: u64) -> isize {
+        let index = (hash >> (64 - HLL_BITS)) as u32;
         let rank = ((hash << HLL_BITS) | (1 << (HLL_BITS - 1))).leading_zeros() as u8 + 1;
-        let register = &self.registers[index];
-        // Most inserts do not raise the register: a plain load keeps the cache line shared.
-        if register.load(Ordering::Relaxed) < rank {
-            register.fetch_max(rank, Ordering::Relaxed);
+        match self {
+            HyperLogLog::Dense(registers) => {
+                let r = &mut registers[index as usize];
+                *r = (*r).max(rank);
+                0
+            }
+            HyperLogLog::Sparse(entries) => {
+                match entries.binary_search_by_key(&index, |e| e >> 8) {
+                    Ok(at) => {
+                        if (entries[at] & 0xff) < u32::from(rank) {
+                            entries[at] = index << 8 | u32::from(rank);
+                        }
+                        0
+                    }
+                    Err(at) if entries.len() < SPARSE_MAX => {
+                        let before = entries.capacity();
+                        entries.insert(at, index << 8 | u32::from(rank));
+                        4 * (entries.capacity() - before) as isize
+                    }
+                    Err(_) => {
+                        let before = entries.capacity();
+                        let mut registers = vec![0u8; HLL_REGISTERS].into_boxed_slice();
+                        for e in entries.iter() {
+                            registers[(e >> 8) as usize] = (e & 0xff) as u8;
+                        }
+                        registers[index as usize] = registers[index as usize].max(rank);
+                        *self = HyperLogLog::Dense(registers);
+                        HLL_REGISTERS as isize - 4 * before as isize
+                    }
+                }
+            }
         }
     }
 
     fn merge_into(&self, acc: &mut [u8]) {
-        for (a, r) in acc.iter_mut().zip(self.registers.iter()) {
-            *a = (*a).max(r.load(Ordering::Relaxed));
+        match self {
+            HyperLogLog::Dense(registers) => {
+                for (a, r) in acc.iter_mut().zip(registers.iter()) {
+                    *a = (*a).max(*r);
+                }
+            }
+            HyperLogLog::Sparse(entries) => {
+                for e in entries {
+                    let a = &mut acc[(e >> 8) as usize];
+                    *a = (*a).max((e & 0xff) as u8);
+                }
+            }
         }
     }
 
@@ -52,6 +99,13 @@ impl HyperLogLog {
         let mut regs = vec![0u8; HLL_REGISTERS];
         self.merge_into(&mut regs);
         estimate(&regs)
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            HyperLogLog::Dense(_) => HLL_REGISTERS,
+            HyperLogLog::Sparse(entries) => 4 * entries.capacity(),
+        }
     }
 }
 
@@ -73,7 +127,8 @@ fn estimate(registers: &[u8]) -> u64 {
 struct DayStats {
     events: AtomicU64,
     revenue_cents: AtomicI64,
-    devices: HyperLogLog,
+    /// One short lock per request (per run of same-day events), uncontended across organisations.
+    devices: Mutex<HyperLogLog>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -95,30 +150,72 @@ pub struct StatsReport {
     pub unique_devices: u64,
 }
 
-/// Days kept per organisation; older days are dropped as new ones arrive.
-const MAX_DAYS: usize = 400;
+/// Longest range a report covers (days).
+pub const MAX_DAYS: u32 = 400;
+/// What one organisation-day costs besides its sketch: map entry, key, counters, lock.
+const DAY_BYTES: usize = 160;
 
-#[derive(Default)]
 pub struct Stats {
     days: DashMap<(OrgId, u32), Arc<DayStats>, ahash::RandomState>,
+    /// Bytes held by the aggregates (estimated from what they allocate).
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// One eviction at a time; others carry on recording.
+    evicting: Mutex<()>,
 }
 
 impl Stats {
-    /// Records one request's accepted events: one map lookup and one add per run of
+    /// Aggregates that hold at most about `max_bytes`: past it the oldest days are evicted.
+    pub fn new(max_bytes: usize) -> Self {
+        Stats { days: DashMap::default(), bytes: AtomicUsize::new(0), max_bytes, evicting: Mutex::new(()) }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records one request's accepted events: one map lookup, one lock and one add per run of
     /// events on the same day (usually the whole request), not per event.
     pub fn record(&self, org: &OrgId, events: &[EventSummary]) {
+        self.for_each_day(events, |day, run| {
+            let stats = self.day(org, day);
+            let mut cents = 0i64;
+            let mut grown = 0isize;
+            {
+                let mut devices = stats.devices.lock().unwrap_or_else(|e| e.into_inner());
+                for e in run {
+                    grown += devices.insert(e.device_hash);
+                    cents = cents.saturating_add(e.revenue_cents);
+                }
+            }
+            stats.events.fetch_add(run.len() as u64, Ordering::Relaxed);
+            add_saturating(&stats.revenue_cents, cents);
+            if grown != 0 {
+                self.grew(grown);
+            }
+        });
+    }
+
+    /// Takes back the counts of events that were recorded but then not stored (their devices
+    /// stay in the sketch: a sketch cannot forget).
+    pub fn forget(&self, org: &OrgId, events: &[EventSummary]) {
+        self.for_each_day(events, |day, run| {
+            if let Some(stats) = self.days.get(&(org.clone(), day)) {
+                let cents = run.iter().fold(0i64, |sum, e| sum.saturating_add(e.revenue_cents));
+                let _ = stats.events.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(run.len() as u64))
+                });
+                add_saturating(&stats.revenue_cents, cents.saturating_neg());
+            }
+        });
+    }
+
+    fn for_each_day(&self, events: &[EventSummary], mut each: impl FnMut(u32, &[EventSummary])) {
         let mut rest = events;
         while let Some(first) = rest.first() {
             let run = rest.iter().take_while(|e| e.day == first.day).count();
             let (same_day, tail) = rest.split_at(run);
-            let day = self.day(org, first.day);
-            let mut cents = 0;
-            for e in same_day {
-                day.devices.insert(e.device_hash);
-                cents += e.revenue_cents;
-            }
-            day.events.fetch_add(run as u64, Ordering::Relaxed);
-            day.revenue_cents.fetch_add(cents, Ordering::Relaxed);
+            each(first.day, same_day);
             rest = tail;
         }
     }
@@ -129,45 +226,87 @@ impl Stats {
         if let Some(d) = self.days.get(&key) {
             return d.clone();
         }
-        self.days.entry(key).or_default().clone()
+        let mut created = false;
+        let stats = self
+            .days
+            .entry(key)
+            .or_insert_with(|| {
+                created = true;
+                Arc::default()
+            })
+            .clone();
+        if created {
+            self.grew(DAY_BYTES as isize);
+        }
+        stats
     }
 
-    /// Per-day rows for `org` between `from` and `to` (days since the epoch, inclusive).
-    pub fn report(&self, org: &OrgId, from: u32, to: u32) -> StatsReport {
-        let mut days = BTreeMap::new();
-        for entry in self.days.iter() {
-            let (o, d) = entry.key();
-            if o == org && (from..=to).contains(d) {
-                days.insert(*d, entry.value().clone());
+    fn grew(&self, delta: isize) {
+        let now = if delta >= 0 {
+            self.bytes.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+        } else {
+            self.bytes.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
+        };
+        if now > self.max_bytes {
+            self.evict();
+        }
+    }
+
+    /// Drops the oldest days (of any organisation) until a tenth of the bound is free.
+    fn evict(&self) {
+        let Ok(_one) = self.evicting.try_lock() else { return };
+        let mut by_age: Vec<(u32, OrgId)> = self.days.iter().map(|e| (e.key().1, e.key().0.clone())).collect();
+        by_age.sort_unstable_by_key(|(day, _)| *day);
+        let target = self.max_bytes / 10 * 9;
+        for (day, org) in by_age {
+            if self.bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            if let Some((_, stats)) = self.days.remove(&(org, day)) {
+                let sketch = stats.devices.lock().map(|d| d.bytes()).unwrap_or(0);
+                self.bytes.fetch_sub((DAY_BYTES + sketch).min(self.bytes()), Ordering::Relaxed);
             }
         }
+        metrics::counter!(crate::metrics::STATS_EVICTIONS).increment(1);
+    }
+
+    /// Per-day rows for `org` between `from` and `to` (days since the epoch, inclusive; at most
+    /// [`MAX_DAYS`], counted back from `to`).
+    pub fn report(&self, org: &OrgId, from: u32, to: u32) -> StatsReport {
+        let from = from.max(to.saturating_sub(MAX_DAYS - 1));
         let mut merged = vec![0u8; HLL_REGISTERS];
         let mut report = StatsReport {
             organization_id: org.to_string(),
-            days: Vec::with_capacity(days.len()),
+            days: Vec::new(),
             total_events: 0,
             total_revenue: 0.0,
             unique_devices: 0,
         };
         let mut total_cents = 0i64;
-        for (day, s) in days.iter().rev().take(MAX_DAYS) {
+        for day in from..=to {
+            let Some(s) = self.days.get(&(org.clone(), day)).map(|d| d.clone()) else { continue };
             let events = s.events.load(Ordering::Relaxed);
             let cents = s.revenue_cents.load(Ordering::Relaxed);
-            s.devices.merge_into(&mut merged);
-            report.total_events += events;
-            total_cents += cents;
+            let devices = s.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            devices.merge_into(&mut merged);
+            report.total_events = report.total_events.saturating_add(events);
+            total_cents = total_cents.saturating_add(cents);
             report.days.push(DayRow {
-                date: day_to_date(*day),
+                date: day_to_date(day),
                 events,
                 revenue: cents as f64 / 100.0,
-                unique_devices: s.devices.estimate(),
+                unique_devices: devices.estimate(),
             });
         }
-        report.days.reverse();
         report.total_revenue = total_cents as f64 / 100.0;
         report.unique_devices = if report.total_events == 0 { 0 } else { estimate(&merged) };
         report
     }
+}
+
+/// Money totals saturate rather than wrap.
+fn add_saturating(counter: &AtomicI64, delta: i64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(delta)));
 }
 
 pub fn day_to_date(day: u32) -> String {
@@ -183,7 +322,7 @@ mod tests {
 
     #[test]
     fn hll_is_accurate_enough() {
-        let h = HyperLogLog::default();
+        let mut h = HyperLogLog::default();
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
         for n in 0..100_000u64 {
             h.insert(hasher.hash_one(n));
@@ -191,7 +330,7 @@ mod tests {
         }
         let e = h.estimate() as f64;
         assert!((e - 100_000.0).abs() / 100_000.0 < 0.05, "estimate {e}");
-        let small = HyperLogLog::default();
+        let mut small = HyperLogLog::default();
         for n in 0..10u64 {
             small.insert(hasher.hash_one(n));
         }
@@ -200,7 +339,7 @@ mod tests {
 
     #[test]
     fn report_merges_devices_across_days() {
-        let s = Stats::default();
+        let s = Stats::new(1 << 30);
         let org = OrgId::new("o");
         let other = OrgId::new("p");
         // One request spanning two days, with the same three devices on each.
@@ -216,11 +355,69 @@ mod tests {
             .collect();
         s.record(&org, &events);
         s.record(&other, &[EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42 }]);
-        let r = s.report(&org, 0, u32::MAX);
+        let r = s.report(&org, 19_990, 20_010);
         assert_eq!(r.days.len(), 2);
         assert_eq!(r.days[0].date, "2024-10-04");
         assert_eq!((r.days[0].events, r.days[0].revenue, r.days[0].unique_devices), (3, 4.5, 3));
         assert_eq!((r.total_events, r.total_revenue, r.unique_devices), (6, 9.0, 3), "same devices on both days");
         assert_eq!(s.report(&org, 20_001, 20_001).days.len(), 1);
+    }
+
+    #[test]
+    fn sparse_and_dense_sketches_agree() {
+        let hasher = ahash::RandomState::with_seeds(5, 6, 7, 8);
+        let mut sparse = HyperLogLog::default();
+        let mut dense = HyperLogLog::Dense(vec![0u8; HLL_REGISTERS].into_boxed_slice());
+        for n in 0..300u64 {
+            sparse.insert(hasher.hash_one(n));
+            dense.insert(hasher.hash_one(n));
+        }
+        assert!(matches!(sparse, HyperLogLog::Sparse(_)));
+        assert_eq!(sparse.estimate(), dense.estimate());
+        for n in 300..5_000u64 {
+            sparse.insert(hasher.hash_one(n));
+            dense.insert(hasher.hash_one(n));
+        }
+        assert!(matches!(sparse, HyperLogLog::Dense(_)), "turns dense past {SPARSE_MAX} registers");
+        assert_eq!(sparse.estimate(), dense.estimate());
+    }
+
+    #[test]
+    fn revenue_saturates_instead_of_wrapping() {
+        let s = Stats::new(1 << 30);
+        let org = OrgId::new("o");
+        // 11 events of revenue 9e15 (Decimal(18,2)'s range) overflow an i64 of cents.
+        let big = EventSummary { day: 20_000, revenue_cents: 900_000_000_000_000_000, device_hash: 1 };
+        for _ in 0..11 {
+            s.record(&org, &[big]);
+        }
+        let r = s.report(&org, 20_000, 20_000);
+        assert!(r.total_revenue > 9.0e16, "{}", r.total_revenue);
+        assert_eq!(r.total_revenue, i64::MAX as f64 / 100.0);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_evicting_the_oldest_days() {
+        let s = Stats::new(1 << 20);
+        for org in 0..2_000 {
+            let org = OrgId::new(&format!("org_{org}"));
+            for day in 20_000..20_030 {
+                s.record(&org, &[EventSummary { day, revenue_cents: 1, device_hash: day as u64 * 7919 }]);
+            }
+        }
+        assert!(s.bytes() <= 1 << 20, "{} bytes", s.bytes());
+        let newest = s.report(&OrgId::new("org_1999"), 20_000, 20_029);
+        assert_eq!(newest.days.last().unwrap().events, 1, "the newest days stay");
+    }
+
+    #[test]
+    fn forget_takes_counts_back() {
+        let s = Stats::new(1 << 30);
+        let org = OrgId::new("o");
+        let e = [EventSummary { day: 20_000, revenue_cents: 250, device_hash: 1 }; 3];
+        s.record(&org, &e);
+        s.forget(&org, &e[..2]);
+        let r = s.report(&org, 20_000, 20_000);
+        assert_eq!((r.total_events, r.total_revenue), (1, 2.5));
     }
 }

@@ -48,9 +48,13 @@ impl Principal {
         }
     }
 
-    /// Control-plane reads need a user or the operator; SDK keys are write-only.
-    pub fn can_read(&self) -> bool {
-        !matches!(self.credential, Credential::SdkKey { .. })
+    /// Reading events (stats) needs a user with `events:read`, or the operator; SDK keys are write-only.
+    pub fn can_read_events(&self) -> bool {
+        match &self.credential {
+            Credential::SdkKey { .. } => false,
+            Credential::Operator => true,
+            Credential::Jwt(claims) => claims.has_permission("events:read"),
+        }
     }
 
     /// The app a credential is bound to, if any: it wins over the body's `app_id`.
@@ -240,7 +244,7 @@ mod tests {
         let p = run(&f, &headers(&[("x-api-key", f.key_a.expose())])).unwrap();
         assert_eq!(p.org.id.as_str(), "org_a");
         assert_eq!(p.app_id(), Some("app_a"));
-        assert!(p.can_write_events() && !p.can_read());
+        assert!(p.can_write_events() && !p.can_read_events());
     }
 
     #[test]
@@ -276,7 +280,9 @@ mod tests {
         let t = token("org_b", &["events:read"]);
         let p = run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap();
         assert_eq!(p.org.id.as_str(), "org_b");
-        assert!(!p.can_write_events() && p.can_read());
+        assert!(!p.can_write_events() && p.can_read_events());
+        let t = token("org_b", &["events:write"]);
+        assert!(!run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap().can_read_events());
         let t = token("org_unknown", &["events:write"]);
         assert_eq!(
             run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err().code,

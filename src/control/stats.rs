@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
+use crate::auth::Credential;
 use crate::error::ApiError;
 use crate::http::response::{self, Body};
 use crate::server::AppState;
@@ -17,8 +18,13 @@ const DEFAULT_DAYS: u32 = 30;
 pub fn handle(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let principal = state.auth.authenticate(req.headers(), &state.registry, now, "/api/v1/stats/events")?;
-    if !principal.can_read() {
-        return Err(ApiError::forbidden("write_only_credential", "SDK keys can only write events; use a user token"));
+    if !principal.can_read_events() {
+        return Err(match principal.credential {
+            Credential::SdkKey { .. } => {
+                ApiError::forbidden("write_only_credential", "SDK keys can only write events; use a user token")
+            }
+            _ => ApiError::forbidden("insufficient_permission", "The token lacks the events:read permission"),
+        });
     }
     let today = (now / 86_400) as u32;
     let mut from = today.saturating_sub(DEFAULT_DAYS - 1);

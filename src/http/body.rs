@@ -3,7 +3,8 @@
 //! The compressed size is checked against the limit as it arrives (and
 //! against `Content-Length` before reading), and the decompressed size while
 //! inflating, so a small gzip bomb costs at most `limit + 1` bytes of memory.
-//! A body that stalls is cut off after [`BODY_TIMEOUT`].
+//! A body that stalls is cut off after the configured body timeout. Every
+//! byte held is charged to the request's [`Lease`] on the global budget.
 
 use std::future::Future;
 use std::io::Read;
@@ -11,14 +12,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::StatusCode;
 
+use super::budget::{push, Lease};
 use crate::error::ApiError;
-
-/// Long enough for a 10 MiB body on a slow mobile link, short enough to shed slowloris clients.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -70,35 +69,49 @@ pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
     }
 }
 
-/// Reads the whole body (at most `limit` bytes on the wire and after decompression).
-pub async fn read(headers: &HeaderMap, body: Incoming, limit: usize, what: &'static str) -> Result<Vec<u8>, ApiError> {
+/// Reads the whole body: at most `limit` bytes on the wire and after decompression, every
+/// byte held charged to `lease` as it arrives, the whole within `timeout`.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    what: &'static str,
+    lease: &mut Lease,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
     let encoding = encoding(headers)?;
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(what, limit));
     }
-    let mut collecting = std::pin::pin!(collect(body, limit, declared.unwrap_or(0) as usize, what));
-    // Most bodies arrive with their headers: finish without arming a timer when possible.
-    let first = std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await;
-    let raw = match first {
-        Poll::Ready(result) => result?,
-        Poll::Pending => tokio::time::timeout(BODY_TIMEOUT, collecting).await.map_err(|_| {
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "The request body did not arrive in time")
-        })??,
+    let raw = {
+        let mut collecting = std::pin::pin!(collect(body, limit, what, lease));
+        // Most bodies arrive with their headers: finish without arming a timer when possible.
+        let first = std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(result) => result?,
+            Poll::Pending => tokio::time::timeout(timeout, collecting).await.map_err(|_| {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "The request body did not arrive in time")
+            })??,
+        }
     };
     match encoding {
         Encoding::Identity => Ok(raw),
-        Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, what, "gzip"),
+        Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, what, "gzip", lease),
         Encoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&raw[..])
                 .map_err(|e| ApiError::bad_request("invalid_encoding", format!("zstd: {e}")))?;
-            inflate(decoder, limit, what, "zstd")
+            inflate(decoder, limit, what, "zstd", lease)
         }
     }
 }
 
-async fn collect(mut body: Incoming, limit: usize, hint: usize, what: &'static str) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::with_capacity(hint.min(limit));
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
+}
+
+/// Buffers grow with the bytes that arrive, never with what `Content-Length` promises.
+async fn collect(mut body: Incoming, limit: usize, what: &'static str, lease: &mut Lease) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| ApiError::bad_request("body_read_error", format!("Reading the body failed: {e}")))?;
@@ -106,22 +119,52 @@ async fn collect(mut body: Incoming, limit: usize, hint: usize, what: &'static s
             if out.len() + data.len() > limit {
                 return Err(ApiError::too_large(what, limit));
             }
-            out.extend_from_slice(data);
+            push(&mut out, data, lease)?;
         }
     }
     Ok(out)
 }
 
-fn inflate(decoder: impl Read, limit: usize, what: &'static str, name: &str) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::bad_request("invalid_encoding", format!("The {name} body could not be decoded: {e}")))?;
-    if out.len() > limit {
-        return Err(ApiError::too_large(what, limit));
+/// Reads and drops what is left of a body the edge answered early (401, 413, …), so that
+/// an HTTP/1 client still sending can read the answer instead of a reset. At most
+/// `max_bytes` within `timeout`; past either, the connection closes as it would have.
+pub async fn discard(mut body: Incoming, max_bytes: usize, timeout: Duration) {
+    if body.is_end_stream() {
+        return;
     }
-    Ok(out)
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max_bytes {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
+fn inflate(
+    mut decoder: impl Read,
+    limit: usize,
+    what: &'static str,
+    name: &str,
+    lease: &mut Lease,
+) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 32 << 10];
+    loop {
+        let n = decoder.read(&mut chunk).map_err(|e| {
+            ApiError::bad_request("invalid_encoding", format!("The {name} body could not be decoded: {e}"))
+        })?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > limit {
+            return Err(ApiError::too_large(what, limit));
+        }
+        push(&mut out, &chunk[..n], lease)?;
+    }
 }
 
 #[cfg(test)]
@@ -132,18 +175,21 @@ mod tests {
 
     #[test]
     fn gzip_and_zstd_are_bounded_after_decompression() {
+        let budget = super::super::budget::MemoryBudget::new(1 << 20);
+        let mut l = budget.lease();
+        let mut inflate = |d: &mut dyn Read, limit, what, name| inflate(d, limit, what, name, &mut l);
         let plain = vec![b'a'; 10_000];
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         assert!(gz.len() < 200, "a tiny bomb");
-        assert_eq!(inflate(flate2::read::MultiGzDecoder::new(&gz[..]), 10_000, "batch", "gzip").unwrap().len(), 10_000);
-        let e = inflate(flate2::read::MultiGzDecoder::new(&gz[..]), 9_999, "batch", "gzip").unwrap_err();
+        assert_eq!(inflate(&mut flate2::read::MultiGzDecoder::new(&gz[..]), 10_000, "batch", "gzip").unwrap().len(), 10_000);
+        let e = inflate(&mut flate2::read::MultiGzDecoder::new(&gz[..]), 9_999, "batch", "gzip").unwrap_err();
         assert_eq!(e.status, 413);
         let zs = zstd::encode_all(&plain[..], 3).unwrap();
-        let e = inflate(zstd::stream::read::Decoder::new(&zs[..]).unwrap(), 100, "batch", "zstd").unwrap_err();
+        let e = inflate(&mut zstd::stream::read::Decoder::new(&zs[..]).unwrap(), 100, "batch", "zstd").unwrap_err();
         assert_eq!(e.status, 413);
-        let e = inflate(flate2::read::MultiGzDecoder::new(&b"not gzip"[..]), 100, "batch", "gzip").unwrap_err();
+        let e = inflate(&mut flate2::read::MultiGzDecoder::new(&b"not gzip"[..]), 100, "batch", "gzip").unwrap_err();
         assert_eq!(e.code, "invalid_encoding");
     }
 

@@ -5,6 +5,9 @@
 //! control-plane API) and the admin listener (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod body;
+pub mod budget;
+pub mod conn;
+pub mod cors;
 pub mod response;
 
 use std::sync::atomic::Ordering;
@@ -26,17 +29,67 @@ pub async fn serve_data(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
-    let path = req.uri().path();
-    let (route, result) = match (req.method(), path) {
-        (&Method::POST, "/v1/events") => (Route::Events, crate::ingest::handle(&state, req, Shape::Single).await),
-        (&Method::POST, "/v1/events/batch") => (Route::Batch, crate::ingest::handle(&state, req, Shape::Batch).await),
-        (_, "/v1/events" | "/v1/events/batch") => (Route::Events, Err(ApiError::method_not_allowed("POST"))),
-        (&Method::GET, "/api/v1/stats/events") => (Route::Stats, crate::control::stats::handle(&state, &req)),
-        (_, "/api/v1/stats/events") => (Route::Stats, Err(ApiError::method_not_allowed("GET"))),
-        (&Method::GET, "/healthz") => (Route::Healthz, Ok(response::text(StatusCode::OK, "ok\n"))),
-        _ => (Route::Other, Err(ApiError::not_found())),
+    let route = Route::of(req.uri().path());
+    let policy = route.cors();
+    // Kept for the CORS headers: the request itself goes to its handler.
+    let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+    let result = match (req.method(), route) {
+        _ if oversized_header(req.headers(), state.conn.max_header_value_bytes) => {
+            answer_early(&state, req, Err(header_too_large(state.conn.max_header_value_bytes))).await
+        }
+        (&Method::POST, Route::Events) => crate::ingest::handle(&state, req, Shape::Single).await,
+        (&Method::POST, Route::Batch) => crate::ingest::handle(&state, req, Shape::Batch).await,
+        (&Method::OPTIONS, Route::Events | Route::Batch) => {
+            let r = state.cors.preflight(policy, "POST, OPTIONS", req.headers());
+            answer_early(&state, req, r).await
+        }
+        (&Method::GET, Route::Stats) => {
+            let r = crate::control::stats::handle(&state, &req);
+            answer_early(&state, req, r).await
+        }
+        (&Method::OPTIONS, Route::Stats) => {
+            let r = state.cors.preflight(policy, "GET, OPTIONS", req.headers());
+            answer_early(&state, req, r).await
+        }
+        (_, Route::Events | Route::Batch) => answer_early(&state, req, Err(ApiError::method_not_allowed("POST"))).await,
+        (_, Route::Stats) => answer_early(&state, req, Err(ApiError::method_not_allowed("GET"))).await,
+        (&Method::GET, Route::Healthz) => Ok(response::text(StatusCode::OK, "ok\n")),
+        _ => answer_early(&state, req, Err(ApiError::not_found())).await,
     };
-    Ok(finish(route, started, result))
+    let mut response = finish(route, started, result);
+    if let Some(origin) = origin {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(hyper::header::ORIGIN, origin);
+        state.cors.decorate(policy, &h, &mut response);
+    }
+    Ok(response)
+}
+
+/// An answer that does not need the body: what the client still sends is read and dropped
+/// first (bounded), so an HTTP/1 client that is still writing can read the answer.
+async fn answer_early(
+    state: &AppState,
+    req: Request<Incoming>,
+    result: Result<Response<Body>, ApiError>,
+) -> Result<Response<Body>, ApiError> {
+    if req.version() <= hyper::Version::HTTP_11 {
+        body::discard(req.into_body(), state.conn.early_drain_bytes, state.conn.body_timeout).await;
+    }
+    result
+}
+
+/// A header value longer than the per-header bound: refused before anything reads, logs or
+/// echoes it.
+fn oversized_header(headers: &hyper::HeaderMap, max: usize) -> bool {
+    headers.values().any(|v| v.len() > max)
+}
+
+fn header_too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header_too_large",
+        format!("A request header is longer than {max} bytes"),
+    )
 }
 
 /// Admin listener routes.
@@ -73,7 +126,7 @@ fn finish(route: Route, started: Instant, result: Result<Response<Body>, ApiErro
 }
 
 /// Metric label of a route, as an index into [`m::ROUTES`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
     Events = 0,
     Batch = 1,
@@ -82,4 +135,24 @@ enum Route {
     Readyz = 4,
     Metrics = 5,
     Other = 6,
+}
+
+impl Route {
+    fn of(path: &str) -> Route {
+        match path {
+            "/v1/events" => Route::Events,
+            "/v1/events/batch" => Route::Batch,
+            "/api/v1/stats/events" => Route::Stats,
+            "/healthz" => Route::Healthz,
+            _ => Route::Other,
+        }
+    }
+
+    fn cors(self) -> cors::Policy {
+        match self {
+            Route::Events | Route::Batch => cors::Policy::AnyOrigin,
+            Route::Stats => cors::Policy::Configured,
+            _ => cors::Policy::None,
+        }
+    }
 }

@@ -20,6 +20,12 @@ pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
 pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
@@ -33,11 +39,13 @@ pub fn metrics(text: String) -> Response<Body> {
     r
 }
 
-/// The one place an error becomes a response: `{"error", "code", …extra}` plus headers.
+/// The one place an error becomes a response: `{"error", "code", "message", …extra}` plus
+/// headers. `message` repeats `error`: some SDKs read only `code` and `message`.
 pub fn error(e: &ApiError) -> Response<Body> {
-    let mut body = Map::with_capacity(2 + e.extra.len());
+    let mut body = Map::with_capacity(3 + e.extra.len());
     body.insert("error".into(), Value::from(e.message.as_ref()));
     body.insert("code".into(), Value::from(e.code));
+    body.insert("message".into(), Value::from(e.message.as_ref()));
     for (k, v) in &e.extra {
         if k != "allow" {
             body.insert(k.clone(), v.clone());
@@ -98,6 +106,7 @@ mod tests {
         assert_eq!(r.headers()[RETRY_AFTER], "2");
         let b = body_of(r).await;
         assert_eq!(b["error"], "Rate limit exceeded");
+        assert_eq!(b["message"], "Rate limit exceeded");
         assert_eq!(b["code"], "rate_limited");
         assert_eq!(
             (b["tier"].as_str(), b["limit"].as_u64(), b["retry_after"].as_u64()),

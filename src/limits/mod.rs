@@ -1,12 +1,19 @@
 //! Limits: is this organisation allowed to send these events now?
 //!
-//! Two checks, both answered as values ([`Decision`]) so the handler owns the
-//! response: the per-second ingestion rate of the organisation's tier
-//! ([`rate`], 429 + `Retry-After`) and its monthly event quota (402, not retryable).
+//! Two checks, answered as values so the handler owns the response: the
+//! per-second ingestion rate of the organisation's tier ([`rate`], 429 +
+//! `Retry-After`) and its monthly event quota (402, not retryable).
+//!
+//! The quota is *reserved*, not checked then charged: [`Limiter::reserve`]
+//! grants at most what is left in one atomic step, before the events are
+//! stored, so neither a large batch nor parallel requests pass the limit and a
+//! client hanging up after the append cannot skip the charge. A batch that
+//! crosses the line is cut per event; events that could not be stored are
+//! given back with [`Limiter::refund`].
 //!
 //! State is per node today (counted from this node's traffic). The fleet-wide
-//! version syncs these counters through Redis and falls back to these local
-//! values when Redis is unreachable: fail open, counted in a metric.
+//! version syncs these counters through Redis; when Redis is unreachable each
+//! node keeps to its share of each limit, never to no limit at all.
 
 pub mod rate;
 pub mod tiers;
@@ -24,7 +31,6 @@ use tiers::TierTable;
 pub enum Decision {
     Allow,
     RateLimited { retry_after: Duration, limit_per_sec: u64 },
-    QuotaExceeded { limit_per_month: u64 },
 }
 
 /// Counters for one organisation; lives as long as the process, across registry reloads.
@@ -61,21 +67,18 @@ impl Limiter {
         f(&c)
     }
 
-    /// Checks quota then rate for `n` events; on `Allow` the rate tokens are taken.
-    /// The quota is charged separately with [`Limiter::record`] for what was accepted.
-    pub fn check(&self, org: &Org, n: u64, now_unix_secs: i64) -> Decision {
-        let tier = self.tiers.by_index(org.tier);
+    /// Is this month's quota used up? A cheap check before any body is read.
+    pub fn quota_exhausted(&self, org: &Org, now_unix_secs: i64) -> Option<u64> {
+        let limit = self.tiers.by_index(org.tier).events_per_month;
         let month = month_index(now_unix_secs);
+        self.with_counters(&org.id, |c| (c.used_in(month) >= limit).then_some(limit))
+    }
+
+    /// Takes `n` events from the organisation's per-second rate.
+    pub fn check_rate(&self, org: &Org, n: u64) -> Decision {
+        let tier = self.tiers.by_index(org.tier);
+        let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
         self.with_counters(&org.id, |counters| {
-            let used = if counters.month.load(Ordering::Relaxed) == month {
-                counters.month_events.load(Ordering::Relaxed)
-            } else {
-                0
-            };
-            if used >= tier.events_per_month {
-                return Decision::QuotaExceeded { limit_per_month: tier.events_per_month };
-            }
-            let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
             match counters.bucket.check(self.epoch.now_ns(), n, tier.events_per_second, burst) {
                 RateDecision::Allow => Decision::Allow,
                 RateDecision::Limit { retry_after } => {
@@ -85,23 +88,54 @@ impl Limiter {
         })
     }
 
-    /// Charges `n` accepted events to the organisation's monthly quota.
-    pub fn record(&self, org: &OrgId, n: u64, now_unix_secs: i64) {
+    /// Reserves up to `n` events of this month's quota in one atomic step and returns how many
+    /// were granted: parallel requests can never together pass the limit. Events granted are
+    /// charged now, before they are stored; [`Limiter::refund`] gives back what was not stored.
+    pub fn reserve(&self, org: &Org, n: u64, now_unix_secs: i64) -> u64 {
+        let limit = self.tiers.by_index(org.tier).events_per_month;
         let month = month_index(now_unix_secs);
-        self.with_counters(org, |counters| {
-            let seen = counters.month.load(Ordering::Relaxed);
-            if seen != month
-                && counters.month.compare_exchange(seen, month, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-            {
-                counters.month_events.store(0, Ordering::Relaxed);
+        self.with_counters(&org.id, |c| {
+            c.roll_to(month);
+            match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < limit).then(|| used + n.min(limit - used))
+            }) {
+                Ok(before) => n.min(limit - before),
+                Err(_) => 0,
             }
-            counters.month_events.fetch_add(n, Ordering::Relaxed);
+        })
+    }
+
+    /// Gives back `n` reserved events that were not stored after all.
+    pub fn refund(&self, org: &OrgId, n: u64, now_unix_secs: i64) {
+        let month = month_index(now_unix_secs);
+        self.with_counters(org, |c| {
+            if c.month.load(Ordering::Acquire) == month {
+                let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+            }
         })
     }
 
     /// Events charged this month (for `/usage` and tests).
     pub fn month_events(&self, org: &OrgId) -> u64 {
         self.orgs.get(org).map(|c| c.month_events.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+impl OrgCounters {
+    fn used_in(&self, month: u32) -> u64 {
+        if self.month.load(Ordering::Acquire) == month {
+            self.month_events.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    /// A new month starts from zero (whoever sees it first resets the count).
+    fn roll_to(&self, month: u32) {
+        let seen = self.month.load(Ordering::Acquire);
+        if seen != month && self.month.compare_exchange(seen, month, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.month_events.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -121,19 +155,40 @@ mod tests {
     }
 
     #[test]
-    fn quota_exhaustion_is_402_not_429() {
+    fn quota_reservations_never_overshoot() {
         let mut tiers = TierTable::default();
-        tiers.tiers_mut().next().unwrap().events_per_month = 10;
+        tiers.tiers_mut().next().unwrap().events_per_month = 100;
         let l = Limiter::new(tiers);
         let o = org(0);
         let now = 1_780_000_000;
-        assert_eq!(l.check(&o, 10, now), Decision::Allow);
-        l.record(&o.id, 10, now);
-        assert_eq!(l.check(&o, 1, now), Decision::QuotaExceeded { limit_per_month: 10 });
+        assert_eq!(l.reserve(&o, 99, now), 99);
+        assert_eq!(l.quota_exhausted(&o, now), None);
+        assert_eq!(l.reserve(&o, 5_000, now), 1, "a batch crossing the line gets what is left");
+        assert_eq!(l.reserve(&o, 1, now), 0);
+        assert_eq!(l.quota_exhausted(&o, now), Some(100));
+        l.refund(&o.id, 10, now);
+        assert_eq!(l.reserve(&o, 20, now), 10);
         // A new month starts from zero.
-        assert_eq!(l.check(&o, 1, now + 40 * 86400), Decision::Allow);
-        l.record(&o.id, 1, now + 40 * 86400);
+        assert_eq!(l.quota_exhausted(&o, now + 40 * 86400), None);
+        assert_eq!(l.reserve(&o, 1, now + 40 * 86400), 1);
         assert_eq!(l.month_events(&o.id), 1);
+    }
+
+    #[test]
+    fn parallel_reservations_stop_at_the_limit() {
+        let mut tiers = TierTable::default();
+        tiers.tiers_mut().next().unwrap().events_per_month = 1_000;
+        let l = std::sync::Arc::new(Limiter::new(tiers));
+        let granted: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = l.clone();
+                    s.spawn(move || (0..500).map(|_| l.reserve(&org(0), 3, 1_780_000_000)).sum::<u64>())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(granted, 1_000);
     }
 
     #[test]
@@ -142,8 +197,8 @@ mod tests {
         tiers.tiers_mut().next().unwrap().events_per_second = 5;
         let l = Limiter::new(tiers);
         let o = org(0);
-        assert_eq!(l.check(&o, 10, 0), Decision::Allow);
-        match l.check(&o, 1, 0) {
+        assert_eq!(l.check_rate(&o, 10), Decision::Allow);
+        match l.check_rate(&o, 1) {
             Decision::RateLimited { limit_per_sec, retry_after } => {
                 assert_eq!(limit_per_sec, 5);
                 assert!(retry_after > Duration::ZERO);

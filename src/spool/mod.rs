@@ -40,6 +40,8 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// Unshipped bytes allowed on disk; past it appends are refused (503).
     pub max_bytes: u64,
+    /// Bytes waiting in memory for the writer; past it appends are refused (503).
+    pub max_queued_bytes: u64,
     pub ack: AckMode,
 }
 
@@ -67,6 +69,8 @@ struct Shared {
     shipped_bytes: AtomicU64,
     written_rows: AtomicU64,
     shipped_rows: AtomicU64,
+    /// Framed bytes handed to the writer and not yet written: memory, bounded too.
+    queued_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -81,6 +85,8 @@ impl Shared {
 }
 
 struct Append {
+    /// Framed size, as counted in `queued_bytes`.
+    size: u64,
     org: crate::tenant::OrgId,
     rows: u32,
     payload: Bytes,
@@ -106,6 +112,7 @@ pub struct Spool {
     tx: arc_swap::ArcSwapOption<Sender<Append>>,
     shared: Arc<Shared>,
     max_bytes: u64,
+    max_queued_bytes: u64,
     ack: AckMode,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -178,6 +185,7 @@ impl Spool {
             tx: arc_swap::ArcSwapOption::from_pointee(tx),
             shared,
             max_bytes: config.max_bytes,
+            max_queued_bytes: config.max_queued_bytes,
             ack: config.ack,
             writer: std::sync::Mutex::new(Some(writer)),
         };
@@ -186,12 +194,20 @@ impl Spool {
 
     /// Appends one block; in durable mode returns once it is on disk.
     pub async fn append(&self, block: RowBlock) -> Result<(), AppendError> {
+        self.submit(block)?.written().await
+    }
+
+    /// Hands one block to the writer without waiting: once this returns `Ok` the block will
+    /// be written whatever happens to the caller (whose accounting can rely on that).
+    pub fn submit(&self, block: RowBlock) -> Result<Submitted, AppendError> {
         if block.rows == 0 {
-            return Ok(());
+            return Ok(Submitted(None));
         }
         let size = segment::framed_len(block.org.as_str().as_bytes(), &block.data) as u64;
-        // Refuse only when already over: a lone block larger than the bound still gets in.
-        if self.shared.unshipped_bytes() > 0 && self.shared.unshipped_bytes() + size > self.max_bytes {
+        let queued = self.shared.queued_bytes.load(Ordering::Acquire);
+        let pending = self.shared.unshipped_bytes() + queued;
+        // Refuse only when already holding something: a lone block larger than a bound still gets in.
+        if pending > 0 && (pending + size > self.max_bytes || queued + size > self.max_queued_bytes) {
             return Err(AppendError::Full);
         }
         let (ack, done) = match self.ack {
@@ -201,18 +217,15 @@ impl Spool {
             }
             AckMode::Memory => (None, None),
         };
-        let append = Append { org: block.org, rows: block.rows as u32, payload: block.data.freeze(), ack };
+        let append = Append { size, org: block.org, rows: block.rows as u32, payload: block.data.freeze(), ack };
         let tx = self.tx.load();
         let Some(tx) = tx.as_ref() else { return Err(AppendError::Io("spool is closed".into())) };
-        tx.send(append).map_err(|_| AppendError::Io("spool writer stopped".into()))?;
-        match done {
-            None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(AppendError::Io(e)),
-                Err(_) => Err(AppendError::Io("spool writer stopped".into())),
-            },
+        self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if tx.send(append).is_err() {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return Err(AppendError::Io("spool writer stopped".into()));
         }
+        Ok(Submitted(done))
     }
 
     pub fn unshipped_bytes(&self) -> u64 {
@@ -225,6 +238,22 @@ impl Spool {
         let writer = self.writer.lock().map(|mut w| w.take()).unwrap_or(None);
         if let Some(writer) = writer {
             let _ = writer.join();
+        }
+    }
+}
+
+/// A block the writer has; in durable mode, [`Submitted::written`] waits for its sync.
+pub struct Submitted(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl Submitted {
+    pub async fn written(self) -> Result<(), AppendError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(AppendError::Io(e)),
+                Err(_) => Err(AppendError::Io("spool writer stopped".into())),
+            },
         }
     }
 }
@@ -255,8 +284,10 @@ fn run_writer(
         let written_ms = now_ms();
         let mut rows = 0u64;
         let mut records = 0u64;
+        let mut dequeued = 0u64;
         let mut take = |a: Append, buf: &mut Vec<u8>| {
             segment::encode(buf, written_ms, a.rows, a.org.as_str().as_bytes(), &a.payload);
+            dequeued += a.size;
             rows += u64::from(a.rows);
             records += 1;
             acks.extend(a.ack);
@@ -280,6 +311,7 @@ fn run_writer(
             metrics::histogram!(m::SPOOL_FSYNC).record(started.elapsed().as_secs_f64());
             Ok(())
         })();
+        shared.queued_bytes.fetch_sub(dequeued, Ordering::AcqRel);
         let reply = match result {
             Ok(()) => {
                 head.offset += buf.len() as u64;
@@ -568,7 +600,7 @@ mod tests {
     }
 
     fn config(dir: &Path, max_bytes: u64) -> SpoolConfig {
-        SpoolConfig { dir: dir.to_path_buf(), segment_bytes: 1024, max_bytes, ack: AckMode::Durable }
+        SpoolConfig { dir: dir.to_path_buf(), segment_bytes: 1024, max_bytes, max_queued_bytes: 1 << 20, ack: AckMode::Durable }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
