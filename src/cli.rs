@@ -344,7 +344,7 @@ fn token_issue(
         role,
         app_id: app,
         iss: std::env::var("JWT_ISSUER").ok(),
-        aud: std::env::var("JWT_AUDIENCE").ok(),
+        aud: std::env::var("JWT_AUDIENCE").ok().map(Into::into),
         ..Claims::new(&user, &org, &perms, now, ttl.as_secs())
     };
     println!("{}", issue_hs256(&claims, secret.as_bytes()));

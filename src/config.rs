@@ -172,7 +172,7 @@ pub struct ClickHouseConfig {
     pub password: Option<String>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct JwtConfig {
     pub hs256_secret: Option<Vec<u8>>,
     pub public_keys_file: Option<PathBuf>,
@@ -181,6 +181,26 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// Clock leeway for `exp`/`nbf`: SDK and server clocks disagree by seconds.
     pub leeway_secs: u64,
+    /// Longer bearer tokens are refused before any verification.
+    pub max_token_bytes: usize,
+    /// Bytes the verified-token cache may hold.
+    pub cache_max_bytes: usize,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            public_keys_file: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            // Real tokens are under 2 KiB; 8 KiB leaves room for many permissions.
+            max_token_bytes: 8 << 10,
+            cache_max_bytes: 32 << 20,
+        }
+    }
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -357,6 +377,8 @@ impl Config {
             issuer: r.string("JWT_ISSUER"),
             audience: r.string("JWT_AUDIENCE"),
             leeway_secs: r.parse("JWT_LEEWAY_SECS", 30),
+            max_token_bytes: r.positive("EDGE_MAX_TOKEN_BYTES", JwtConfig::default().max_token_bytes),
+            cache_max_bytes: r.positive("EDGE_JWT_CACHE_BYTES", JwtConfig::default().cache_max_bytes),
         };
         if jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             r.fail("JWT_SECRET", "must be at least 32 bytes (HS256 with a short secret is brute-forceable)".into());

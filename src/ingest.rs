@@ -65,7 +65,7 @@ async fn ingest(
     let route = if shape == Shape::Single { "/v1/events" } else { "/v1/events/batch" };
     let principal = state
         .auth
-        .authenticate(&parts.headers, &state.registry, received.as_secs(), route)
+        .authenticate(&crate::http::request_meta(parts, &state.trusted_proxies, route), &state.registry, received.as_secs())
         .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
     if !principal.can_write_events() {
         return Err(ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"));

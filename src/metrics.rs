@@ -30,6 +30,7 @@ pub const TENANTS: &str = "edge_tenants";
 pub const REDIS_SYNC_ERRORS: &str = "edge_redis_sync_errors_total";
 pub const OVERLOADED: &str = "edge_overloaded_total";
 pub const AUTH_FAILURES: &str = "edge_auth_failures_total";
+pub const AUDIT_SUPPRESSED: &str = "edge_audit_suppressed_total";
 pub const STATS_EVICTIONS: &str = "edge_stats_evictions_total";
 pub const CONNECTIONS_REFUSED: &str = "edge_connections_refused_total";
 pub const ACCEPT_ERRORS: &str = "edge_accept_errors_total";
@@ -59,6 +60,7 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_REFUSED,
     ACCEPT_ERRORS,
     STATS_EVICTIONS,
+    AUDIT_SUPPRESSED,
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
@@ -120,6 +122,7 @@ fn describe() {
     describe_gauge!(SPOOL_OLDEST_AGE, Unit::Seconds, "Age of the oldest accepted event not yet in ClickHouse");
     describe_counter!(OVERLOADED, "Requests refused with 503 because buffers are full");
     describe_counter!(AUTH_FAILURES, "Requests refused by authentication, by code");
+    describe_counter!(AUDIT_SUPPRESSED, "Audit lines not written because their client address was over its allowance");
     describe_counter!(STATS_EVICTIONS, "Times the in-process daily aggregates evicted old days to stay in bounds");
     describe_counter!(CONNECTIONS_REFUSED, "Connections refused at once because the listener is at its cap");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener");

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
 use crate::batch::Shipper;
-use crate::config::{Config, ConnConfig};
+use crate::config::{Config, ConnConfig, IpNet};
 use crate::http::budget::MemoryBudget;
 use crate::http::cors::Cors;
 use crate::event::validate::Validator;
@@ -47,6 +47,8 @@ pub struct AppState {
     /// Connection and body bounds (timeouts, header sizes, early-answer drain).
     pub conn: ConnConfig,
     pub cors: Cors,
+    /// Peers whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: Vec<IpNet>,
     /// Set when shutdown starts; `/readyz` reports it.
     pub draining: AtomicBool,
     /// Last result of the background sink check; `/readyz` reports it.
@@ -101,6 +103,7 @@ impl Server {
             budget: MemoryBudget::new(config.max_inflight_body_bytes),
             conn: config.conn.clone(),
             cors: Cors::new(&config.cors_origins),
+            trusted_proxies: config.trusted_proxies.clone(),
             draining: AtomicBool::new(false),
             sink_ready: AtomicBool::new(sink.ready().await),
         });

@@ -11,6 +11,7 @@
 //! The cache only remembers what the signature proved; whether the
 //! organisation is still active is checked on every request by the caller.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -32,14 +33,44 @@ pub struct Claims {
     pub permissions: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// NumericDate: RFC 7519 allows fractions; whole seconds are kept.
+    #[serde(default, deserialize_with = "numeric_date")]
     pub iat: u64,
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_numeric_date", skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (RFC 7519 §4.1.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<String> for Audience {
+    fn from(s: String) -> Self {
+        Audience::One(s)
+    }
+}
+
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    match (n.as_u64(), n.as_f64()) {
+        (Some(whole), _) => Ok(whole),
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(f as u64),
+        _ => Err(serde::de::Error::custom("NumericDate must be a non-negative number")),
+    }
+}
+
+fn optional_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    numeric_date(d).map(Some)
 }
 
 impl Claims {
@@ -73,6 +104,8 @@ pub enum JwtError {
     NotYetValid,
     /// No verification key is configured at all.
     NotConfigured,
+    /// Longer than the edge verifies (refused before any work).
+    TooLarge,
 }
 
 impl JwtError {
@@ -82,6 +115,17 @@ impl JwtError {
             JwtError::Expired => "token_expired",
             JwtError::NotYetValid => "token_not_yet_valid",
             JwtError::NotConfigured => "jwt_not_configured",
+            JwtError::TooLarge => "token_too_large",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            JwtError::Invalid => "Invalid bearer token",
+            JwtError::Expired => "The token has expired",
+            JwtError::NotYetValid => "The token is not valid yet",
+            JwtError::NotConfigured => "This edge verifies no JWTs",
+            JwtError::TooLarge => "The token is longer than this edge accepts",
         }
     }
 }
@@ -96,6 +140,10 @@ pub struct JwtVerifier {
     leeway: u64,
     cache: DashMap<Box<str>, Arc<Claims>, ahash::RandomState>,
     cache_capacity: usize,
+    /// Bytes held by the cache (tokens and claims, estimated); bounded by `cache_max_bytes`.
+    cache_bytes: AtomicUsize,
+    cache_max_bytes: usize,
+    max_token_bytes: usize,
 }
 
 impl JwtVerifier {
@@ -132,11 +180,22 @@ impl JwtVerifier {
                 keys.push(Key { decoding, validation: validation(alg) });
             }
         }
-        Ok(JwtVerifier { keys, leeway: config.leeway_secs, cache: DashMap::default(), cache_capacity })
+        Ok(JwtVerifier {
+            keys,
+            leeway: config.leeway_secs,
+            cache: DashMap::default(),
+            cache_capacity,
+            cache_bytes: AtomicUsize::new(0),
+            cache_max_bytes: config.cache_max_bytes,
+            max_token_bytes: config.max_token_bytes,
+        })
     }
 
     /// Verifies `token` at `now` (unix seconds), from the cache when it was verified before.
     pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, JwtError> {
+        if token.len() > self.max_token_bytes {
+            return Err(JwtError::TooLarge);
+        }
         if let Some(hit) = self.cache.get(token) {
             let claims = hit.value().clone();
             drop(hit);
@@ -144,11 +203,16 @@ impl JwtVerifier {
         }
         let claims = Arc::new(self.verify_signature(token)?);
         self.check_times(&claims, now)?;
-        if self.cache.len() >= self.cache_capacity {
+        let cost = entry_bytes(token, &claims);
+        if self.cache.len() >= self.cache_capacity || self.cache_bytes.load(Ordering::Relaxed) + cost > self.cache_max_bytes
+        {
             // Crude but bounded: tokens are cheap to re-verify, memory is not free.
             self.cache.clear();
+            self.cache_bytes.store(0, Ordering::Relaxed);
         }
-        self.cache.insert(token.into(), claims.clone());
+        if self.cache.insert(token.into(), claims.clone()).is_none() {
+            self.cache_bytes.fetch_add(cost, Ordering::Relaxed);
+        }
         Ok(claims)
     }
 
@@ -157,6 +221,10 @@ impl JwtVerifier {
             return Err(JwtError::NotConfigured);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+        if has_critical_extensions(token) {
+            // RFC 7515 §4.1.11: extensions this verifier does not understand mean "refuse".
+            return Err(JwtError::Invalid);
+        }
         let mut last = JwtError::Invalid;
         for key in self.keys.iter().filter(|k| k.validation.algorithms.contains(&header.alg)) {
             match jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation) {
@@ -183,6 +251,23 @@ impl JwtVerifier {
         }
         Ok(())
     }
+}
+
+/// What a cache entry costs: the token, the claims' strings and the fixed parts.
+fn entry_bytes(token: &str, c: &Claims) -> usize {
+    let strings = c.user_id.len() + c.organization_id.len() + c.email.len() + c.role.len();
+    let perms: usize = c.permissions.iter().map(|p| p.len() + 24).sum();
+    token.len() + strings + perms + std::mem::size_of::<Claims>() + 64
+}
+
+/// Does the token's header carry `crit`? (`jsonwebtoken` ignores it.)
+fn has_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else { return false };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).is_ok_and(|h| h.contains_key("crit"))
 }
 
 fn split_pem_blocks(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -357,7 +442,62 @@ mod tests {
         let mut c = claims(u64::MAX / 2);
         assert_eq!(v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(), JwtError::Invalid);
         c.iss = Some("edge".into());
-        c.aud = Some("sdk".into());
+        c.aud = Some(Audience::One("sdk".into()));
         assert!(v.verify(&issue_hs256(&c, SECRET), NOW).is_ok());
+        c.aud = Some(Audience::Many(vec!["other".into(), "sdk".into()]));
+        assert!(v.verify(&issue_hs256(&c, SECRET), NOW).is_ok(), "an array holding the audience");
+        c.aud = Some(Audience::Many(vec!["other".into()]));
+        assert_eq!(v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(), JwtError::Invalid);
+    }
+
+    fn sign_raw(header: &str, payload: &str) -> String {
+        use hmac::Mac;
+        let msg = format!("{}.{}", b64(header), b64(payload));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(msg.as_bytes());
+        let sig =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mac.finalize().into_bytes());
+        format!("{msg}.{sig}")
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_accepted() {
+        let v = verifier();
+        let exp = NOW + 3600;
+        let t = sign_raw(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &format!(r#"{{"user_id":"u","organization_id":"o","iat":{}.25,"exp":{exp}.5}}"#, NOW - 1),
+        );
+        let claims = v.verify(&t, NOW).unwrap();
+        assert_eq!((claims.exp, claims.iat), (exp, NOW - 1));
+    }
+
+    #[test]
+    fn unknown_critical_header_parameters_are_refused() {
+        let v = verifier();
+        let payload = format!(r#"{{"user_id":"u","organization_id":"o","iat":1,"exp":{}}}"#, NOW + 60);
+        let t = sign_raw(r#"{"alg":"HS256","typ":"JWT","crit":["exp_policy"],"exp_policy":"x"}"#, &payload);
+        assert_eq!(v.verify(&t, NOW).unwrap_err(), JwtError::Invalid);
+        assert!(v.verify(&sign_raw(r#"{"alg":"HS256","typ":"JWT"}"#, &payload), NOW).is_ok());
+    }
+
+    #[test]
+    fn cache_is_bounded_in_bytes_and_oversize_tokens_refused_early() {
+        let config = JwtConfig {
+            hs256_secret: Some(SECRET.to_vec()),
+            max_token_bytes: 4096,
+            cache_max_bytes: 16 << 10,
+            ..Default::default()
+        };
+        let v = JwtVerifier::from_config(&config, 1_000_000).unwrap();
+        for i in 0..200 {
+            let mut c = claims(u64::MAX / 2);
+            c.email = format!("{i}{}", "x".repeat(1000));
+            v.verify(&issue_hs256(&c, SECRET), NOW).unwrap();
+            assert!(v.cache_bytes.load(Ordering::Relaxed) <= 16 << 10);
+        }
+        let mut c = claims(u64::MAX / 2);
+        c.email = "x".repeat(5000);
+        assert_eq!(v.verify(&issue_hs256(&c, SECRET), NOW).unwrap_err(), JwtError::TooLarge);
     }
 }

@@ -7,15 +7,18 @@
 //! against it and never trusted alone ([`selector`]); only the operator token
 //! picks an organisation by `X-Organization-ID`, and every such act is audited.
 
+pub mod audit;
 pub mod jwt;
 pub mod selector;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
 use crate::error::ApiError;
 use crate::tenant::{KeyHash, Org, OrgStatus, Registry};
+use audit::{AddressWindows, AuditEvent, Auditor};
 use jwt::{Claims, JwtVerifier};
 
 // Static names: looking a header up by `&str` builds (and allocates) a `HeaderName` each time.
@@ -75,60 +78,85 @@ impl Principal {
     }
 }
 
+/// What authentication looks at in a request.
+pub struct RequestMeta<'a> {
+    pub headers: &'a HeaderMap,
+    /// The request target's authority (HTTP/2 `:authority`, or an absolute-form URI).
+    pub authority: Option<&'a str>,
+    /// The client address (see [`crate::http::client_ip`]): audit lines and throttles use it.
+    pub client: IpAddr,
+    /// Only labels audit lines.
+    pub route: &'a str,
+}
+
 pub struct Authenticator {
     pub jwt: JwtVerifier,
     /// SHA-256 of `EDGE_ADMIN_TOKEN`: compared by hash so the comparison leaks no timing.
     operator_token: Option<KeyHash>,
     /// Lower-case base domain for subdomain routing (`acme.<base>`).
     base_domain: Option<String>,
+    audit: Auditor,
+    /// Wrong guesses of the operator token, per client address.
+    operator_guesses: AddressWindows,
 }
+
+/// Wrong operator-token guesses allowed per client address and minute.
+const OPERATOR_GUESSES_PER_MINUTE: u32 = 10;
+/// Audit lines per client address and minute.
+const AUDIT_LINES_PER_MINUTE: u32 = 20;
 
 impl Authenticator {
     pub fn new(jwt: JwtVerifier, operator_token: Option<&str>, base_domain: Option<String>) -> Self {
-        Authenticator { jwt, operator_token: operator_token.map(KeyHash::of), base_domain }
+        Authenticator {
+            jwt,
+            operator_token: operator_token.map(KeyHash::of),
+            base_domain,
+            audit: Auditor::new(AUDIT_LINES_PER_MINUTE),
+            operator_guesses: AddressWindows::new(OPERATOR_GUESSES_PER_MINUTE),
+        }
     }
 
-    /// Resolves the caller. `route` only labels the audit line.
-    pub fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        registry: &Registry,
-        now: u64,
-        route: &str,
-    ) -> Result<Principal, ApiError> {
+    /// Resolves the caller. Ambiguous credentials (two keys, a key and a token) are refused,
+    /// not chosen between; every selector present must agree with the credential.
+    pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry, now: u64) -> Result<Principal, ApiError> {
         let snapshot = registry.snapshot();
-        let org_header = header_str(headers, &ORG_HEADER)?;
+        let org_header = selector_header(req.headers, &ORG_HEADER)?;
+        let bearer = bearer_token(req.headers)?;
+        let api_key = credential_header(req.headers, &API_KEY_HEADER)?;
 
-        let principal = if let Some(bearer) = bearer_token(headers)? {
-            if self.operator_token.is_some_and(|t| t == KeyHash::of(bearer)) {
-                let id = org_header.ok_or_else(|| {
-                    ApiError::bad_request("organization_required", "The operator token needs X-Organization-ID")
-                })?;
-                let org = snapshot.org(id).cloned().ok_or_else(unknown_org)?;
-                let principal = Principal { org, credential: Credential::Operator };
-                audit("operator_act", &principal, route, id);
-                return check_status(principal);
+        let principal = match (bearer, api_key) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::unauthorized(
+                    "ambiguous_credentials",
+                    "Send either Authorization or X-Api-Key, not both",
+                ));
             }
-            let claims =
-                self.jwt.verify(bearer, now).map_err(|e| ApiError::unauthorized(e.code(), "Invalid bearer token"))?;
-            let org = snapshot.org(&claims.organization_id).cloned().ok_or_else(unknown_org)?;
-            Principal { org, credential: Credential::Jwt(claims) }
-        } else if let Some(key) = header_str(headers, &API_KEY_HEADER)? {
-            let grant = snapshot
-                .key(&KeyHash::of(key))
-                .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "Unknown SDK key"))?;
-            Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } }
-        } else {
-            return Err(ApiError::unauthorized(
-                "missing_credentials",
-                "Send Authorization: Bearer <JWT> or X-Api-Key: <sdk key>",
-            ));
+            (Some(bearer), None) => {
+                if let Some(principal) = self.operator(bearer, org_header, req, &snapshot)? {
+                    return check_status(principal);
+                }
+                let claims = self.jwt.verify(bearer, now).map_err(|e| ApiError::unauthorized(e.code(), e.message()))?;
+                let org = snapshot.org(&claims.organization_id).cloned().ok_or_else(unknown_org)?;
+                Principal { org, credential: Credential::Jwt(claims) }
+            }
+            (None, Some(key)) => {
+                let grant = snapshot
+                    .key(&KeyHash::of(key))
+                    .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "Unknown SDK key"))?;
+                Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } }
+            }
+            (None, None) => {
+                return Err(ApiError::unauthorized(
+                    "missing_credentials",
+                    "Send Authorization: Bearer <JWT> or X-Api-Key: <sdk key>",
+                ));
+            }
         };
 
-        if let Err(claimed) =
-            selector::check(headers, org_header, &principal.org, &snapshot, self.base_domain.as_deref())
+        let host = selector::host(req.headers, req.authority)?;
+        if let Err(claimed) = selector::check(org_header, host, &principal.org, &snapshot, self.base_domain.as_deref())
         {
-            audit("selector_mismatch", &principal, route, &claimed);
+            self.audit("selector_mismatch", &principal, req, &claimed);
             return Err(ApiError::forbidden(
                 "tenant_mismatch",
                 "The tenant selector names another organisation than the credential",
@@ -136,6 +164,67 @@ impl Authenticator {
         }
         check_status(principal)
     }
+
+    /// The operator token, or `None` when `bearer` is not it (it may be a JWT). Guesses are
+    /// throttled and audited per client address; while throttled even the right token waits.
+    fn operator(
+        &self,
+        bearer: &str,
+        org_header: Option<&str>,
+        req: &RequestMeta<'_>,
+        snapshot: &crate::tenant::Snapshot,
+    ) -> Result<Option<Principal>, ApiError> {
+        let Some(operator) = self.operator_token else { return Ok(None) };
+        // A JWT has three dot-separated parts; anything else can only be an operator token.
+        let looks_like_jwt = bearer.bytes().filter(|&b| b == b'.').count() == 2;
+        if self.operator_guesses.exceeded(req.client) {
+            return Err(too_many_attempts(self.operator_guesses.retry_after()));
+        }
+        if operator != KeyHash::of(bearer) {
+            if !looks_like_jwt {
+                self.operator_guesses.hit(req.client);
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "code" => "operator_token_rejected").increment(1);
+                self.audit.record(AuditEvent {
+                    action: "operator_token_rejected",
+                    client: req.client,
+                    organization_id: org_header.unwrap_or(""),
+                    actor: "unknown",
+                    claimed: "",
+                    route: req.route,
+                });
+                return Err(ApiError::unauthorized("invalid_token", "Invalid bearer token"));
+            }
+            return Ok(None);
+        }
+        let id = org_header.ok_or_else(|| {
+            ApiError::bad_request("organization_required", "The operator token needs X-Organization-ID")
+        })?;
+        let org = snapshot.org(id).cloned().ok_or_else(unknown_org)?;
+        let principal = Principal { org, credential: Credential::Operator };
+        self.audit("operator_act", &principal, req, id);
+        Ok(Some(principal))
+    }
+
+    fn audit(&self, action: &'static str, principal: &Principal, req: &RequestMeta<'_>, claimed: &str) {
+        self.audit.record(AuditEvent {
+            action,
+            client: req.client,
+            organization_id: principal.org.id.as_str(),
+            actor: &principal.actor(),
+            claimed,
+            route: req.route,
+        });
+    }
+}
+
+fn too_many_attempts(retry_after: std::time::Duration) -> ApiError {
+    let mut e = ApiError::new(
+        hyper::StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        "Too many wrong credentials from this address; retry later",
+    );
+    e.retry_after = Some(retry_after.as_secs().max(1));
+    e
 }
 
 fn check_status(principal: Principal) -> Result<Principal, ApiError> {
@@ -150,31 +239,41 @@ fn unknown_org() -> ApiError {
     ApiError::forbidden("organization_not_found", "Organization not found")
 }
 
-/// A structured audit record on the `audit` target (one JSON line with `--log-format json`).
-fn audit(action: &str, principal: &Principal, route: &str, selector: &str) {
-    tracing::warn!(
-        target: "audit",
-        action,
-        organization_id = %principal.org.id,
-        actor = %principal.actor(),
-        selector,
-        route,
-        "audit"
-    );
+/// The one value of a header, trimmed; `None` when absent or empty.
+fn single_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Vec<&'h str>, ApiError> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| {
+            v.to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII")))
+        })
+        .filter(|v| !matches!(v, Ok("")))
+        .collect()
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
-    match headers.get(name) {
+/// A credential header sent twice is refused: which one would be the caller?
+fn credential_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
+    match single_value(headers, name)?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(ApiError::unauthorized("ambiguous_credentials", format!("{name} is sent more than once"))),
+    }
+}
+
+/// A selector header sent twice must say the same thing twice.
+fn selector_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
+    let values = single_value(headers, name)?;
+    match values.split_first() {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
-            .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII"))),
+        Some((first, rest)) if rest.iter().all(|v| v == first) => Ok(Some(first)),
+        Some(_) => Err(ApiError::bad_request("conflicting_selectors", format!("{name} is sent with different values"))),
     }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = header_str(headers, &AUTHORIZATION)? else {
+    let Some(value) = credential_header(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
     match value.split_once(' ') {
@@ -235,7 +334,8 @@ mod tests {
     }
 
     fn run(f: &Fixture, h: &HeaderMap) -> Result<Principal, ApiError> {
-        f.auth.authenticate(h, &f.registry, 1_800_000_000, "test")
+        let req = RequestMeta { headers: h, authority: None, client: [192, 0, 2, 1].into(), route: "test" };
+        f.auth.authenticate(&req, &f.registry, 1_800_000_000)
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Tenant selectors: `X-Organization-ID` and the `Host` header.
+//! Tenant selectors: `X-Organization-ID`, the `Host` header and the request
+//! target's authority (HTTP/2 `:authority`, absolute-form URIs).
 //!
 //! A selector never authenticates; it can only confirm what the credential
 //! already says. A selector that names another organisation is a mismatch
@@ -7,12 +8,42 @@
 
 use hyper::header::{HeaderMap, HOST};
 
+use crate::error::ApiError;
 use crate::tenant::{Org, Snapshot};
+
+/// The host the request names: every `Host` header and the request target's authority
+/// (HTTP/2 `:authority`, absolute-form URIs) must agree, or the request is refused (400).
+pub fn host<'r>(headers: &'r HeaderMap, authority: Option<&'r str>) -> Result<Option<&'r str>, ApiError> {
+    let mut named: Option<&str> = None;
+    let headers = headers.get_all(HOST).iter().map(|h| h.to_str().unwrap_or("\u{0}"));
+    for candidate in authority.into_iter().chain(headers) {
+        let candidate = candidate.trim();
+        match named {
+            None => named = Some(candidate),
+            Some(first) if same_host(first, candidate) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "conflicting_selectors",
+                    "The Host header and the request target name different hosts",
+                ));
+            }
+        }
+    }
+    Ok(named)
+}
+
+fn same_host(a: &str, b: &str) -> bool {
+    normalise(a).eq_ignore_ascii_case(normalise(b))
+}
+
+fn normalise(host: &str) -> &str {
+    strip_port(host.trim()).trim_end_matches('.')
+}
 
 /// `Ok` when every selector present agrees with `org`; `Err(what was claimed)` otherwise.
 pub fn check(
-    headers: &HeaderMap,
     org_header: Option<&str>,
+    host: Option<&str>,
     org: &Org,
     snapshot: &Snapshot,
     base_domain: Option<&str>,
@@ -22,10 +53,10 @@ pub fn check(
             return Err(claimed.to_string());
         }
     }
-    let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+    let Some(host) = host else {
         return Ok(());
     };
-    let host = strip_port(host).trim_end_matches('.');
+    let host = normalise(host);
     // Hosts arrive lower case almost always; only mixed case pays for a copy.
     let host: std::borrow::Cow<str> =
         if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
@@ -70,5 +101,16 @@ mod tests {
         assert_eq!(subdomain_of("acmeedge.example", "edge.example"), None);
         assert_eq!(strip_port("acme.edge.example:8080"), "acme.edge.example");
         assert_eq!(strip_port("[::1]:8080"), "[::1]:8080");
+    }
+
+    #[test]
+    fn every_host_must_agree() {
+        let mut h = HeaderMap::new();
+        h.append(HOST, "acme.edge.example".parse().unwrap());
+        assert_eq!(host(&h, Some("ACME.edge.example:443")).unwrap(), Some("ACME.edge.example:443"));
+        assert_eq!(host(&h, Some("bravo.edge.example")).unwrap_err().code, "conflicting_selectors");
+        h.append(HOST, "bravo.edge.example".parse().unwrap());
+        assert_eq!(host(&h, None).unwrap_err().status, 400);
+        assert_eq!(host(&HeaderMap::new(), None).unwrap(), None);
     }
 }

@@ -15,9 +15,16 @@ use crate::server::AppState;
 
 const DEFAULT_DAYS: u32 = 30;
 
-pub fn handle(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn handle(state: &AppState, req: Request<Incoming>) -> (Request<Incoming>, Result<Response<Body>, ApiError>) {
+    let (parts, body) = req.into_parts();
+    let result = report(state, &parts);
+    (Request::from_parts(parts, body), result)
+}
+
+fn report(state: &AppState, req: &hyper::http::request::Parts) -> Result<Response<Body>, ApiError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let principal = state.auth.authenticate(req.headers(), &state.registry, now, "/api/v1/stats/events")?;
+    let meta = crate::http::request_meta(req, &state.trusted_proxies, "/api/v1/stats/events");
+    let principal = state.auth.authenticate(&meta, &state.registry, now)?;
     if !principal.can_read_events() {
         return Err(match principal.credential {
             Credential::SdkKey { .. } => {
@@ -29,7 +36,7 @@ pub fn handle(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body
     let today = (now / 86_400) as u32;
     let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
     let mut to = today;
-    for (key, value) in req.uri().query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
+    for (key, value) in req.uri.query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
         let day = || {
             parse_date(value).ok_or_else(|| ApiError::bad_request("invalid_date", format!("{key} must be YYYY-MM-DD")))
         };

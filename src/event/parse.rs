@@ -60,6 +60,43 @@ impl<'b> ParsedBody<'b> {
     }
 }
 
+/// JSON may escape UTF-16 surrogates that make no pair (`"\ud800"`), which UTF-8 cannot hold;
+/// simd-json would store some of them as U+0000 (so distinct ids would collide) and refuse
+/// others. Every such escape becomes `\ufffd` in place (both are six bytes): stored as U+FFFD,
+/// the replacement character, whatever the escape and wherever it is.
+pub fn replace_lone_surrogates(body: &mut [u8]) {
+    fn escape_at(body: &[u8], at: usize) -> Option<u32> {
+        let hex = body.get(at..at + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    const HIGH: std::ops::Range<u32> = 0xd800..0xdc00;
+    const LOW: std::ops::Range<u32> = 0xdc00..0xe000;
+    let mut i = 0;
+    while let Some(found) = memchr::memchr(b'\\', &body[i..]) {
+        let at = i + found;
+        match escape_at(body, at) {
+            Some(cp) if HIGH.contains(&cp) => {
+                if escape_at(body, at + 6).is_some_and(|low| LOW.contains(&low)) {
+                    i = at + 12;
+                    continue;
+                }
+                body[at..at + 6].copy_from_slice(b"\\ufffd");
+                i = at + 6;
+            }
+            Some(cp) if LOW.contains(&cp) => {
+                body[at..at + 6].copy_from_slice(b"\\ufffd");
+                i = at + 6;
+            }
+            Some(_) => i = at + 6,
+            // Any other escape is two bytes; skipping both keeps `\\` from pairing with what follows.
+            None => i = at + 2,
+        }
+    }
+}
+
 /// The events of a batch body: a bare array, or the `events` member of an object.
 fn events_array<'t, 'i>(root: Value<'t, 'i>) -> Option<simd_json::value::tape::Array<'t, 'i>> {
     match root.as_array() {
@@ -74,6 +111,7 @@ pub fn parse_body<'b>(
     max_events: usize,
     buffers: &mut Buffers,
 ) -> Result<ParsedBody<'b>, ApiError> {
+    replace_lone_surrogates(body);
     if shape == Shape::Ndjson {
         return parse_ndjson(body, max_events, buffers);
     }
@@ -164,5 +202,24 @@ mod tests {
             parse(r#"{"events":[{}],"sent_at":"yesterday"}"#, Shape::Batch).unwrap_err().code,
             "invalid_sent_at"
         );
+    }
+
+    #[test]
+    fn lone_surrogates_become_the_replacement_character() {
+        let fix = |s: &str| {
+            let mut b = s.as_bytes().to_vec();
+            replace_lone_surrogates(&mut b);
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(fix(r#"{"d":"\ud800"}"#), r#"{"d":"\ufffd"}"#);
+        assert_eq!(fix(r#"{"d":"a\udc00b"}"#), r#"{"d":"a\ufffdb"}"#);
+        assert_eq!(fix(r#"{"d":"\ud800\ue000"}"#), r#"{"d":"\ufffd\ue000"}"#, "a high followed by a non-low");
+        assert_eq!(fix(r#"{"d":"\ud83d\ude00"}"#), r#"{"d":"\ud83d\ude00"}"#, "a real pair is kept");
+        assert_eq!(fix(r#"{"d":"\\ud800"}"#), r#"{"d":"\\ud800"}"#, "an escaped backslash, then text");
+        // Two lone surrogates that differ are stored the same way, not as two different ids nor as NUL.
+        let mut a = br#"{"device_id":"x\ud800"}"#.to_vec();
+        replace_lone_surrogates(&mut a);
+        let tape = simd_json::to_tape(&mut a).unwrap();
+        assert_eq!(tape.as_value().get("device_id").unwrap().as_str(), Some("x\u{fffd}"));
     }
 }

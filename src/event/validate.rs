@@ -105,9 +105,14 @@ impl Validator {
         }
         let oldest = ctx.received_ms - i64::from(ctx.retention_days) * 86_400_000;
         if timestamp_ms < oldest.max(0) {
+            let hint = if looks_like_epoch_seconds(timestamp_ms, ctx.received_ms) {
+                " (epoch timestamps are milliseconds; this looks like seconds)"
+            } else {
+                ""
+            };
             return Err(Rejection::new(
                 "timestamp_too_old",
-                format!("event_timestamp is older than the {}-day retention", ctx.retention_days),
+                format!("event_timestamp is older than the {}-day retention{hint}", ctx.retention_days),
             ));
         }
 
@@ -115,7 +120,8 @@ impl Validator {
             None => 0,
             Some(v) if v.is_null() => 0,
             Some(v) => {
-                let r = v.as_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
+                // Integers are numbers: `JSON.stringify(5.0)` is `5`.
+                let r = v.cast_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
                 if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
                     return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
                 }
@@ -318,16 +324,21 @@ fn optional_str<'v>(
     Ok(Some(s).filter(|s| !s.is_empty()))
 }
 
+/// An epoch in seconds read as milliseconds lands in January 1970: within a factor of 1000
+/// of now (±1 %) it was almost certainly meant as seconds.
+fn looks_like_epoch_seconds(timestamp_ms: i64, received_ms: i64) -> bool {
+    let as_seconds = timestamp_ms.saturating_mul(1000);
+    (as_seconds - received_ms).abs() < received_ms / 100
+}
+
+/// Depth counts containers (objects and arrays), not the scalars at the bottom.
 fn depth_exceeds(v: Value<'_, '_>, limit: usize) -> bool {
     fn walk(v: Value<'_, '_>, depth: usize, limit: usize) -> bool {
-        if depth > limit {
-            return true;
-        }
         if let Some(o) = v.as_object() {
-            return o.iter().any(|(_, c)| walk(c, depth + 1, limit));
+            return depth > limit || o.iter().any(|(_, c)| walk(c, depth + 1, limit));
         }
         if let Some(a) = v.as_array() {
-            return a.iter().any(|c| walk(c, depth + 1, limit));
+            return depth > limit || a.iter().any(|c| walk(c, depth + 1, limit));
         }
         false
     }
@@ -440,6 +451,8 @@ mod tests {
         assert!(ok(r#""2026-05-28T12:00:00.123+02:00""#).is_ok());
         assert_eq!(ok(r#""yesterday""#).unwrap_err().code, "invalid_timestamp");
         assert_eq!(ok(&(NOW_MS + 25 * 3_600_000).to_string()).unwrap_err().code, "timestamp_in_future");
+        let seconds = ok(&(NOW_MS / 1000).to_string()).unwrap_err();
+        assert!(seconds.message.contains("milliseconds"), "{}", seconds.message);
         assert_eq!(ok(&(NOW_MS - 91 * 86_400_000).to_string()).unwrap_err().code, "timestamp_too_old");
         assert!(ok(&(NOW_MS - 89 * 86_400_000).to_string()).is_ok());
     }
@@ -471,6 +484,12 @@ mod tests {
             code(r#"{"event_type":"t","event_name":"n","device_id":"d","properties":[1]}"#),
             "invalid_properties"
         );
+        let limit = format!("{}1{}", r#"{"a":"#.repeat(32), "}".repeat(32));
+        assert!(
+            run_with(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{limit}}}"#), &ctx())
+                .is_ok(),
+            "exactly 32 levels is within the limit"
+        );
         let deep = format!("{}1{}", r#"{"a":"#.repeat(33), "}".repeat(33));
         assert_eq!(
             code(&format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","properties":{deep}}}"#)),
@@ -487,6 +506,10 @@ mod tests {
 
     #[test]
     fn revenue_and_currency() {
+        for (json, cents) in [("5", 500), ("0", 0), ("-5", -500), ("1999", 199_900), ("5.0", 500), ("0.1", 10)] {
+            let event = format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","revenue":{json}}}"#);
+            assert_eq!(run(&event).map(|(s, _)| s.revenue_cents), Ok(cents), "revenue {json}");
+        }
         assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":"9.99"}"#), "invalid_revenue");
         assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","revenue":1e17}"#), "invalid_revenue");
         assert_eq!(code(r#"{"event_type":"t","event_name":"n","device_id":"d","currency":"EURO"}"#), "field_too_long");

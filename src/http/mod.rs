@@ -10,6 +10,7 @@ pub mod conn;
 pub mod cors;
 pub mod response;
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::config::IpNet;
 use crate::error::ApiError;
 use crate::event::parse::Shape;
 use crate::metrics as m;
@@ -44,7 +46,7 @@ pub async fn serve_data(
             answer_early(&state, req, r).await
         }
         (&Method::GET, Route::Stats) => {
-            let r = crate::control::stats::handle(&state, &req);
+            let (req, r) = crate::control::stats::handle(&state, req);
             answer_early(&state, req, r).await
         }
         (&Method::OPTIONS, Route::Stats) => {
@@ -63,6 +65,40 @@ pub async fn serve_data(
         state.cors.decorate(policy, &h, &mut response);
     }
     Ok(response)
+}
+
+/// The client address: the peer, or, when the peer is a trusted proxy, the nearest address
+/// in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(parts: &hyper::http::request::Parts, trusted: &[IpNet]) -> IpAddr {
+    let peer = parts.extensions.get::<conn::Peer>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    if !trusted.iter().any(|net| net.contains(peer)) {
+        return peer;
+    }
+    let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.iter().any(|net| net.contains(ip)) => continue,
+            Ok(ip) => return ip,
+            // Garbage from beyond the proxy: the proxy's word ends here.
+            Err(_) => break,
+        }
+    }
+    peer
+}
+
+/// What authentication needs from a request.
+pub fn request_meta<'r>(
+    parts: &'r hyper::http::request::Parts,
+    trusted: &[IpNet],
+    route: &'r str,
+) -> crate::auth::RequestMeta<'r> {
+    crate::auth::RequestMeta {
+        headers: &parts.headers,
+        authority: parts.uri.authority().map(|a| a.as_str()),
+        client: client_ip(parts, trusted),
+        route,
+    }
 }
 
 /// An answer that does not need the body: what the client still sends is read and dropped
