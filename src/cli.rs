@@ -205,7 +205,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     let mut dev_banner = None;
-    let snapshot = if args.dev {
+    let dev = if args.dev {
         let dev = match crate::dev::setup(&config.spool_dir, &config.tiers) {
             Ok(d) => d,
             Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
@@ -214,17 +214,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
             config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
         }
         let secret = config.jwt.hs256_secret.clone().unwrap_or_default();
-        dev_banner = Some((dev.key, crate::dev::demo_token(&secret, now_secs())));
-        dev.snapshot
-    } else if let Some(path) = &config.tenants_file {
-        match load_tenants_file(path, &config.tiers) {
-            Ok(s) => s,
-            Err(e) => return fail(&format!("invalid configuration: EDGE_TENANTS_FILE: {e}")),
-        }
+        dev_banner = Some((SdkKey::from_string(dev.key.expose().to_string()), crate::dev::demo_token(&secret, now_secs())));
+        Some(Arc::new(dev))
     } else {
+        None
+    };
+    if dev.is_none() && config.tenants_file.is_none() {
         return fail(
             "no tenants: set EDGE_TENANTS_FILE (the PostgreSQL control plane is not available yet), or run with --dev",
         );
+    }
+    let tenants = {
+        let (dev, file, tiers) = (dev.clone(), config.tenants_file.clone(), config.tiers.clone());
+        // `--dev` with a tenants file serves both: the demo organisation and the file's.
+        move || -> Result<crate::tenant::Snapshot, String> {
+            let builder = dev.as_ref().map(|d| d.builder()).unwrap_or_default();
+            match &file {
+                Some(path) => load_tenants_file(path, &tiers, builder),
+                None => Ok(builder.build()),
+            }
+        }
+    };
+    let snapshot = match tenants() {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("invalid configuration: EDGE_TENANTS_FILE: {e}")),
     };
     let sink = match (&config.clickhouse, args.dev) {
         (Some(ch), _) => Sink::ClickHouse(ClickHouseSink::new(ch, config.spool_dir.clone())),
@@ -240,8 +253,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
         _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.spool_dir.display()),
     };
-    let config_tenants_file = config.tenants_file.clone().filter(|_| !args.dev);
-    let tiers = config.tiers.clone();
+    let reloadable = config.tenants_file.clone();
     let server = match Server::start(config, Arc::new(Registry::new(snapshot)), sink).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -249,8 +261,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some((key, token)) = dev_banner {
         println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
     }
-    if let Some(path) = config_tenants_file {
-        tokio::spawn(reload_on_sighup(path, server.state.registry.clone(), tiers));
+    if let Some(path) = reloadable {
+        tokio::spawn(reload_on_sighup(path, server.state.registry.clone(), tenants));
     }
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections and flushing batches");
@@ -262,12 +274,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 /// SIGHUP re-reads the tenants file and swaps the registry atomically; a bad file
 /// is logged and the current tenants stay in force.
-async fn reload_on_sighup(path: std::path::PathBuf, registry: Arc<Registry>, tiers: crate::limits::tiers::TierTable) {
+async fn reload_on_sighup(
+    path: std::path::PathBuf,
+    registry: Arc<Registry>,
+    tenants: impl Fn() -> Result<crate::tenant::Snapshot, String>,
+) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        match load_tenants_file(&path, &tiers) {
+        match tenants() {
             Ok(snapshot) => {
                 let count = snapshot.org_count();
                 registry.replace(snapshot);

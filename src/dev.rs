@@ -15,9 +15,25 @@ pub const DEMO_ORG: &str = "org_demo";
 pub const DEMO_APP: &str = "app_demo";
 
 pub struct DevSetup {
-    pub snapshot: Snapshot,
     pub key: SdkKey,
     pub jwt_secret: Vec<u8>,
+    tier: usize,
+}
+
+impl DevSetup {
+    /// A builder holding the demo organisation and its key; a tenants file may add more.
+    pub fn builder(&self) -> SnapshotBuilder {
+        let mut builder = SnapshotBuilder::default();
+        let org = builder
+            .org(Org::new(DEMO_ORG, "Demo Organisation", "demo", self.tier, OrgStatus::Active))
+            .expect("empty builder");
+        builder.key(self.key.hash(), &org, DEMO_APP).expect("empty builder");
+        builder
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.builder().build()
+    }
 }
 
 /// Loads or creates the demo credentials under `dir`.
@@ -38,12 +54,8 @@ pub fn setup(dir: &Path, tiers: &TierTable) -> std::io::Result<DevSetup> {
             (key, secret)
         }
     };
-    let mut builder = SnapshotBuilder::default();
-    let growth = tiers.index_of("growth").unwrap_or(0);
-    let org =
-        builder.org(Org::new(DEMO_ORG, "Demo Organisation", "demo", growth, OrgStatus::Active)).expect("empty builder");
-    builder.key(key.hash(), &org, DEMO_APP).expect("empty builder");
-    Ok(DevSetup { snapshot: builder.build(), key, jwt_secret: secret.into_bytes() })
+    let tier = tiers.index_of("growth").unwrap_or(0);
+    Ok(DevSetup { key, jwt_secret: secret.into_bytes(), tier })
 }
 
 /// A day-long user token for the demo organisation (stats API).

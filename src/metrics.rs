@@ -136,13 +136,85 @@ fn describe() {
     metrics::gauge!(SPOOL_OLDEST_AGE).set(0.0);
     metrics::counter!(SPOOL_REPLAYED).absolute(0);
     metrics::counter!(SPOOL_DAMAGED).absolute(0);
+    metrics::counter!(AUDIT_SUPPRESSED).absolute(0);
+    metrics::counter!(STATS_EVICTIONS).absolute(0);
+    metrics::counter!(OVERLOADED).absolute(0);
+    metrics::gauge!(TENANTS).set(0.0);
+    // Labelled series too, for every label value the edge can produce: alerts on
+    // `rate(...)` need the series before its first increment.
+    for reason in REJECTION_REASONS {
+        metrics::counter!(EVENTS_REJECTED, "reason" => *reason).absolute(0);
+    }
+    for tier in ["starter", "growth", "enterprise"] {
+        metrics::counter!(RATE_LIMITED, "tier" => tier).absolute(0);
+        metrics::counter!(QUOTA_EXCEEDED, "tier" => tier).absolute(0);
+    }
+    for code in AUTH_FAILURE_CODES {
+        metrics::counter!(AUTH_FAILURES, "code" => *code).absolute(0);
+    }
+    for listener in ["data", "admin"] {
+        metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
+        metrics::counter!(ACCEPT_ERRORS, "listener" => listener).absolute(0);
+    }
+    for (route, statuses) in SERIES.requests.iter().enumerate() {
+        for (status, series) in statuses.iter().enumerate() {
+            series.get_or_init(|| request_counter(route, status)).absolute(0);
+        }
+    }
+}
+
+/// Per-event rejection codes (`edge_events_rejected_total{reason}`).
+pub const REJECTION_REASONS: &[&str] = &[
+    "missing_field",
+    "invalid_field",
+    "field_too_long",
+    "invalid_event",
+    "invalid_json",
+    "invalid_timestamp",
+    "timestamp_in_future",
+    "timestamp_too_old",
+    "invalid_revenue",
+    "invalid_currency",
+    "invalid_properties",
+    "properties_too_deep",
+    "properties_too_large",
+    "event_too_large",
+    "app_mismatch",
+    "quota_exceeded",
+];
+
+/// Authentication failure codes (`edge_auth_failures_total{code}`).
+pub const AUTH_FAILURE_CODES: &[&str] = &[
+    "missing_credentials",
+    "invalid_api_key",
+    "invalid_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_too_large",
+    "jwt_not_configured",
+    "invalid_authorization",
+    "ambiguous_credentials",
+    "operator_token_rejected",
+    "too_many_attempts",
+    "organization_not_found",
+    "organization_inactive",
+    "organization_deleted",
+    "organization_required",
+    "tenant_mismatch",
+    "conflicting_selectors",
+    "invalid_header",
+];
+
+fn request_counter(route: usize, status: usize) -> Counter {
+    metrics::counter!(HTTP_REQUESTS, "route" => ROUTES[route], "status" => STATUSES[status])
 }
 
 /// Route labels: a fixed set, so label cardinality is bounded.
 pub const ROUTES: [&str; 7] =
     ["/v1/events", "/v1/events/batch", "/api/v1/stats/events", "/healthz", "/readyz", "/metrics", "other"];
-const STATUSES: [&str; 16] =
-    ["200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204"];
+const STATUSES: [&str; 17] = [
+    "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204", "431",
+];
 
 fn status_index(status: u16) -> usize {
     match status {
@@ -161,6 +233,7 @@ fn status_index(status: u16) -> usize {
         500 => 12,
         503 => 13,
         204 => 15,
+        431 => 16,
         _ => 14,
     }
 }
@@ -185,7 +258,7 @@ pub fn http_request(route: usize, status: u16, seconds: f64) {
     let route = route.min(ROUTES.len() - 1);
     let status = status_index(status);
     SERIES.requests[route][status]
-        .get_or_init(|| metrics::counter!(HTTP_REQUESTS, "route" => ROUTES[route], "status" => STATUSES[status]))
+        .get_or_init(|| request_counter(route, status))
         .increment(1);
     SERIES.durations[route]
         .get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => ROUTES[route]))

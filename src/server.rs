@@ -70,6 +70,7 @@ impl Server {
     /// Binds and starts serving; returns once both listeners accept.
     pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, String> {
         let metrics = crate::metrics::install();
+        registry.publish_gauge();
         let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
         let auth = Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone());
         let spool_config = SpoolConfig {
@@ -121,12 +122,14 @@ impl Server {
         let shipper = tokio::spawn(shipper.run(stop_rx, config.drain_timeout));
         let ready_task = tokio::spawn(watch_sink(state.clone(), sink.clone(), shutdown_rx.clone()));
         let conn_config = Arc::new(config.conn.clone());
+        let (data_cap, admin_cap) =
+            crate::http::conn::fit_to_descriptors(config.max_connections, config.admin_max_connections);
         let data_state = state.clone();
         let data_loop = tokio::spawn(
             Listener {
                 name: "data",
                 listener: data,
-                max_connections: config.max_connections,
+                max_connections: data_cap,
                 config: conn_config.clone(),
                 handler: move |req| crate::http::serve_data(data_state.clone(), req),
             }
@@ -137,7 +140,7 @@ impl Server {
             Listener {
                 name: "admin",
                 listener: admin,
-                max_connections: config.admin_max_connections,
+                max_connections: admin_cap,
                 config: conn_config,
                 handler: move |req| crate::http::serve_admin(admin_state.clone(), req),
             }

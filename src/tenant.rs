@@ -222,7 +222,8 @@ impl Registry {
         self.publish_gauge();
     }
 
-    fn publish_gauge(&self) {
+    /// Sets `edge_tenants` (again once the metrics recorder is installed).
+    pub fn publish_gauge(&self) {
         metrics::gauge!(crate::metrics::TENANTS).set(self.current.load().org_count() as f64);
     }
 }
@@ -268,8 +269,14 @@ fn default_status() -> OrgStatus {
 
 /// Parses a tenants file (TOML). Errors name the organisation at fault.
 pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, String> {
-    let file: TenantsFile = toml::from_str(text).map_err(|e| e.to_string())?;
     let mut builder = SnapshotBuilder::default();
+    parse_tenants_into(text, tiers, &mut builder)?;
+    Ok(builder.build())
+}
+
+/// Adds the file's organisations to `builder` (beside the demo organisation of `--dev`).
+pub fn parse_tenants_into(text: &str, tiers: &TierTable, builder: &mut SnapshotBuilder) -> Result<(), String> {
+    let file: TenantsFile = toml::from_str(text).map_err(|e| e.to_string())?;
     for entry in file.organizations {
         let tier = tiers
             .index_of(&entry.tier)
@@ -286,12 +293,14 @@ pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, String> 
             builder.key(hash, &org, &key.app_id)?;
         }
     }
-    Ok(builder.build())
+    Ok(())
 }
 
-pub fn load_tenants_file(path: &Path, tiers: &TierTable) -> Result<Snapshot, String> {
+/// The tenants file's organisations added to `builder`.
+pub fn load_tenants_file(path: &Path, tiers: &TierTable, mut builder: SnapshotBuilder) -> Result<Snapshot, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_tenants(&text, tiers).map_err(|e| format!("{}: {e}", path.display()))
+    parse_tenants_into(&text, tiers, &mut builder).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(builder.build())
 }
 
 #[cfg(test)]

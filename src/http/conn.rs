@@ -111,6 +111,34 @@ where
     }
 }
 
+/// Descriptors kept for everything that is not a client connection: spool segments, the
+/// ClickHouse client, the spare descriptor, logs.
+const RESERVED_DESCRIPTORS: usize = 64;
+
+/// Connection caps that fit the process's open-file limit, so that connections are refused
+/// by the cap (at once, counted) rather than by `accept` failing with EMFILE for everyone.
+pub fn fit_to_descriptors(data: usize, admin: usize) -> (usize, usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return (data, admin);
+    }
+    let usable = (limit.rlim_cur as usize).saturating_sub(RESERVED_DESCRIPTORS).max(2);
+    if data + admin <= usable {
+        return (data, admin);
+    }
+    // Admin gets an eighth (probes need little), data the rest.
+    let admin_fit = admin.min((usable / 8).max(1));
+    let data_fit = data.min(usable - admin_fit).max(1);
+    tracing::warn!(
+        open_file_limit = limit.rlim_cur,
+        data_connections = data_fit,
+        admin_connections = admin_fit,
+        "connection caps lowered to fit the open-file limit"
+    );
+    (data_fit, admin_fit)
+}
+
 /// Over the cap: say so without reading anything, and close.
 fn refuse(stream: TcpStream) {
     let _ = stream.try_write(REFUSED);
