@@ -86,6 +86,9 @@ async fn ingest(
         Shape::Single => (limits.max_event_bytes, "event"),
         _ => (limits.max_batch_bytes, "batch"),
     };
+    if body::declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(what, limit)); // answered before reading: the caller drains
+    }
     let mut lease = state.budget.lease();
     let incoming = body.take().expect("the body is read once");
     let mut bytes = body::read(&parts.headers, incoming, limit, what, &mut lease, state.conn.body_timeout).await?;

@@ -273,6 +273,11 @@ impl Stats {
     /// Per-day rows for `org` between `from` and `to` (days since the epoch, inclusive; at most
     /// [`MAX_DAYS`], counted back from `to`).
     pub fn report(&self, org: &OrgId, from: u32, to: u32) -> StatsReport {
+        // No day past tomorrow holds events (they may be at most 24 h ahead).
+        let tomorrow = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+            / 86_400) as u32
+            + 1;
+        let to = to.min(tomorrow);
         let from = from.max(to.saturating_sub(MAX_DAYS - 1));
         let mut merged = vec![0u8; HLL_REGISTERS];
         let mut report = StatsReport {

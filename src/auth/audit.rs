@@ -56,11 +56,11 @@ impl AddressWindows {
         *n <= self.per_minute
     }
 
-    /// Is the address over its allowance this minute (without counting a hit)?
+    /// Has the address used up its allowance this minute (without counting a hit)?
     pub fn exceeded(&self, addr: IpAddr) -> bool {
         let minute = now_secs() / 60;
         let w = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        w.minute == minute && w.hits.get(&addr).is_some_and(|&n| n > self.per_minute)
+        w.minute == minute && w.hits.get(&addr).is_some_and(|&n| n >= self.per_minute)
     }
 
     /// Until the current window ends.
@@ -136,8 +136,8 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         assert!((0..3).all(|_| w.hit(a)));
-        assert!(!w.hit(a));
         assert!(w.exceeded(a) && !w.exceeded(b));
+        assert!(!w.hit(a));
         assert!(w.hit(b), "another address has its own allowance");
         assert!(w.retry_after() <= Duration::from_secs(60));
     }

@@ -83,6 +83,8 @@ pub struct RequestMeta<'a> {
     pub headers: &'a HeaderMap,
     /// The request target's authority (HTTP/2 `:authority`, or an absolute-form URI).
     pub authority: Option<&'a str>,
+    /// HTTP/1 absolute-form: the target's authority replaces `Host` (RFC 9112 §3.2.2).
+    pub authority_replaces_host: bool,
     /// The client address (see [`crate::http::client_ip`]): audit lines and throttles use it.
     pub client: IpAddr,
     /// Only labels audit lines.
@@ -153,7 +155,10 @@ impl Authenticator {
             }
         };
 
-        let host = selector::host(req.headers, req.authority)?;
+        let host = match (req.authority, req.authority_replaces_host) {
+            (Some(authority), true) => Some(authority),
+            _ => selector::host(req.headers, req.authority)?,
+        };
         if let Err(claimed) = selector::check(org_header, host, &principal.org, &snapshot, self.base_domain.as_deref())
         {
             self.audit("selector_mismatch", &principal, req, &claimed);
@@ -334,7 +339,7 @@ mod tests {
     }
 
     fn run(f: &Fixture, h: &HeaderMap) -> Result<Principal, ApiError> {
-        let req = RequestMeta { headers: h, authority: None, client: [192, 0, 2, 1].into(), route: "test" };
+        let req = RequestMeta { headers: h, authority: None, authority_replaces_host: false, client: [192, 0, 2, 1].into(), route: "test" };
         f.auth.authenticate(&req, &f.registry, 1_800_000_000)
     }
 

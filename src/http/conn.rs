@@ -345,7 +345,10 @@ impl Activity {
 /// The socket as hyper sees it: writes that stall past `write_timeout` fail, and (HTTP/1)
 /// hyper's bodiless automatic error answers are rewritten into JSON ones.
 pub struct GuardedIo {
-    inner: TcpStream,
+    /// Always `Some` until dropped (taken then, to linger after an automatic error answer).
+    inner: Option<TcpStream>,
+    /// An automatic error answer was written: the client may still be sending.
+    answered_early: bool,
     write_timeout: Duration,
     /// Armed when a write or flush first returns `Pending`; disarmed by progress.
     stall: Option<Pin<Box<Sleep>>>,
@@ -357,7 +360,19 @@ pub struct GuardedIo {
 
 impl GuardedIo {
     fn new(inner: TcpStream, write_timeout: Duration, rewrite_errors: bool) -> Self {
-        GuardedIo { inner, write_timeout, stall: None, stalled: false, rewrite_errors, replacement: None }
+        GuardedIo {
+            inner: Some(inner),
+            answered_early: false,
+            write_timeout,
+            stall: None,
+            stalled: false,
+            rewrite_errors,
+            replacement: None,
+        }
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.inner.as_mut().expect("present until drop"))
     }
 
     fn progress(&mut self) {
@@ -390,7 +405,7 @@ impl GuardedIo {
                 self.replacement = None;
                 return Poll::Ready(Ok(claimed));
             }
-            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+            match Pin::new(self.inner.as_mut().expect("present until drop")).poll_write(cx, &bytes[*written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     *written += n;
@@ -433,9 +448,37 @@ pub fn rewrite_automatic_error(head: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// After an automatic error answer hyper closes at once; a client still sending would get a
+/// reset instead of the answer. Linger: half-close, read and drop what still comes, briefly.
+impl Drop for GuardedIo {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.inner.take().filter(|_| self.answered_early) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 16 << 10];
+            let drain = async {
+                let mut seen = 0usize;
+                while let Ok(n) = stream.read(&mut sink).await {
+                    seen += n;
+                    if n == 0 || seen > LINGER_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        });
+    }
+}
+
+/// How much a lingering connection reads and drops, and for how long.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
 impl AsyncRead for GuardedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.stream().poll_read(cx, buf)
     }
 }
 
@@ -448,10 +491,11 @@ impl AsyncWrite for GuardedIo {
         if this.rewrite_errors && buf.starts_with(b"HTTP/1.1 4") {
             if let Some(replacement) = rewrite_automatic_error(buf) {
                 this.replacement = Some((replacement, 0, buf.len()));
+                this.answered_early = true;
                 return this.write_replacement(cx);
             }
         }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+        match this.stream().poll_write(cx, buf) {
             Poll::Pending => match this.check_stall(cx) {
                 Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                 _ => Poll::Pending,
@@ -465,7 +509,7 @@ impl AsyncWrite for GuardedIo {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_flush(cx) {
+        match this.stream().poll_flush(cx) {
             Poll::Pending => this.check_stall(cx),
             ready => {
                 this.progress();
@@ -475,7 +519,7 @@ impl AsyncWrite for GuardedIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.stream().poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {

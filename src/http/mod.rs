@@ -96,6 +96,7 @@ pub fn request_meta<'r>(
     crate::auth::RequestMeta {
         headers: &parts.headers,
         authority: parts.uri.authority().map(|a| a.as_str()),
+        authority_replaces_host: parts.version <= hyper::Version::HTTP_11,
         client: client_ip(parts, trusted),
         route,
     }
