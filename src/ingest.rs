@@ -43,7 +43,8 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
     let mut body = Some(body);
     let result = ingest(state, &parts, &mut body, shape).await;
     if let (Err(_), Some(unread)) = (&result, body) {
-        // Answered before the body was read: let an HTTP/1 client that is still sending read it.
+        // Answered before the body was (fully) read: let an HTTP/1 client that is still sending
+        // read the answer.
         if parts.version <= hyper::Version::HTTP_11 {
             let conn = &state.conn;
             crate::http::body::discard(unread, conn.early_drain_bytes, conn.body_timeout).await;
@@ -90,7 +91,8 @@ async fn ingest(
         return Err(ApiError::too_large(what, limit)); // answered before reading: the caller drains
     }
     let mut lease = state.budget.lease();
-    let incoming = body.take().expect("the body is read once");
+    // Borrowed, not taken: if reading stops early (413, 503) the caller drains the rest.
+    let incoming = body.as_mut().expect("the body is read once");
     let mut bytes = body::read(&parts.headers, incoming, limit, what, &mut lease, state.conn.body_timeout).await?;
     lease.grow(bytes.len() * PARSE_BYTES_PER_BODY_BYTE)?;
 

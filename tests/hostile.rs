@@ -571,6 +571,25 @@ fn early_answers_are_readable_by_clients_still_sending() {
     assert_eq!((status, json(&body)["code"].as_str()), (413, Some("payload_too_large")));
     assert!(sender.join().unwrap(), "the whole body could be sent: no reset");
 
+    // The same without Content-Length (chunked): the 413 comes while reading, still readable.
+    let mut s = dev.connect();
+    let head = format!(
+        "POST /v1/events/batch HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.extend(vec![b' '; 0x10000]);
+        chunk.extend_from_slice(b"\r\n");
+        let sent = (0..size / 0x10000).try_for_each(|_| writer.write_all(&chunk)).is_ok();
+        sent && writer.write_all(b"0\r\n\r\n").is_ok()
+    });
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!((status, json(&body)["code"].as_str()), (413, Some("payload_too_large")));
+    assert!(sender.join().unwrap(), "the whole chunked body could be sent: no reset");
+
     // Node's fetch, as the PostHog and Segment Node SDKs use it.
     let script = format!(
         "fetch('http://{}/v1/events/batch', {{method: 'POST', headers: {{'content-type': 'application/json', \

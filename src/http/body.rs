@@ -73,7 +73,7 @@ pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
 /// byte held charged to `lease` as it arrives, the whole within `timeout`.
 pub async fn read(
     headers: &HeaderMap,
-    body: Incoming,
+    body: &mut Incoming,
     limit: usize,
     what: &'static str,
     lease: &mut Lease,
@@ -110,7 +110,7 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Buffers grow with the bytes that arrive, never with what `Content-Length` promises.
-async fn collect(mut body: Incoming, limit: usize, what: &'static str, lease: &mut Lease) -> Result<Vec<u8>, ApiError> {
+async fn collect(body: &mut Incoming, limit: usize, what: &'static str, lease: &mut Lease) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =
