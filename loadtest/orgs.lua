@@ -7,7 +7,7 @@ for line in io.lines(os.getenv("KEYS_FILE")) do
   keys[#keys + 1] = line
 end
 local now_ms = os.time() * 1000
-local month_ms = 30 * 86400 * 1000
+local month_ms = (tonumber(os.getenv("SPREAD_DAYS")) or 30) * 86400 * 1000
 
 function init(args)
   math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)

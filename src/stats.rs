@@ -178,18 +178,18 @@ impl Stats {
     /// events on the same day (usually the whole request), not per event.
     pub fn record(&self, org: &OrgId, events: &[EventSummary]) {
         self.for_each_day(events, |day, run| {
-            let stats = self.day(org, day);
             let mut cents = 0i64;
             let mut grown = 0isize;
-            {
+            self.with_day(org, day, |stats| {
                 let mut devices = stats.devices.lock().unwrap_or_else(|e| e.into_inner());
                 for e in run {
                     grown += devices.insert(e.device_hash);
                     cents = cents.saturating_add(e.revenue_cents);
                 }
-            }
-            stats.events.fetch_add(run.len() as u64, Ordering::Relaxed);
-            add_saturating(&stats.revenue_cents, cents);
+                drop(devices);
+                stats.events.fetch_add(run.len() as u64, Ordering::Relaxed);
+                add_saturating(&stats.revenue_cents, cents);
+            });
             if grown != 0 {
                 self.grew(grown);
             }
@@ -220,25 +220,24 @@ impl Stats {
         }
     }
 
-    fn day(&self, org: &OrgId, day: u32) -> Arc<DayStats> {
-        // Lookups by (org, day) need an owned key; the clone is an Arc increment.
+    /// Runs `f` on the day's aggregates under the map's shard guard (no reference count
+    /// touched); creates the day if it is new.
+    fn with_day(&self, org: &OrgId, day: u32, f: impl FnOnce(&DayStats)) {
         let key = (org.clone(), day);
         if let Some(d) = self.days.get(&key) {
-            return d.clone();
+            return f(&d);
         }
         let mut created = false;
-        let stats = self
-            .days
-            .entry(key)
-            .or_insert_with(|| {
+        {
+            let entry = self.days.entry(key).or_insert_with(|| {
                 created = true;
                 Arc::default()
-            })
-            .clone();
+            });
+            f(&entry);
+        }
         if created {
             self.grew(DAY_BYTES as isize);
         }
-        stats
     }
 
     fn grew(&self, delta: isize) {

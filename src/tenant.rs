@@ -19,8 +19,16 @@ use sha2::{Digest, Sha256};
 use crate::limits::tiers::TierTable;
 
 /// An organisation's id as it appears in tokens and in ClickHouse.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, Hash, PartialOrd, Ord)]
 pub struct OrgId(Arc<str>);
+
+/// Ids handed out by one registry snapshot share their allocation: comparing the pointers
+/// first spares the per-request map lookups (limits, stats) a string comparison.
+impl PartialEq for OrgId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl OrgId {
     pub fn new(id: &str) -> Self {
