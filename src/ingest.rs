@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Principal;
-use crate::tenant::Org;
+use crate::limits::tiers::Tier;
+use crate::limits::OrgLimits;
 use crate::error::ApiError;
 use crate::event::parse::{parse_body, Shape};
 use crate::event::validate::EventContext;
@@ -79,8 +80,9 @@ async fn ingest(
         (shape, MediaType::Json) => shape,
     };
     let org = &principal.org;
-    if let Some(limit) = state.limiter.quota_exhausted(org, now_secs) {
-        return Err(quota_exceeded(state, org, limit));
+    let org_limits = state.limiter.org(org);
+    if let Some(limit) = org_limits.quota_exhausted(now_secs) {
+        return Err(quota_exceeded(org_limits.tier, limit));
     }
     let limits = state.validator.limits();
     let (limit, what) = match shape {
@@ -96,7 +98,7 @@ async fn ingest(
     let mut bytes = body::read(&parts.headers, incoming, limit, what, &mut lease, state.conn.body_timeout).await?;
     lease.grow(bytes.len() * PARSE_BYTES_PER_BODY_BYTE)?;
 
-    let decoded = decode(state, &principal, shape, &mut bytes, received.as_millis() as i64)?;
+    let decoded = decode(state, &principal, &org_limits, shape, &mut bytes, received.as_millis() as i64)?;
     drop(bytes);
     for (_, rejection) in &decoded.errors {
         metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
@@ -111,13 +113,13 @@ async fn ingest(
     let stored = match state.pipeline.submit(decoded.block) {
         Ok(stored) => stored,
         Err(e) => {
-            state.limiter.refund(&org.id, accepted as u64, now_secs);
+            org_limits.refund(accepted as u64, now_secs);
             return Err(e);
         }
     };
     state.stats.record(&org.id, &decoded.summaries);
     if let Err(e) = stored.stored().await {
-        state.limiter.refund(&org.id, accepted as u64, now_secs);
+        org_limits.refund(accepted as u64, now_secs);
         state.stats.forget(&org.id, &decoded.summaries);
         return Err(e);
     }
@@ -125,8 +127,7 @@ async fn ingest(
     Ok(response::accepted(accepted, &decoded.errors))
 }
 
-fn quota_exceeded(state: &AppState, org: &Org, limit: u64) -> ApiError {
-    let tier = state.limiter.tiers().by_index(org.tier);
+fn quota_exceeded(tier: &Tier, limit: u64) -> ApiError {
     metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
     ApiError::quota_exceeded(tier.name, limit)
 }
@@ -160,18 +161,19 @@ impl Decoded {
 fn decode(
     state: &AppState,
     principal: &Principal,
+    limits: &OrgLimits<'_>,
     shape: Shape,
     body: &mut [u8],
     received_ms: i64,
 ) -> Result<Decoded, ApiError> {
     let org = &principal.org;
-    let tier = state.limiter.tiers().by_index(org.tier);
+    let tier = limits.tier;
     // RowBinary is a little smaller than the JSON it came from: one allocation for most blocks.
     let capacity = body.len();
     JSON_BUFFERS.with_borrow_mut(|buffers| {
         let parsed = parse_body(body, shape, state.validator.limits().max_batch_events, buffers)?;
         let n = parsed.len();
-        if let Decision::RateLimited { retry_after, limit_per_sec } = state.limiter.check_rate(org, n as u64) {
+        if let Decision::RateLimited { retry_after, limit_per_sec } = limits.check_rate(n as u64) {
             metrics::counter!(m::RATE_LIMITED, "tier" => tier.name).increment(1);
             return Err(ApiError::rate_limited(tier.name, limit_per_sec, retry_after));
         }
@@ -206,9 +208,9 @@ fn decode(
         });
         let valid = decoded.summaries.len() as u64;
         if valid > 0 {
-            let granted = state.limiter.reserve(org, valid, received_ms / 1000);
+            let granted = limits.reserve(valid, received_ms / 1000);
             if granted == 0 {
-                return Err(quota_exceeded(state, org, tier.events_per_month));
+                return Err(quota_exceeded(tier, tier.events_per_month));
             }
             if granted < valid {
                 metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);

@@ -19,13 +19,14 @@ pub mod rate;
 pub mod tiers;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 
 use crate::tenant::{Org, OrgId};
 use rate::{Bucket, Epoch, RateDecision};
-use tiers::TierTable;
+use tiers::{Tier, TierTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -45,7 +46,7 @@ struct OrgCounters {
 pub struct Limiter {
     tiers: TierTable,
     epoch: Epoch,
-    orgs: DashMap<OrgId, OrgCounters, ahash::RandomState>,
+    orgs: DashMap<OrgId, Arc<OrgCounters>, ahash::RandomState>,
 }
 
 impl Limiter {
@@ -57,67 +58,68 @@ impl Limiter {
         &self.tiers
     }
 
-    /// Runs `f` on the organisation's counters under the shard's guard: nothing is
-    /// cloned, so no shared reference count bounces between cores per request.
-    fn with_counters<R>(&self, org: &OrgId, f: impl FnOnce(&OrgCounters) -> R) -> R {
-        if let Some(c) = self.orgs.get(org) {
-            return f(&c);
-        }
-        let c = self.orgs.entry(org.clone()).or_default();
-        f(&c)
-    }
-
-    /// Is this month's quota used up? A cheap check before any body is read.
-    pub fn quota_exhausted(&self, org: &Org, now_unix_secs: i64) -> Option<u64> {
-        let limit = self.tiers.by_index(org.tier).events_per_month;
-        let month = month_index(now_unix_secs);
-        self.with_counters(&org.id, |c| (c.used_in(month) >= limit).then_some(limit))
-    }
-
-    /// Takes `n` events from the organisation's per-second rate.
-    pub fn check_rate(&self, org: &Org, n: u64) -> Decision {
-        let tier = self.tiers.by_index(org.tier);
-        let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
-        self.with_counters(&org.id, |counters| {
-            match counters.bucket.check(self.epoch.now_ns(), n, tier.events_per_second, burst) {
-                RateDecision::Allow => Decision::Allow,
-                RateDecision::Limit { retry_after } => {
-                    Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
-                }
-            }
-        })
-    }
-
-    /// Reserves up to `n` events of this month's quota in one atomic step and returns how many
-    /// were granted: parallel requests can never together pass the limit. Events granted are
-    /// charged now, before they are stored; [`Limiter::refund`] gives back what was not stored.
-    pub fn reserve(&self, org: &Org, n: u64, now_unix_secs: i64) -> u64 {
-        let limit = self.tiers.by_index(org.tier).events_per_month;
-        let month = month_index(now_unix_secs);
-        self.with_counters(&org.id, |c| {
-            c.roll_to(month);
-            match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < limit).then(|| used + n.min(limit - used))
-            }) {
-                Ok(before) => n.min(limit - before),
-                Err(_) => 0,
-            }
-        })
-    }
-
-    /// Gives back `n` reserved events that were not stored after all.
-    pub fn refund(&self, org: &OrgId, n: u64, now_unix_secs: i64) {
-        let month = month_index(now_unix_secs);
-        self.with_counters(org, |c| {
-            if c.month.load(Ordering::Acquire) == month {
-                let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
-            }
-        })
+    /// The organisation's limits for one request: one map lookup, then direct access.
+    pub fn org(&self, org: &Org) -> OrgLimits<'_> {
+        let counters = match self.orgs.get(&org.id) {
+            Some(c) => c.clone(),
+            None => self.orgs.entry(org.id.clone()).or_default().clone(),
+        };
+        OrgLimits { limiter: self, tier: self.tiers.by_index(org.tier), counters }
     }
 
     /// Events charged this month (for `/usage` and tests).
     pub fn month_events(&self, org: &OrgId) -> u64 {
         self.orgs.get(org).map(|c| c.month_events.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+/// One organisation's limits, looked up once per request.
+pub struct OrgLimits<'l> {
+    limiter: &'l Limiter,
+    pub tier: &'l Tier,
+    counters: Arc<OrgCounters>,
+}
+
+impl OrgLimits<'_> {
+    /// Is this month's quota used up? A cheap check before any body is read.
+    pub fn quota_exhausted(&self, now_unix_secs: i64) -> Option<u64> {
+        let limit = self.tier.events_per_month;
+        (self.counters.used_in(month_index(now_unix_secs)) >= limit).then_some(limit)
+    }
+
+    /// Takes `n` events from the organisation's per-second rate.
+    pub fn check_rate(&self, n: u64) -> Decision {
+        let tier = self.tier;
+        let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
+        match self.counters.bucket.check(self.limiter.epoch.now_ns(), n, tier.events_per_second, burst) {
+            RateDecision::Allow => Decision::Allow,
+            RateDecision::Limit { retry_after } => {
+                Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
+            }
+        }
+    }
+
+    /// Reserves up to `n` events of this month's quota in one atomic step and returns how many
+    /// were granted: parallel requests can never together pass the limit. Events granted are
+    /// charged now, before they are stored; [`OrgLimits::refund`] gives back what was not stored.
+    pub fn reserve(&self, n: u64, now_unix_secs: i64) -> u64 {
+        let limit = self.tier.events_per_month;
+        let c = &self.counters;
+        c.roll_to(month_index(now_unix_secs));
+        match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used < limit).then(|| used + n.min(limit - used))
+        }) {
+            Ok(before) => n.min(limit - before),
+            Err(_) => 0,
+        }
+    }
+
+    /// Gives back `n` reserved events that were not stored after all.
+    pub fn refund(&self, n: u64, now_unix_secs: i64) {
+        let c = &self.counters;
+        if c.month.load(Ordering::Acquire) == month_index(now_unix_secs) {
+            let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+        }
     }
 }
 
@@ -161,16 +163,16 @@ mod tests {
         let l = Limiter::new(tiers);
         let o = org(0);
         let now = 1_780_000_000;
-        assert_eq!(l.reserve(&o, 99, now), 99);
-        assert_eq!(l.quota_exhausted(&o, now), None);
-        assert_eq!(l.reserve(&o, 5_000, now), 1, "a batch crossing the line gets what is left");
-        assert_eq!(l.reserve(&o, 1, now), 0);
-        assert_eq!(l.quota_exhausted(&o, now), Some(100));
-        l.refund(&o.id, 10, now);
-        assert_eq!(l.reserve(&o, 20, now), 10);
+        assert_eq!(l.org(&o).reserve(99, now), 99);
+        assert_eq!(l.org(&o).quota_exhausted(now), None);
+        assert_eq!(l.org(&o).reserve(5_000, now), 1, "a batch crossing the line gets what is left");
+        assert_eq!(l.org(&o).reserve(1, now), 0);
+        assert_eq!(l.org(&o).quota_exhausted(now), Some(100));
+        l.org(&o).refund(10, now);
+        assert_eq!(l.org(&o).reserve(20, now), 10);
         // A new month starts from zero.
-        assert_eq!(l.quota_exhausted(&o, now + 40 * 86400), None);
-        assert_eq!(l.reserve(&o, 1, now + 40 * 86400), 1);
+        assert_eq!(l.org(&o).quota_exhausted(now + 40 * 86400), None);
+        assert_eq!(l.org(&o).reserve(1, now + 40 * 86400), 1);
         assert_eq!(l.month_events(&o.id), 1);
     }
 
@@ -183,7 +185,7 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     let l = l.clone();
-                    s.spawn(move || (0..500).map(|_| l.reserve(&org(0), 3, 1_780_000_000)).sum::<u64>())
+                    s.spawn(move || (0..500).map(|_| l.org(&org(0)).reserve(3, 1_780_000_000)).sum::<u64>())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
@@ -197,8 +199,8 @@ mod tests {
         tiers.tiers_mut().next().unwrap().events_per_second = 5;
         let l = Limiter::new(tiers);
         let o = org(0);
-        assert_eq!(l.check_rate(&o, 10), Decision::Allow);
-        match l.check_rate(&o, 1) {
+        assert_eq!(l.org(&o).check_rate(10), Decision::Allow);
+        match l.org(&o).check_rate(1) {
             Decision::RateLimited { limit_per_sec, retry_after } => {
                 assert_eq!(limit_per_sec, 5);
                 assert!(retry_after > Duration::ZERO);
