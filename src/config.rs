@@ -104,6 +104,10 @@ pub struct ConnConfig {
     /// After an early answer (413, 401, …), how much of the unread body is read and
     /// discarded so that a client still sending can read the answer.
     pub early_drain_bytes: usize,
+    /// Connections from trusted proxies start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+    /// Peers whose word (PROXY header, `X-Forwarded-For`) on the client address is taken.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ConnConfig {
@@ -118,6 +122,8 @@ impl Default for ConnConfig {
             max_header_bytes: 64 << 10,
             max_header_value_bytes: 8 << 10,
             early_drain_bytes: 16 << 20,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -447,7 +453,10 @@ impl Config {
             max_header_bytes: r.positive("EDGE_MAX_HEADER_BYTES", d.max_header_bytes).max(8192),
             max_header_value_bytes: r.positive("EDGE_MAX_HEADER_VALUE_BYTES", d.max_header_value_bytes),
             early_drain_bytes: r.parse("EDGE_EARLY_DRAIN_BYTES", d.early_drain_bytes),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         };
+        let mut conn = conn;
         for (name, value) in [
             ("EDGE_DETECT_TIMEOUT", conn.detect_timeout),
             ("EDGE_HEADER_TIMEOUT", conn.header_timeout),
@@ -469,6 +478,19 @@ impl Config {
                 Err(e) => r.fail("EDGE_TRUSTED_PROXIES", e),
             }
         }
+        conn.trusted_proxies = trusted_proxies.clone();
+        conn.proxy_protocol = match r.string("EDGE_PROXY_PROTOCOL").as_deref() {
+            None | Some("off") => false,
+            Some("on") if !trusted_proxies.is_empty() => true,
+            Some("on") => {
+                r.fail("EDGE_PROXY_PROTOCOL", "on needs EDGE_TRUSTED_PROXIES (whose headers to believe)".into());
+                false
+            }
+            Some(other) => {
+                r.fail("EDGE_PROXY_PROTOCOL", format!("{other:?}: expected on or off"));
+                false
+            }
+        };
         let cors_origins: Vec<String> = r
             .string("EDGE_CORS_ORIGINS")
             .unwrap_or_default()

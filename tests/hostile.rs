@@ -653,3 +653,58 @@ fn browsers_permissions_and_operator_guesses() {
     assert_eq!(guess(&mut s, "operator-token-0123456789abcdef").0, 429, "even the right token waits");
     assert!(dev.log_contains("operator_token_rejected") >= 1);
 }
+
+#[test]
+fn client_addresses_come_only_from_trusted_proxies() {
+    let event = r#"{"event_type":"s","event_name":"n","device_id":"d"}"#;
+    let mismatch = |dev: &Dev, s: &mut TcpStream, extra: &str| {
+        let req = post("/v1/events", dev.keys[3].expose(), &format!("X-Organization-ID: org_q\r\n{extra}"), event);
+        assert_eq!(exchange(s, &req).0, 403);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // PROXY protocol from a trusted proxy: v1 and v2; the header's address wins over X-Forwarded-For.
+    let dev = Dev::start(&[("EDGE_TRUSTED_PROXIES", "127.0.0.1"), ("EDGE_PROXY_PROTOCOL", "on")]);
+    let mut s = dev.connect();
+    s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n").unwrap();
+    mismatch(&dev, &mut s, "X-Forwarded-For: 192.0.2.99\r\n");
+    assert_eq!(dev.log_contains("client=203.0.113.7"), 1);
+    let mut s = dev.connect();
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 23, 127, 0, 0, 1, 0x15, 0xb3, 0, 80]);
+    s.write_all(&v2).unwrap();
+    mismatch(&dev, &mut s, "");
+    assert_eq!(dev.log_contains("client=198.51.100.23"), 1);
+    // A trusted peer that sends no PROXY header is not served.
+    let mut s = dev.connect();
+    s.write_all(&post("/v1/events", dev.keys[3].expose(), "", event)).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "closed without an answer");
+    drop(dev);
+
+    // X-Forwarded-For from a trusted proxy: the nearest untrusted hop; per-address throttles.
+    let dev = Dev::start(&[
+        ("EDGE_TRUSTED_PROXIES", "127.0.0.0/8"),
+        ("EDGE_ADMIN_TOKEN", "operator-token-0123456789abcdef"),
+    ]);
+    let mut s = dev.connect();
+    mismatch(&dev, &mut s, "X-Forwarded-For: 192.0.2.1, 198.51.100.50, 127.0.0.5\r\n");
+    assert_eq!(dev.log_contains("client=198.51.100.50"), 1);
+    let guess = |s: &mut TcpStream, from: &str| {
+        let req = format!(
+            "GET /api/v1/stats/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-guess\r\nX-Forwarded-For: {from}\r\n\r\n"
+        );
+        exchange(s, req.as_bytes()).0
+    };
+    for _ in 0..10 {
+        assert_eq!(guess(&mut s, "198.51.100.1"), 401);
+    }
+    assert_eq!(guess(&mut s, "198.51.100.1"), 429);
+    assert_eq!(guess(&mut s, "198.51.100.2"), 401, "another client address has its own allowance");
+    drop(dev);
+
+    // From an untrusted peer X-Forwarded-For means nothing.
+    let dev = Dev::start(&[]);
+    let mut s = dev.connect();
+    mismatch(&dev, &mut s, "X-Forwarded-For: 198.51.100.77\r\n");
+    assert_eq!((dev.log_contains("client=198.51.100.77"), dev.log_contains("client=127.0.0.1")), (0, 1));
+}

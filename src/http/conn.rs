@@ -20,7 +20,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,9 +40,13 @@ use tokio::time::Sleep;
 use super::response::Body;
 use crate::config::ConnConfig;
 
-/// The TCP peer of the connection a request came on (see [`super::client_ip`]).
+/// Who a request came from (see [`super::client_ip`]): the TCP peer and, when that peer is a
+/// trusted proxy speaking the PROXY protocol, the client address it reported.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub proxied: Option<IpAddr>,
+}
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// After a graceful close starts on an idle HTTP/2 connection, how long the peer has to go.
@@ -205,12 +209,18 @@ impl Connection {
         Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
     {
         let _ = stream.set_nodelay(true);
-        let protocol = match tokio::time::timeout(self.config.detect_timeout, detect(&stream)).await {
-            Ok(Ok(p)) => p,
-            _ => return, // silent, too slow, or gone
+        let mut stream = stream;
+        let from_proxy = self.config.proxy_protocol && self.config.trusted_proxies.iter().any(|n| n.contains(self.peer.ip()));
+        let start = async {
+            let proxied = if from_proxy { read_proxy_header(&mut stream).await? } else { None };
+            Ok::<_, io::Error>((proxied, detect(&stream).await?))
+        };
+        let (proxied, protocol) = match tokio::time::timeout(self.config.detect_timeout, start).await {
+            Ok(Ok(found)) => found,
+            _ => return, // silent, too slow, gone, or a proxy header that does not parse
         };
         let io = TokioIo::new(GuardedIo::new(stream, self.config.write_timeout, protocol == Protocol::Http1));
-        let peer = Peer(self.peer);
+        let peer = Peer { addr: self.peer, proxied };
         let c = &self.config;
         match protocol {
             Protocol::Http1 => {
@@ -253,6 +263,72 @@ impl Connection {
                 drive(builder.serve_connection(io, service), self.shutdown, Some(idle)).await;
             }
         }
+    }
+}
+
+/// The PROXY protocol header (v1 text or v2 binary) a trusted proxy sends first: consumes it
+/// and returns the client address it names (`None` for `UNKNOWN`/`LOCAL`).
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<IpAddr>> {
+    use tokio::io::AsyncReadExt;
+    const V2: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY header: {what}"));
+    let mut head = [0u8; 16];
+    let mut seen = 0;
+    // Peek until there are enough bytes to tell v1 from v2 and, for v2, the length.
+    while seen < 16 {
+        seen = stream.peek(&mut head).await?;
+        if seen == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if head[..seen].starts_with(b"PROXY ") || (seen >= 6 && !V2.starts_with(&head[..seen.min(12)])) {
+            break;
+        }
+        if seen < 16 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if head.starts_with(b"PROXY ") {
+        // v1: one line of at most 107 bytes.
+        let mut line = [0u8; 107];
+        let n = loop {
+            let n = stream.peek(&mut line).await?;
+            if let Some(end) = line[..n].windows(2).position(|w| w == b"\r\n") {
+                break end + 2;
+            }
+            if n == line.len() {
+                return Err(bad("no line end within 107 bytes"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        stream.read_exact(&mut line[..n]).await?;
+        let text = std::str::from_utf8(&line[..n - 2]).map_err(|_| bad("not text"))?;
+        let mut parts = text.split(' ');
+        return match (parts.next(), parts.next(), parts.next()) {
+            (_, Some("UNKNOWN"), _) => Ok(None),
+            (_, Some("TCP4" | "TCP6"), Some(source)) => source.parse().map(Some).map_err(|_| bad("bad source")),
+            _ => Err(bad("unknown protocol")),
+        };
+    }
+    if !head.starts_with(V2) {
+        return Err(bad("missing"));
+    }
+    let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+    let mut rest = vec![0u8; 16 + len.min(536)];
+    if len > 536 {
+        return Err(bad("too long"));
+    }
+    stream.read_exact(&mut rest).await?;
+    let (command, family, addresses) = (rest[12] & 0x0f, rest[13] >> 4, &rest[16..]);
+    match (command, family) {
+        (0, _) => Ok(None), // LOCAL: the proxy's own health check
+        (1, 1) if addresses.len() >= 12 => Ok(Some(IpAddr::from([addresses[0], addresses[1], addresses[2], addresses[3]]))),
+        (1, 2) if addresses.len() >= 36 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&addresses[..16]);
+            Ok(Some(IpAddr::from(a)))
+        }
+        (1, _) => Ok(None), // UNIX or unspecified: no IP to report
+        _ => Err(bad("unknown command")),
     }
 }
 

@@ -67,10 +67,15 @@ pub async fn serve_data(
     Ok(response)
 }
 
-/// The client address: the peer, or, when the peer is a trusted proxy, the nearest address
-/// in `X-Forwarded-For` that is not itself a trusted proxy.
+/// The client address: the peer, or, when the peer is a trusted proxy, the address its PROXY
+/// header reported or else the nearest address in `X-Forwarded-For` that is not itself a
+/// trusted proxy.
 pub fn client_ip(parts: &hyper::http::request::Parts, trusted: &[IpNet]) -> IpAddr {
-    let peer = parts.extensions.get::<conn::Peer>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+    let Some(peer) = parts.extensions.get::<conn::Peer>() else { return IpAddr::from([0, 0, 0, 0]) };
+    if let Some(client) = peer.proxied {
+        return client;
+    }
+    let peer = peer.addr.ip();
     if !trusted.iter().any(|net| net.contains(peer)) {
         return peer;
     }
