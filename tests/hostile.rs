@@ -630,6 +630,18 @@ fn browsers_permissions_and_operator_guesses() {
     assert_eq!(status, 202, "whole-number revenue is a number");
     assert!(head.to_ascii_lowercase().contains("access-control-allow-origin: *"));
 
+    // Revenue totals saturate instead of wrapping (11 × 9e15 overflows an i64 of cents).
+    let rich = r#"{"event_type":"purchase","event_name":"buy","device_id":"whale","revenue":9000000000000000}"#;
+    for _ in 0..11 {
+        assert_eq!(exchange(&mut s, &post("/v1/events", &key, "", rich)).0, 202);
+    }
+    let token = dev.token("org_b", &["events:read"]);
+    let req = format!("GET /api/v1/stats/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let (status, _, body) = exchange(&mut s, req.as_bytes());
+    assert_eq!(status, 200);
+    let total = json(&body)["total_revenue"].as_f64().unwrap();
+    assert!(total > 9.0e16, "total revenue {total} wrapped");
+
     // Stats need events:read.
     for perms in [&["events:write"][..], &[]] {
         let token = dev.token("org_b", perms);
@@ -708,3 +720,23 @@ fn client_addresses_come_only_from_trusted_proxies() {
     mismatch(&dev, &mut s, "X-Forwarded-For: 198.51.100.77\r\n");
     assert_eq!((dev.log_contains("client=198.51.100.77"), dev.log_contains("client=127.0.0.1")), (0, 1));
 }
+
+#[test]
+fn every_series_is_exported_from_the_start() {
+    let dev = Dev::start(&[]);
+    let mut s = TcpStream::connect(&dev.admin).unwrap();
+    let (status, _, text) = exchange(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    for series in [
+        "edge_tenants 5",
+        "edge_events_rejected_total{reason=\"missing_field\"} 0",
+        "edge_rate_limited_total{tier=\"starter\"} 0",
+        "edge_quota_exceeded_total{tier=\"enterprise\"} 0",
+        "edge_auth_failures_total{code=\"tenant_mismatch\"} 0",
+        "edge_http_requests_total{route=\"/v1/events\",status=\"429\"} 0",
+        "edge_connections_refused_total{listener=\"data\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from /metrics");
+    }
+}
+

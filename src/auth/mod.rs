@@ -380,6 +380,22 @@ mod tests {
     }
 
     #[test]
+    fn ambiguous_credentials_are_refused() {
+        let f = fixture();
+        let bearer = format!("Bearer {}", token("org_a", &["events:write"]));
+        let both = headers(&[("authorization", &bearer), ("x-api-key", f.key_a.expose())]);
+        assert_eq!(run(&f, &both).unwrap_err().code, "ambiguous_credentials");
+        let mut two = HeaderMap::new();
+        two.append("x-api-key", HeaderValue::from_str(f.key_a.expose()).unwrap());
+        two.append("x-api-key", HeaderValue::from_static("edk_other"));
+        assert_eq!(run(&f, &two).unwrap_err().status, 401);
+        let mut two = HeaderMap::new();
+        two.append("authorization", HeaderValue::from_str(&bearer).unwrap());
+        two.append("authorization", HeaderValue::from_str(&bearer).unwrap());
+        assert_eq!(run(&f, &two).unwrap_err().code, "ambiguous_credentials");
+    }
+
+    #[test]
     fn jwt_resolves_org_and_permissions() {
         let f = fixture();
         let t = token("org_b", &["events:read"]);

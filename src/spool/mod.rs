@@ -657,6 +657,24 @@ mod tests {
     }
 
     #[test]
+    fn what_waits_for_the_writer_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig { max_queued_bytes: 4096, segment_bytes: 1 << 30, ..config(dir.path(), 1 << 30) };
+        let (spool, _reader, _) = Spool::open(&config).unwrap();
+        // Submitting without waiting: the writer syncs between groups, so the queue fills.
+        let mut full = 0;
+        for _ in 0..10_000 {
+            match spool.submit(block(100)) {
+                Ok(_) => {}
+                Err(AppendError::Full) => full += 1,
+                Err(AppendError::Io(e)) => panic!("{e}"),
+            }
+            assert!(spool.shared.queued_bytes.load(Ordering::Acquire) <= 4096 + 1100);
+        }
+        assert!(full > 0, "past the queue bound submissions are refused");
+    }
+
+    #[test]
     fn checkpoint_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read_checkpoint(dir.path()).unwrap(), None);
