@@ -13,7 +13,7 @@
 //! sending over a month cost what the bound says, not a sketch each per day.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use dashmap::DashMap;
 
@@ -156,7 +156,8 @@ pub const MAX_DAYS: u32 = 400;
 const DAY_BYTES: usize = 160;
 
 pub struct Stats {
-    days: DashMap<(OrgId, u32), Arc<DayStats>, ahash::RandomState>,
+    /// Values inline in the map: one place to reach per request, no reference count.
+    days: DashMap<(OrgId, u32), DayStats, ahash::RandomState>,
     /// Bytes held by the aggregates (estimated from what they allocate).
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -231,7 +232,7 @@ impl Stats {
         {
             let entry = self.days.entry(key).or_insert_with(|| {
                 created = true;
-                Arc::default()
+                DayStats::default()
             });
             f(&entry);
         }
@@ -288,10 +289,12 @@ impl Stats {
         };
         let mut total_cents = 0i64;
         for day in from..=to {
-            let Some(s) = self.days.get(&(org.clone(), day)).map(|d| d.clone()) else { continue };
-            let events = s.events.load(Ordering::Relaxed);
-            let cents = s.revenue_cents.load(Ordering::Relaxed);
-            let devices = s.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some((events, cents, devices)) = self.days.get(&(org.clone(), day)).map(|s| {
+                let devices = s.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                (s.events.load(Ordering::Relaxed), s.revenue_cents.load(Ordering::Relaxed), devices)
+            }) else {
+                continue;
+            };
             devices.merge_into(&mut merged);
             report.total_events = report.total_events.saturating_add(events);
             total_cents = total_cents.saturating_add(cents);

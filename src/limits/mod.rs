@@ -19,7 +19,6 @@ pub mod rate;
 pub mod tiers;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -46,7 +45,8 @@ struct OrgCounters {
 pub struct Limiter {
     tiers: TierTable,
     epoch: Epoch,
-    orgs: DashMap<OrgId, Arc<OrgCounters>, ahash::RandomState>,
+    /// Counters inline in the map: a lookup lands on them, no reference count or second line.
+    orgs: DashMap<OrgId, OrgCounters, ahash::RandomState>,
 }
 
 impl Limiter {
@@ -58,13 +58,18 @@ impl Limiter {
         &self.tiers
     }
 
-    /// The organisation's limits for one request: one map lookup, then direct access.
-    pub fn org(&self, org: &Org) -> OrgLimits<'_> {
-        let counters = match self.orgs.get(&org.id) {
-            Some(c) => c.clone(),
-            None => self.orgs.entry(org.id.clone()).or_default().clone(),
-        };
-        OrgLimits { limiter: self, tier: self.tiers.by_index(org.tier), counters }
+    /// The organisation's limits for one request.
+    pub fn org<'l>(&'l self, org: &'l Org) -> OrgLimits<'l> {
+        OrgLimits { limiter: self, tier: self.tiers.by_index(org.tier), org: &org.id }
+    }
+
+    /// Runs `f` on the organisation's counters under the shard's guard (never across an await).
+    fn with_counters<R>(&self, org: &OrgId, f: impl FnOnce(&OrgCounters) -> R) -> R {
+        if let Some(c) = self.orgs.get(org) {
+            return f(&c);
+        }
+        let c = self.orgs.entry(org.clone()).or_default();
+        f(&c)
     }
 
     /// Events charged this month (for `/usage` and tests).
@@ -77,21 +82,23 @@ impl Limiter {
 pub struct OrgLimits<'l> {
     limiter: &'l Limiter,
     pub tier: &'l Tier,
-    counters: Arc<OrgCounters>,
+    org: &'l OrgId,
 }
 
 impl OrgLimits<'_> {
     /// Is this month's quota used up? A cheap check before any body is read.
     pub fn quota_exhausted(&self, now_unix_secs: i64) -> Option<u64> {
         let limit = self.tier.events_per_month;
-        (self.counters.used_in(month_index(now_unix_secs)) >= limit).then_some(limit)
+        let month = month_index(now_unix_secs);
+        self.limiter.with_counters(self.org, |c| (c.used_in(month) >= limit).then_some(limit))
     }
 
     /// Takes `n` events from the organisation's per-second rate.
     pub fn check_rate(&self, n: u64) -> Decision {
         let tier = self.tier;
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
-        match self.counters.bucket.check(self.limiter.epoch.now_ns(), n, tier.events_per_second, burst) {
+        let now = self.limiter.epoch.now_ns();
+        match self.limiter.with_counters(self.org, |c| c.bucket.check(now, n, tier.events_per_second, burst)) {
             RateDecision::Allow => Decision::Allow,
             RateDecision::Limit { retry_after } => {
                 Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
@@ -104,22 +111,26 @@ impl OrgLimits<'_> {
     /// charged now, before they are stored; [`OrgLimits::refund`] gives back what was not stored.
     pub fn reserve(&self, n: u64, now_unix_secs: i64) -> u64 {
         let limit = self.tier.events_per_month;
-        let c = &self.counters;
-        c.roll_to(month_index(now_unix_secs));
-        match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            (used < limit).then(|| used + n.min(limit - used))
-        }) {
-            Ok(before) => n.min(limit - before),
-            Err(_) => 0,
-        }
+        let month = month_index(now_unix_secs);
+        self.limiter.with_counters(self.org, |c| {
+            c.roll_to(month);
+            match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < limit).then(|| used + n.min(limit - used))
+            }) {
+                Ok(before) => n.min(limit - before),
+                Err(_) => 0,
+            }
+        })
     }
 
     /// Gives back `n` reserved events that were not stored after all.
     pub fn refund(&self, n: u64, now_unix_secs: i64) {
-        let c = &self.counters;
-        if c.month.load(Ordering::Acquire) == month_index(now_unix_secs) {
-            let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
-        }
+        let month = month_index(now_unix_secs);
+        self.limiter.with_counters(self.org, |c| {
+            if c.month.load(Ordering::Acquire) == month {
+                let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+            }
+        })
     }
 }
 
