@@ -171,7 +171,13 @@ mod tests {
     }
 
     fn config(dir: &std::path::Path) -> SpoolConfig {
-        SpoolConfig { dir: dir.to_path_buf(), segment_bytes: 4096, max_bytes: 1 << 20, max_queued_bytes: 1 << 20, ack: AckMode::Durable }
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes: 4096,
+            max_bytes: 1 << 20,
+            max_queued_bytes: 1 << 20,
+            ack: AckMode::Durable,
+        }
     }
 
     fn batch_config() -> BatchConfig {

@@ -214,7 +214,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
             config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
         }
         let secret = config.jwt.hs256_secret.clone().unwrap_or_default();
-        dev_banner = Some((SdkKey::from_string(dev.key.expose().to_string()), crate::dev::demo_token(&secret, now_secs())));
+        dev_banner =
+            Some((SdkKey::from_string(dev.key.expose().to_string()), crate::dev::demo_token(&secret, now_secs())));
         Some(Arc::new(dev))
     } else {
         None

@@ -16,15 +16,15 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Principal;
-use crate::limits::tiers::Tier;
-use crate::limits::OrgLimits;
 use crate::error::ApiError;
 use crate::event::parse::{parse_body, Shape};
 use crate::event::validate::EventContext;
 use crate::event::{EventSummary, Rejection, RowBlock};
 use crate::http::body::{self, MediaType};
 use crate::http::response::{self, Body};
+use crate::limits::tiers::Tier;
 use crate::limits::Decision;
+use crate::limits::OrgLimits;
 use crate::metrics as m;
 use crate::server::AppState;
 
@@ -67,7 +67,11 @@ async fn ingest(
     let route = if shape == Shape::Single { "/v1/events" } else { "/v1/events/batch" };
     let principal = state
         .auth
-        .authenticate(&crate::http::request_meta(parts, &state.trusted_proxies, route), &state.registry, received.as_secs())
+        .authenticate(
+            &crate::http::request_meta(parts, &state.trusted_proxies, route),
+            &state.registry,
+            received.as_secs(),
+        )
         .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
     if !principal.can_write_events() {
         return Err(ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"));

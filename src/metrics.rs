@@ -213,7 +213,8 @@ fn request_counter(route: usize, status: usize) -> Counter {
 pub const ROUTES: [&str; 7] =
     ["/v1/events", "/v1/events/batch", "/api/v1/stats/events", "/healthz", "/readyz", "/metrics", "other"];
 const STATUSES: [&str; 17] = [
-    "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204", "431",
+    "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204",
+    "431",
 ];
 
 fn status_index(status: u16) -> usize {
@@ -257,9 +258,7 @@ static SERIES: RequestSeries = RequestSeries {
 pub fn http_request(route: usize, status: u16, seconds: f64) {
     let route = route.min(ROUTES.len() - 1);
     let status = status_index(status);
-    SERIES.requests[route][status]
-        .get_or_init(|| request_counter(route, status))
-        .increment(1);
+    SERIES.requests[route][status].get_or_init(|| request_counter(route, status)).increment(1);
     SERIES.durations[route]
         .get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => ROUTES[route]))
         .record(seconds);

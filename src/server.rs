@@ -22,10 +22,10 @@ use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
 use crate::batch::Shipper;
 use crate::config::{Config, ConnConfig, IpNet};
-use crate::http::budget::MemoryBudget;
-use crate::http::cors::Cors;
 use crate::event::validate::Validator;
+use crate::http::budget::MemoryBudget;
 use crate::http::conn::Listener;
+use crate::http::cors::Cors;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::sink::Sink;
@@ -193,4 +193,3 @@ async fn watch_sink(state: Arc<AppState>, sink: Arc<Sink>, mut shutdown: watch::
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
-

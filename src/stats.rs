@@ -51,31 +51,29 @@ impl HyperLogLog {
                 *r = (*r).max(rank);
                 0
             }
-            HyperLogLog::Sparse(entries) => {
-                match entries.binary_search_by_key(&index, |e| e >> 8) {
-                    Ok(at) => {
-                        if (entries[at] & 0xff) < u32::from(rank) {
-                            entries[at] = index << 8 | u32::from(rank);
-                        }
-                        0
+            HyperLogLog::Sparse(entries) => match entries.binary_search_by_key(&index, |e| e >> 8) {
+                Ok(at) => {
+                    if (entries[at] & 0xff) < u32::from(rank) {
+                        entries[at] = index << 8 | u32::from(rank);
                     }
-                    Err(at) if entries.len() < SPARSE_MAX => {
-                        let before = entries.capacity();
-                        entries.insert(at, index << 8 | u32::from(rank));
-                        4 * (entries.capacity() - before) as isize
-                    }
-                    Err(_) => {
-                        let before = entries.capacity();
-                        let mut registers = vec![0u8; HLL_REGISTERS].into_boxed_slice();
-                        for e in entries.iter() {
-                            registers[(e >> 8) as usize] = (e & 0xff) as u8;
-                        }
-                        registers[index as usize] = registers[index as usize].max(rank);
-                        *self = HyperLogLog::Dense(registers);
-                        HLL_REGISTERS as isize - 4 * before as isize
-                    }
+                    0
                 }
-            }
+                Err(at) if entries.len() < SPARSE_MAX => {
+                    let before = entries.capacity();
+                    entries.insert(at, index << 8 | u32::from(rank));
+                    4 * (entries.capacity() - before) as isize
+                }
+                Err(_) => {
+                    let before = entries.capacity();
+                    let mut registers = vec![0u8; HLL_REGISTERS].into_boxed_slice();
+                    for e in entries.iter() {
+                        registers[(e >> 8) as usize] = (e & 0xff) as u8;
+                    }
+                    registers[index as usize] = registers[index as usize].max(rank);
+                    *self = HyperLogLog::Dense(registers);
+                    HLL_REGISTERS as isize - 4 * before as isize
+                }
+            },
         }
     }
 
@@ -203,9 +201,9 @@ impl Stats {
         self.for_each_day(events, |day, run| {
             if let Some(stats) = self.days.get(&(org.clone(), day)) {
                 let cents = run.iter().fold(0i64, |sum, e| sum.saturating_add(e.revenue_cents));
-                let _ = stats.events.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(run.len() as u64))
-                });
+                let _ = stats
+                    .events
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(run.len() as u64)));
                 add_saturating(&stats.revenue_cents, cents.saturating_neg());
             }
         });
@@ -274,9 +272,10 @@ impl Stats {
     /// [`MAX_DAYS`], counted back from `to`).
     pub fn report(&self, org: &OrgId, from: u32, to: u32) -> StatsReport {
         // No day past tomorrow holds events (they may be at most 24 h ahead).
-        let tomorrow = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
-            / 86_400) as u32
-            + 1;
+        let tomorrow =
+            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400)
+                as u32
+                + 1;
         let to = to.min(tomorrow);
         let from = from.max(to.saturating_sub(MAX_DAYS - 1));
         let mut merged = vec![0u8; HLL_REGISTERS];

@@ -19,8 +19,15 @@ use sha2::{Digest, Sha256};
 use crate::limits::tiers::TierTable;
 
 /// An organisation's id as it appears in tokens and in ClickHouse.
-#[derive(Clone, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct OrgId(Arc<str>);
+
+/// By the text, as equality (pointer equality implies equal text).
+impl std::hash::Hash for OrgId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
 
 /// Ids handed out by one registry snapshot share their allocation: comparing the pointers
 /// first spares the per-request map lookups (limits, stats) a string comparison.

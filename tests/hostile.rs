@@ -23,8 +23,12 @@ struct Dev {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-const ORGS: [(&str, &str, &str); 4] =
-    [("org_q", "quota", "starter"), ("org_p", "parallel", "starter"), ("org_r", "race", "starter"), ("org_b", "bravo", "growth")];
+const ORGS: [(&str, &str, &str); 4] = [
+    ("org_q", "quota", "starter"),
+    ("org_p", "parallel", "starter"),
+    ("org_r", "race", "starter"),
+    ("org_b", "bravo", "growth"),
+];
 
 impl Dev {
     fn start(envs: &[(&str, &str)]) -> Dev {
@@ -322,7 +326,8 @@ fn silent_sockets_are_cut_and_never_lock_clients_out() {
     let started = Instant::now();
     let mut client = TcpStream::connect(&dev.addr).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let request = post("/v1/events", dev.keys[3].expose(), "", r#"{"event_type":"s","event_name":"n","device_id":"d"}"#);
+    let request =
+        post("/v1/events", dev.keys[3].expose(), "", r#"{"event_type":"s","event_name":"n","device_id":"d"}"#);
     let _ = client.write_all(&request);
     let mut answer = [0u8; 512];
     match client.read(&mut answer) {
@@ -379,13 +384,15 @@ fn headers_are_bounded_and_audit_lines_cannot_amplify() {
     // 300 KB of header: hyper's own 431, rewritten to the JSON shape, readable by the sender.
     let mut s = dev.connect();
     let huge = "o".repeat(300_000);
-    let (status, _, body) = exchange(&mut s, &post("/v1/events", &key, &format!("X-Organization-ID: {huge}\r\n"), "{}"));
+    let (status, _, body) =
+        exchange(&mut s, &post("/v1/events", &key, &format!("X-Organization-ID: {huge}\r\n"), "{}"));
     assert_eq!((status, json(&body)["code"].as_str()), (431, Some("headers_too_large")));
     assert!(json(&body)["message"].is_string());
     // One header value over the per-header bound: our own 431.
     let mut s = dev.connect();
     let long = "o".repeat(9_000);
-    let (status, _, body) = exchange(&mut s, &post("/v1/events", &key, &format!("X-Organization-ID: {long}\r\n"), "{}"));
+    let (status, _, body) =
+        exchange(&mut s, &post("/v1/events", &key, &format!("X-Organization-ID: {long}\r\n"), "{}"));
     assert_eq!((status, json(&body)["code"].as_str()), (431, Some("header_too_large")));
 
     // 2 000 selector mismatches of 7 kB each on one keep-alive connection.
@@ -492,8 +499,13 @@ fn the_quota_is_reserved_never_overshot() {
                 let (dev, key) = (&dev, &key);
                 scope.spawn(move || {
                     let mut s = dev.connect();
-                    let (status, _, body) = exchange(&mut s, &post("/v1/events/batch", key, "", &batch(&format!("r{i}"), 10)));
-                    if status == 202 { json(&body)["accepted"].as_u64().unwrap() } else { 0 }
+                    let (status, _, body) =
+                        exchange(&mut s, &post("/v1/events/batch", key, "", &batch(&format!("r{i}"), 10)));
+                    if status == 202 {
+                        json(&body)["accepted"].as_u64().unwrap()
+                    } else {
+                        0
+                    }
                 })
             })
             .collect();
@@ -600,7 +612,12 @@ fn early_answers_are_readable_by_clients_still_sending() {
     match std::process::Command::new("node").args(["-e", &script]).output() {
         Ok(out) => {
             let said = String::from_utf8_lossy(&out.stdout);
-            assert_eq!(said.trim(), "413 payload_too_large", "node said {said:?}, {:?}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                said.trim(),
+                "413 payload_too_large",
+                "node said {said:?}, {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Err(e) => panic!("node is needed for this test (scripts/services installs it): {e}"),
     }
@@ -694,10 +711,8 @@ fn client_addresses_come_only_from_trusted_proxies() {
     drop(dev);
 
     // X-Forwarded-For from a trusted proxy: the nearest untrusted hop; per-address throttles.
-    let dev = Dev::start(&[
-        ("EDGE_TRUSTED_PROXIES", "127.0.0.0/8"),
-        ("EDGE_ADMIN_TOKEN", "operator-token-0123456789abcdef"),
-    ]);
+    let dev =
+        Dev::start(&[("EDGE_TRUSTED_PROXIES", "127.0.0.0/8"), ("EDGE_ADMIN_TOKEN", "operator-token-0123456789abcdef")]);
     let mut s = dev.connect();
     mismatch(&dev, &mut s, "X-Forwarded-For: 192.0.2.1, 198.51.100.50, 127.0.0.5\r\n");
     assert_eq!(dev.log_contains("client=198.51.100.50"), 1);
@@ -739,4 +754,3 @@ fn every_series_is_exported_from_the_start() {
         assert!(text.contains(series), "{series} missing from /metrics");
     }
 }
-

@@ -204,7 +204,8 @@ impl JwtVerifier {
         let claims = Arc::new(self.verify_signature(token)?);
         self.check_times(&claims, now)?;
         let cost = entry_bytes(token, &claims);
-        if self.cache.len() >= self.cache_capacity || self.cache_bytes.load(Ordering::Relaxed) + cost > self.cache_max_bytes
+        if self.cache.len() >= self.cache_capacity
+            || self.cache_bytes.load(Ordering::Relaxed) + cost > self.cache_max_bytes
         {
             // Crude but bounded: tokens are cheap to re-verify, memory is not free.
             self.cache.clear();

@@ -339,7 +339,13 @@ mod tests {
     }
 
     fn run(f: &Fixture, h: &HeaderMap) -> Result<Principal, ApiError> {
-        let req = RequestMeta { headers: h, authority: None, authority_replaces_host: false, client: [192, 0, 2, 1].into(), route: "test" };
+        let req = RequestMeta {
+            headers: h,
+            authority: None,
+            authority_replaces_host: false,
+            client: [192, 0, 2, 1].into(),
+            route: "test",
+        };
         f.auth.authenticate(&req, &f.registry, 1_800_000_000)
     }
 

@@ -110,7 +110,12 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Buffers grow with the bytes that arrive, never with what `Content-Length` promises.
-async fn collect(body: &mut Incoming, limit: usize, what: &'static str, lease: &mut Lease) -> Result<Vec<u8>, ApiError> {
+async fn collect(
+    body: &mut Incoming,
+    limit: usize,
+    what: &'static str,
+    lease: &mut Lease,
+) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame =
@@ -183,7 +188,10 @@ mod tests {
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         assert!(gz.len() < 200, "a tiny bomb");
-        assert_eq!(inflate(&mut flate2::read::MultiGzDecoder::new(&gz[..]), 10_000, "batch", "gzip").unwrap().len(), 10_000);
+        assert_eq!(
+            inflate(&mut flate2::read::MultiGzDecoder::new(&gz[..]), 10_000, "batch", "gzip").unwrap().len(),
+            10_000
+        );
         let e = inflate(&mut flate2::read::MultiGzDecoder::new(&gz[..]), 9_999, "batch", "gzip").unwrap_err();
         assert_eq!(e.status, 413);
         let zs = zstd::encode_all(&plain[..], 3).unwrap();

@@ -210,7 +210,8 @@ impl Connection {
     {
         let _ = stream.set_nodelay(true);
         let mut stream = stream;
-        let from_proxy = self.config.proxy_protocol && self.config.trusted_proxies.iter().any(|n| n.contains(self.peer.ip()));
+        let from_proxy =
+            self.config.proxy_protocol && self.config.trusted_proxies.iter().any(|n| n.contains(self.peer.ip()));
         let start = async {
             let proxied = if from_proxy { read_proxy_header(&mut stream).await? } else { None };
             Ok::<_, io::Error>((proxied, detect(&stream).await?))
@@ -321,7 +322,9 @@ async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<IpAddr>>
     let (command, family, addresses) = (rest[12] & 0x0f, rest[13] >> 4, &rest[16..]);
     match (command, family) {
         (0, _) => Ok(None), // LOCAL: the proxy's own health check
-        (1, 1) if addresses.len() >= 12 => Ok(Some(IpAddr::from([addresses[0], addresses[1], addresses[2], addresses[3]]))),
+        (1, 1) if addresses.len() >= 12 => {
+            Ok(Some(IpAddr::from([addresses[0], addresses[1], addresses[2], addresses[3]])))
+        }
         (1, 2) if addresses.len() >= 36 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(&addresses[..16]);
@@ -364,7 +367,7 @@ where
         }
     };
     tokio::select! {
-        _ = conn.as_mut() => return,
+        _ = conn.as_mut() => {}
         _ = stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

@@ -23,9 +23,8 @@ pub enum Policy {
 }
 
 const ANY: HeaderValue = HeaderValue::from_static("*");
-const REQUEST_HEADERS: HeaderValue = HeaderValue::from_static(
-    "content-type, content-encoding, authorization, x-api-key, x-organization-id",
-);
+const REQUEST_HEADERS: HeaderValue =
+    HeaderValue::from_static("content-type, content-encoding, authorization, x-api-key, x-organization-id");
 const EXPOSED: HeaderValue = HeaderValue::from_static("retry-after");
 /// Browsers cap this anyway (Chromium at 2 h); a day saves preflights elsewhere.
 const MAX_AGE: HeaderValue = HeaderValue::from_static("86400");
@@ -47,8 +46,7 @@ impl Cors {
             Policy::AnyOrigin => Some(ANY),
             Policy::Configured => {
                 let o = origin.to_str().ok()?;
-                (self.any || self.origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(o)))
-                    .then(|| origin.clone())
+                (self.any || self.origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(o))).then(|| origin.clone())
             }
             Policy::None => None,
         }

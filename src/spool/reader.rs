@@ -1,0 +1,168 @@
+//! The shipper's side: records read back in order from the checkpoint, and the checkpoint
+//! moved (and wholly shipped segments deleted) once the sink confirmed them.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::checkpoint::write_checkpoint;
+use super::segment::{self, Record};
+use super::{Position, Shared};
+use crate::metrics as m;
+
+/// Records read for shipping, and where the reader stands after them.
+#[derive(Debug, Default)]
+pub struct ReadBatch {
+    pub records: Vec<Record>,
+    pub rows: usize,
+    pub bytes: usize,
+    /// Position after the last record (and any damage skipped before it).
+    pub end: Position,
+    /// Framed bytes consumed, damage included.
+    consumed: u64,
+}
+
+impl ReadBatch {
+    pub fn extend(&mut self, more: ReadBatch) {
+        self.records.extend(more.records);
+        self.rows += more.rows;
+        self.bytes += more.bytes;
+        self.end = more.end;
+        self.consumed += more.consumed;
+    }
+}
+
+/// The shipper's side: reads records in spool order, confirms them when shipped.
+pub struct SpoolReader {
+    pub(super) dir: PathBuf,
+    /// Next byte to read.
+    pub(super) at: Position,
+    pub(super) head: watch::Receiver<Position>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) next_written_ms: Option<u64>,
+}
+
+/// Read at most this much of a segment at once.
+const READ_CHUNK: u64 = 8 << 20;
+
+impl SpoolReader {
+    /// Reads what the writer has completed, up to about `max_rows` rows or `max_bytes` bytes.
+    pub fn read(&mut self, max_rows: usize, max_bytes: usize) -> io::Result<ReadBatch> {
+        let mut batch = ReadBatch { end: self.at, ..Default::default() };
+        loop {
+            let head = *self.head.borrow();
+            if self.at >= head || batch.rows >= max_rows || batch.bytes >= max_bytes {
+                break;
+            }
+            let path = segment::segment_path(&self.dir, self.at.seq);
+            let sealed = self.at.seq < head.seq;
+            let end = if sealed { file_len(&path)? } else { head.offset };
+            if self.at.offset >= end {
+                if sealed {
+                    self.at = Position { seq: self.at.seq + 1, offset: 0 };
+                    batch.end = self.at;
+                    continue;
+                }
+                break;
+            }
+            let remaining = end - self.at.offset;
+            let mut want = remaining.min(READ_CHUNK.max(max_bytes as u64));
+            let mut data = read_range(&path, self.at.offset, want)?;
+            // A record larger than the chunk: read on until it is whole.
+            while want < remaining && segment::scan(&data, 0, false, |_, _| {}).1 == 0 {
+                want = remaining.min(want * 2);
+                data = read_range(&path, self.at.offset, want)?;
+            }
+            let complete = sealed && self.at.offset + want == end;
+            let mut rows_left = max_rows.saturating_sub(batch.rows);
+            let mut taken_end = 0u64;
+            let mut stop = false;
+            let (stats, pos) = segment::scan(&data, 0, complete, |after, record| {
+                if stop {
+                    return;
+                }
+                rows_left = rows_left.saturating_sub(record.rows as usize);
+                batch.rows += record.rows as usize;
+                batch.bytes += record.payload.len();
+                batch.records.push(record);
+                taken_end = after;
+                if rows_left == 0 || batch.bytes >= max_bytes {
+                    stop = true;
+                }
+            });
+            // When stopped early, resume right after the last record taken.
+            let advance = if stop { taken_end } else { pos as u64 };
+            if stats.damaged_regions > 0 && !stop {
+                metrics::counter!(m::SPOOL_DAMAGED).increment(stats.damaged_regions);
+                tracing::warn!(segment = self.at.seq, bytes = stats.damaged_bytes, "skipped damaged spool records");
+            }
+            self.at.offset += advance;
+            batch.consumed += advance;
+            batch.end = self.at;
+            if advance == 0 {
+                break; // a record still being written
+            }
+        }
+        // The first record read since the last confirm is the oldest unshipped one.
+        if self.next_written_ms.is_none() {
+            self.next_written_ms = batch.records.first().map(|r| r.written_ms);
+        }
+        Ok(batch)
+    }
+
+    /// Waits until the writer has more than the reader has read, or `timeout` passes.
+    pub async fn wait_for_data(&mut self, timeout: Duration) {
+        if *self.head.borrow() > self.at {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, self.head.changed()).await;
+    }
+
+    /// Is everything written also read?
+    pub fn caught_up(&self) -> bool {
+        *self.head.borrow() <= self.at
+    }
+
+    /// ClickHouse has `batch`: move the checkpoint past it and delete finished segments.
+    pub fn confirm(&mut self, batch: &ReadBatch) -> io::Result<()> {
+        write_checkpoint(&self.dir, batch.end)?;
+        for seq in segment::list_segments(&self.dir)? {
+            if seq < batch.end.seq {
+                fs::remove_file(segment::segment_path(&self.dir, seq))?;
+            }
+        }
+        // The oldest unshipped record is now the next one read, not this batch's first.
+        self.next_written_ms = None;
+        self.shared.shipped_bytes.fetch_add(batch.consumed, Ordering::AcqRel);
+        self.shared.shipped_rows.fetch_add(batch.rows as u64, Ordering::AcqRel);
+        self.shared.publish();
+        Ok(())
+    }
+
+    /// Age of the oldest record read and not yet confirmed, for the lag gauge.
+    pub fn oldest_unshipped_ms(&self) -> Option<u64> {
+        self.next_written_ms
+    }
+}
+
+fn file_len(path: &Path) -> io::Result<u64> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_range(path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut data = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut data)?;
+    Ok(Bytes::from(data))
+}
