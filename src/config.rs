@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::limits::tiers::TierTable;
+use crate::plan::TierTable;
 
 /// Where the edge listens for SDK traffic unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -8,7 +8,9 @@
 use std::path::Path;
 
 use crate::auth::jwt::{issue_hs256, Claims};
-use crate::limits::tiers::TierTable;
+use std::sync::Arc;
+
+use crate::plan::{Tier, TierTable};
 use crate::tenant::{Org, OrgStatus, SdkKey, Snapshot, SnapshotBuilder};
 
 pub const DEMO_ORG: &str = "org_demo";
@@ -17,7 +19,7 @@ pub const DEMO_APP: &str = "app_demo";
 pub struct DevSetup {
     pub key: SdkKey,
     pub jwt_secret: Vec<u8>,
-    tier: usize,
+    tier: Arc<Tier>,
 }
 
 impl DevSetup {
@@ -25,7 +27,7 @@ impl DevSetup {
     pub fn builder(&self) -> SnapshotBuilder {
         let mut builder = SnapshotBuilder::default();
         let org = builder
-            .org(Org::new(DEMO_ORG, "Demo Organisation", "demo", self.tier, OrgStatus::Active))
+            .org(Org::new(DEMO_ORG, "Demo Organisation", "demo", self.tier.clone(), OrgStatus::Active))
             .expect("empty builder");
         builder.key(self.key.hash(), &org, DEMO_APP).expect("empty builder");
         builder
@@ -54,7 +56,7 @@ pub fn setup(dir: &Path, tiers: &TierTable) -> std::io::Result<DevSetup> {
             (key, secret)
         }
     };
-    let tier = tiers.index_of("growth").unwrap_or(0);
+    let tier = tiers.get("growth").cloned().ok_or_else(|| std::io::Error::other("no growth tier"))?;
     Ok(DevSetup { key, jwt_secret: secret.into_bytes(), tier })
 }
 

@@ -22,10 +22,10 @@ use crate::event::validate::EventContext;
 use crate::event::{EventSummary, Rejection, RowBlock};
 use crate::http::body::{self, MediaType};
 use crate::http::response::{self, Body};
-use crate::limits::tiers::Tier;
 use crate::limits::Decision;
 use crate::limits::OrgLimits;
 use crate::metrics as m;
+use crate::plan::Tier;
 use crate::server::AppState;
 
 thread_local! {

@@ -37,6 +37,7 @@ pub mod limits;
 pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
+pub mod plan;
 pub mod server;
 pub mod sink;
 pub mod spool;

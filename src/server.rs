@@ -96,7 +96,7 @@ impl Server {
         let state = Arc::new(AppState {
             auth,
             registry,
-            limiter: Limiter::new(config.tiers.clone()),
+            limiter: Limiter::new(),
             validator: Validator::new(config.body.clone()),
             pipeline: Pipeline::new(spool),
             stats: Stats::new(config.stats_max_bytes),

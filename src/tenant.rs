@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::limits::tiers::TierTable;
+use crate::plan::{Tier, TierTable};
 
 /// An organisation's id as it appears in tokens and in ClickHouse.
 #[derive(Clone, Eq, PartialOrd, Ord)]
@@ -77,14 +77,14 @@ pub struct Org {
     pub id: OrgId,
     pub name: String,
     pub subdomain: String,
-    /// Index into the [`TierTable`].
-    pub tier: usize,
+    /// The plan the organisation is on (resolved from its tier name when loaded).
+    pub tier: Arc<Tier>,
     pub status: OrgStatus,
     pub custom_domain: Option<String>,
 }
 
 impl Org {
-    pub fn new(id: &str, name: &str, subdomain: &str, tier: usize, status: OrgStatus) -> Self {
+    pub fn new(id: &str, name: &str, subdomain: &str, tier: Arc<Tier>, status: OrgStatus) -> Self {
         Org {
             id: OrgId::new(id),
             name: name.to_string(),
@@ -293,9 +293,10 @@ pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, String> 
 pub fn parse_tenants_into(text: &str, tiers: &TierTable, builder: &mut SnapshotBuilder) -> Result<(), String> {
     let file: TenantsFile = toml::from_str(text).map_err(|e| e.to_string())?;
     for entry in file.organizations {
-        let tier = tiers
-            .index_of(&entry.tier)
-            .ok_or_else(|| format!("organisation {}: unknown tier {:?}", entry.id, entry.tier))?;
+        let tier = tiers.get(&entry.tier).cloned().ok_or_else(|| {
+            let known: Vec<_> = tiers.names().collect();
+            format!("organisation {}: unknown tier {:?} (known: {})", entry.id, entry.tier, known.join(", "))
+        })?;
         if entry.id.is_empty() || entry.id.len() > 64 {
             return Err(format!("organisation {:?}: id must be 1 to 64 characters", entry.id));
         }
@@ -347,7 +348,7 @@ mod tests {
         let grant = snap.key(&key.hash()).unwrap();
         assert_eq!(grant.org.id.as_str(), "org_acme");
         assert_eq!(&*grant.app_id, "app_ios");
-        assert_eq!(grant.org.tier, 1);
+        assert_eq!(grant.org.tier.name, "growth");
         assert_eq!(snap.org_by_host("acme").unwrap().id.as_str(), "org_acme");
         assert_eq!(snap.org_by_host("events.acme.example").unwrap().id.as_str(), "org_acme");
         assert_eq!(snap.org("org_gone").unwrap().status, OrgStatus::Deleted);
@@ -385,7 +386,8 @@ mod tests {
         let reg = Registry::new(Snapshot::default());
         let before = reg.snapshot();
         let mut b = SnapshotBuilder::default();
-        b.org(Org::new("o", "O", "o", 0, OrgStatus::Active)).unwrap();
+        let starter = TierTable::default().get("starter").unwrap().clone();
+        b.org(Org::new("o", "O", "o", starter, OrgStatus::Active)).unwrap();
         reg.replace(b.build());
         assert_eq!(before.org_count(), 0, "a held snapshot never changes");
         assert_eq!(reg.snapshot().org_count(), 1);

@@ -307,9 +307,10 @@ mod tests {
 
     fn fixture() -> Fixture {
         let mut b = SnapshotBuilder::default();
-        let a = b.org(Org::new("org_a", "A", "acme", 0, OrgStatus::Active)).unwrap();
-        b.org(Org::new("org_b", "B", "bravo", 0, OrgStatus::Active)).unwrap();
-        let gone = b.org(Org::new("org_gone", "G", "gone", 0, OrgStatus::Deleted)).unwrap();
+        let starter = crate::plan::TierTable::default().get("starter").unwrap().clone();
+        let a = b.org(Org::new("org_a", "A", "acme", starter.clone(), OrgStatus::Active)).unwrap();
+        b.org(Org::new("org_b", "B", "bravo", starter.clone(), OrgStatus::Active)).unwrap();
+        let gone = b.org(Org::new("org_gone", "G", "gone", starter, OrgStatus::Deleted)).unwrap();
         let key_a = SdkKey::generate();
         b.key(key_a.hash(), &a, "app_a").unwrap();
         let key_gone = SdkKey::generate();

@@ -16,16 +16,15 @@
 //! node keeps to its share of each limit, never to no limit at all.
 
 pub mod rate;
-pub mod tiers;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::plan::Tier;
 use crate::tenant::{Org, OrgId};
 use rate::{Bucket, Epoch, RateDecision};
-use tiers::{Tier, TierTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -43,24 +42,27 @@ struct OrgCounters {
 }
 
 pub struct Limiter {
-    tiers: TierTable,
     epoch: Epoch,
     /// Counters inline in the map: a lookup lands on them, no reference count or second line.
     orgs: DashMap<OrgId, OrgCounters, ahash::RandomState>,
 }
 
 impl Limiter {
-    pub fn new(tiers: TierTable) -> Self {
-        Limiter { tiers, epoch: Epoch::default(), orgs: DashMap::default() }
+    pub fn new() -> Self {
+        Limiter { epoch: Epoch::default(), orgs: DashMap::default() }
     }
+}
 
-    pub fn tiers(&self) -> &TierTable {
-        &self.tiers
+impl Default for Limiter {
+    fn default() -> Self {
+        Self::new()
     }
+}
 
+impl Limiter {
     /// The organisation's limits for one request.
     pub fn org<'l>(&'l self, org: &'l Org) -> OrgLimits<'l> {
-        OrgLimits { limiter: self, tier: self.tiers.by_index(org.tier), org: &org.id }
+        OrgLimits { limiter: self, tier: &org.tier, org: &org.id }
     }
 
     /// Runs `f` on the organisation's counters under the shard's guard (never across an await).
@@ -163,16 +165,19 @@ mod tests {
     use super::*;
     use crate::tenant::OrgStatus;
 
-    fn org(tier: usize) -> Org {
-        Org::new("org_test", "Test", "test", tier, OrgStatus::Active)
+    use crate::plan::TierTable;
+
+    /// An organisation on the first tier of `tiers` (starter).
+    fn org_on(tiers: &TierTable) -> Org {
+        Org::new("org_test", "Test", "test", tiers.get("starter").unwrap().clone(), OrgStatus::Active)
     }
 
     #[test]
     fn quota_reservations_never_overshoot() {
         let mut tiers = TierTable::default();
         tiers.tiers_mut().next().unwrap().events_per_month = 100;
-        let l = Limiter::new(tiers);
-        let o = org(0);
+        let l = Limiter::new();
+        let o = org_on(&tiers);
         let now = 1_780_000_000;
         assert_eq!(l.org(&o).reserve(99, now), 99);
         assert_eq!(l.org(&o).quota_exhausted(now), None);
@@ -191,12 +196,13 @@ mod tests {
     fn parallel_reservations_stop_at_the_limit() {
         let mut tiers = TierTable::default();
         tiers.tiers_mut().next().unwrap().events_per_month = 1_000;
-        let l = std::sync::Arc::new(Limiter::new(tiers));
+        let l = std::sync::Arc::new(Limiter::new());
+        let o = org_on(&tiers);
         let granted: u64 = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    let l = l.clone();
-                    s.spawn(move || (0..500).map(|_| l.org(&org(0)).reserve(3, 1_780_000_000)).sum::<u64>())
+                    let (l, o) = (l.clone(), &o);
+                    s.spawn(move || (0..500).map(|_| l.org(&o).reserve(3, 1_780_000_000)).sum::<u64>())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
@@ -208,8 +214,8 @@ mod tests {
     fn rate_limit_reports_tier_limit() {
         let mut tiers = TierTable::default();
         tiers.tiers_mut().next().unwrap().events_per_second = 5;
-        let l = Limiter::new(tiers);
-        let o = org(0);
+        let l = Limiter::new();
+        let o = org_on(&tiers);
         assert_eq!(l.org(&o).check_rate(10), Decision::Allow);
         match l.org(&o).check_rate(1) {
             Decision::RateLimited { limit_per_sec, retry_after } => {

@@ -91,9 +91,10 @@ impl Harness {
 
         let (acme, bravo, frozen) = (SdkKey::generate(), SdkKey::generate(), SdkKey::generate());
         let mut b = SnapshotBuilder::default();
-        let a = b.org(Org::new("org_acme", "Acme", "acme", 1, OrgStatus::Active)).unwrap();
-        let br = b.org(Org::new("org_bravo", "Bravo", "bravo", 0, OrgStatus::Active)).unwrap();
-        let fr = b.org(Org::new("org_frozen", "Frozen", "frozen", 0, OrgStatus::Suspended)).unwrap();
+        let tier = |name: &str| config.tiers.get(name).expect("a SPEC tier").clone();
+        let a = b.org(Org::new("org_acme", "Acme", "acme", tier("growth"), OrgStatus::Active)).unwrap();
+        let br = b.org(Org::new("org_bravo", "Bravo", "bravo", tier("starter"), OrgStatus::Active)).unwrap();
+        let fr = b.org(Org::new("org_frozen", "Frozen", "frozen", tier("starter"), OrgStatus::Suspended)).unwrap();
         b.key(acme.hash(), &a, "app_acme").unwrap();
         b.key(bravo.hash(), &br, "app_bravo").unwrap();
         b.key(frozen.hash(), &fr, "app_frozen").unwrap();

@@ -1,5 +1,10 @@
-//! The pricing-tier table (SPEC §4): the seed's quotas verbatim, plus the
-//! ingestion rate per organisation. Overridable per tier from configuration.
+//! Plans: the pricing-tier table (SPEC §4), the seed's quotas verbatim plus the
+//! ingestion rate per organisation, overridable per tier from configuration
+//! (`EDGE_TIER_*`). Configuration on every node, at the bottom of the crate:
+//! organisations (from a file today, from PostgreSQL next) name their tier and
+//! hold the resolved [`Tier`]; an unknown name is a load error, never a panic.
+
+use std::sync::Arc;
 
 /// `-1` in the seed means unlimited; here it is `None`.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,13 +30,13 @@ pub struct Tier {
 
 #[derive(Debug, Clone)]
 pub struct TierTable {
-    tiers: Vec<Tier>,
+    tiers: Vec<Arc<Tier>>,
 }
 
 impl Default for TierTable {
     fn default() -> Self {
         TierTable {
-            tiers: vec![
+            tiers: [
                 Tier {
                     name: "starter",
                     events_per_month: 1_000_000,
@@ -83,27 +88,27 @@ impl Default for TierTable {
                     events_per_second: 100_000,
                     burst_seconds: 2,
                 },
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         }
     }
 }
 
 impl TierTable {
-    pub fn get(&self, name: &str) -> Option<&Tier> {
+    /// The tier called `name`; organisations hold it (no index to go stale).
+    pub fn get(&self, name: &str) -> Option<&Arc<Tier>> {
         self.tiers.iter().find(|t| t.name == name)
     }
 
+    /// For configuration overrides, before any organisation holds a tier.
     pub fn tiers_mut(&mut self) -> impl Iterator<Item = &mut Tier> {
-        self.tiers.iter_mut()
+        self.tiers.iter_mut().map(Arc::make_mut)
     }
 
-    /// Position of a tier in the table: organisations store this, not a string.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.tiers.iter().position(|t| t.name == name)
-    }
-
-    pub fn by_index(&self, index: usize) -> &Tier {
-        &self.tiers[index]
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.tiers.iter().map(|t| t.name)
     }
 }
 
