@@ -202,7 +202,7 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     let (l, o) = (l.clone(), &o);
-                    s.spawn(move || (0..500).map(|_| l.org(&o).reserve(3, 1_780_000_000)).sum::<u64>())
+                    s.spawn(move || (0..500).map(|_| l.org(o).reserve(3, 1_780_000_000)).sum::<u64>())
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
