@@ -263,7 +263,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
     }
     if let Some(path) = reloadable {
-        tokio::spawn(reload_on_sighup(path, server.state.registry.clone(), tenants));
+        tokio::spawn(reload_on_sighup(path, server.registry.clone(), tenants));
     }
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections and flushing batches");

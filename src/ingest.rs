@@ -1,7 +1,8 @@
 //! `POST /v1/events` and `POST /v1/events/batch`: the data plane's handler.
 //!
-//! Order matters and each step is cheaper than the next: authenticate (no
-//! body read for strangers) → is the quota already used up (no body read) →
+//! The route table has authenticated the caller and checked `events:write`
+//! (no body read for strangers). Order matters and each step is cheaper than
+//! the next: is the quota already used up (no body read) →
 //! read the bounded body, charged to the memory budget → parse → check the
 //! organisation's rate for that many events → validate and encode each event
 //! → reserve that many events of the quota, cutting what is over it → hand
@@ -10,23 +11,29 @@
 //! did not take; nothing the pipeline took goes uncharged.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Principal;
+use crate::config::ConnConfig;
 use crate::error::ApiError;
 use crate::event::parse::{parse_body, Shape};
 use crate::event::validate::EventContext;
+use crate::event::validate::Validator;
 use crate::event::{EventSummary, Rejection, RowBlock};
 use crate::http::body::{self, MediaType};
+use crate::http::budget::MemoryBudget;
 use crate::http::response::{self, Body};
 use crate::limits::Decision;
+use crate::limits::Limiter;
 use crate::limits::OrgLimits;
 use crate::metrics as m;
+use crate::pipeline::Pipeline;
 use crate::plan::Tier;
-use crate::server::AppState;
+use crate::stats::Stats;
 
 thread_local! {
     /// simd-json's scratch buffers, reused by every request this thread parses.
@@ -39,10 +46,28 @@ thread_local! {
 /// simd-json's tape and structural index, and the encoded rows.
 const PARSE_BYTES_PER_BODY_BYTE: usize = 3;
 
-pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> Result<Response<Body>, ApiError> {
+/// What the ingestion handlers may touch; built once at start.
+pub struct IngestState {
+    pub limiter: Limiter,
+    pub validator: Validator,
+    pub pipeline: Arc<Pipeline>,
+    pub stats: Arc<Stats>,
+    /// Request bytes in memory across all requests.
+    pub budget: Arc<MemoryBudget>,
+    /// Body timeout and the early-answer drain.
+    pub conn: ConnConfig,
+}
+
+/// `principal` holds `events:write` (checked by the route table).
+pub async fn handle(
+    state: &IngestState,
+    principal: Principal,
+    req: Request<Incoming>,
+    shape: Shape,
+) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let result = ingest(state, &parts, &mut body, shape).await;
+    let result = ingest(state, principal, &parts, &mut body, shape).await;
     if let (Err(_), Some(unread)) = (&result, body) {
         // Answered before the body was (fully) read: let an HTTP/1 client that is still sending
         // read the answer.
@@ -54,28 +79,17 @@ pub async fn handle(state: &AppState, req: Request<Incoming>, shape: Shape) -> R
     result
 }
 
-/// Authenticate → quota pre-check → read → decode (rate, validate, reserve quota) → submit →
-/// account → wait for the spool. `body` is taken when it is read.
+/// Quota pre-check → read → decode (rate, validate, reserve quota) → submit → account → wait
+/// for the spool. `body` is borrowed while it is read.
 async fn ingest(
-    state: &AppState,
+    state: &IngestState,
+    principal: Principal,
     parts: &hyper::http::request::Parts,
     body: &mut Option<Incoming>,
     shape: Shape,
 ) -> Result<Response<Body>, ApiError> {
     let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let now_secs = received.as_secs() as i64;
-    let route = if shape == Shape::Single { "/v1/events" } else { "/v1/events/batch" };
-    let principal = state
-        .auth
-        .authenticate(
-            &crate::http::request_meta(parts, &state.trusted_proxies, route),
-            &state.registry,
-            received.as_secs(),
-        )
-        .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
-    if !principal.can_write_events() {
-        return Err(ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"));
-    }
     let shape = match (shape, body::media_type(&parts.headers)?) {
         (Shape::Batch | Shape::Ndjson, MediaType::Ndjson) => Shape::Ndjson,
         (Shape::Single, MediaType::Ndjson) => {
@@ -163,7 +177,7 @@ impl Decoded {
 /// Parse → rate and quota check for that many events → validate and encode each.
 /// Synchronous on purpose: the thread-local parser buffers are held throughout.
 fn decode(
-    state: &AppState,
+    state: &IngestState,
     principal: &Principal,
     limits: &OrgLimits<'_>,
     shape: Shape,

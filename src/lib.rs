@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
 pub mod plan;
+pub mod routes;
 pub mod server;
 pub mod sink;
 pub mod spool;

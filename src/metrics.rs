@@ -156,11 +156,6 @@ fn describe() {
         metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
         metrics::counter!(ACCEPT_ERRORS, "listener" => listener).absolute(0);
     }
-    for (route, statuses) in SERIES.requests.iter().enumerate() {
-        for (status, series) in statuses.iter().enumerate() {
-            series.get_or_init(|| request_counter(route, status)).absolute(0);
-        }
-    }
 }
 
 /// Per-event rejection codes (`edge_events_rejected_total{reason}`).
@@ -205,13 +200,13 @@ pub const AUTH_FAILURE_CODES: &[&str] = &[
     "invalid_header",
 ];
 
-fn request_counter(route: usize, status: usize) -> Counter {
-    metrics::counter!(HTTP_REQUESTS, "route" => ROUTES[route], "status" => STATUSES[status])
+fn request_counter(label: &'static str, status: usize) -> Counter {
+    metrics::counter!(HTTP_REQUESTS, "route" => label, "status" => STATUSES[status])
 }
 
-/// Route labels: a fixed set, so label cardinality is bounded.
-pub const ROUTES: [&str; 7] =
-    ["/v1/events", "/v1/events/batch", "/api/v1/stats/events", "/healthz", "/readyz", "/metrics", "other"];
+/// Series slots for route labels (the route table's, in `crate::routes`, plus `other`): a
+/// fixed set, so label cardinality is bounded.
+pub const MAX_ROUTES: usize = 16;
 const STATUSES: [&str; 17] = [
     "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204",
     "431",
@@ -243,25 +238,31 @@ fn status_index(status: u16) -> usize {
 /// macro builds a key (allocating its label list) and looks it up in the
 /// registry on every call; a cached handle is one atomic add.
 struct RequestSeries {
-    requests: [[OnceLock<Counter>; STATUSES.len()]; ROUTES.len()],
-    durations: [OnceLock<Histogram>; ROUTES.len()],
+    requests: [[OnceLock<Counter>; STATUSES.len()]; MAX_ROUTES],
+    durations: [OnceLock<Histogram>; MAX_ROUTES],
     accepted: OnceLock<Counter>,
 }
 
 static SERIES: RequestSeries = RequestSeries {
-    requests: [const { [const { OnceLock::new() }; STATUSES.len()] }; ROUTES.len()],
-    durations: [const { OnceLock::new() }; ROUTES.len()],
+    requests: [const { [const { OnceLock::new() }; STATUSES.len()] }; MAX_ROUTES],
+    durations: [const { OnceLock::new() }; MAX_ROUTES],
     accepted: OnceLock::new(),
 };
 
-/// Counts one HTTP request; `route` indexes [`ROUTES`].
-pub fn http_request(route: usize, status: u16, seconds: f64) {
-    let route = route.min(ROUTES.len() - 1);
+/// Counts one HTTP request of the route `label`, whose series live in `slot` (< [`MAX_ROUTES`]).
+pub fn http_request(slot: usize, label: &'static str, status: u16, seconds: f64) {
+    let slot = slot.min(MAX_ROUTES - 1);
     let status = status_index(status);
-    SERIES.requests[route][status].get_or_init(|| request_counter(route, status)).increment(1);
-    SERIES.durations[route]
-        .get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => ROUTES[route]))
-        .record(seconds);
+    SERIES.requests[slot][status].get_or_init(|| request_counter(label, status)).increment(1);
+    SERIES.durations[slot].get_or_init(|| metrics::histogram!(HTTP_DURATION, "route" => label)).record(seconds);
+}
+
+/// Creates a route's series at zero (every status).
+pub fn register_route(slot: usize, label: &'static str) {
+    let slot = slot.min(MAX_ROUTES - 1);
+    for (status, series) in SERIES.requests[slot].iter().enumerate() {
+        series.get_or_init(|| request_counter(label, status)).absolute(0);
+    }
 }
 
 pub fn events_accepted(n: u64) {

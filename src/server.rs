@@ -1,5 +1,6 @@
-//! The server: binds both listeners, accepts connections, wires the stages
-//! into one [`AppState`], and runs the drain on shutdown.
+//! The server: binds both listeners, builds each surface's state (ingest,
+//! control, admin) once, wires them to the route table ([`crate::routes`]),
+//! and runs the drain on shutdown.
 //!
 //! Shutdown protocol (SIGTERM, or [`Server::shutdown`]): mark draining
 //! (`/readyz` turns 503 so load balancers stop sending), stop accepting,
@@ -9,11 +10,10 @@
 //! [`Server::wait`] return.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,39 +21,20 @@ use tokio::task::JoinHandle;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
 use crate::batch::Shipper;
-use crate::config::{Config, ConnConfig, IpNet};
+use crate::config::Config;
+use crate::control::ControlState;
 use crate::event::validate::Validator;
 use crate::http::budget::MemoryBudget;
 use crate::http::conn::Listener;
 use crate::http::cors::Cors;
+use crate::ingest::IngestState;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
+use crate::routes::{AdminState, DataRouter, Readiness};
 use crate::sink::Sink;
 use crate::spool::{Spool, SpoolConfig};
 use crate::stats::Stats;
 use crate::tenant::Registry;
-
-/// Everything a request handler may touch; shared by all connections.
-pub struct AppState {
-    pub auth: Authenticator,
-    pub registry: Arc<Registry>,
-    pub limiter: Limiter,
-    pub validator: Validator,
-    pub pipeline: Pipeline,
-    pub stats: Stats,
-    pub metrics: PrometheusHandle,
-    /// Request bytes in memory across all requests.
-    pub budget: Arc<MemoryBudget>,
-    /// Connection and body bounds (timeouts, header sizes, early-answer drain).
-    pub conn: ConnConfig,
-    pub cors: Cors,
-    /// Peers whose `X-Forwarded-For` names the client address.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Set when shutdown starts; `/readyz` reports it.
-    pub draining: AtomicBool,
-    /// Last result of the background sink check; `/readyz` reports it.
-    pub sink_ready: AtomicBool,
-}
 
 /// How often `/readyz`'s view of the sink is refreshed (off the request path).
 const READY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -61,7 +42,10 @@ const READY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub state: Arc<AppState>,
+    /// The tenants (the SIGHUP reloader replaces them).
+    pub registry: Arc<Registry>,
+    /// The in-process daily aggregates.
+    pub stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -93,21 +77,29 @@ impl Server {
             );
         }
         let sink = Arc::new(sink);
-        let state = Arc::new(AppState {
+        let pipeline = Arc::new(Pipeline::new(spool));
+        let stats = Arc::new(Stats::new(config.stats_max_bytes));
+        let readiness = Arc::new(Readiness::default());
+        readiness.sink_ready.store(sink.ready().await, Ordering::Release);
+        // Each surface gets the state it uses, and nothing else.
+        let router = Arc::new(DataRouter {
             auth,
-            registry,
-            limiter: Limiter::new(),
-            validator: Validator::new(config.body.clone()),
-            pipeline: Pipeline::new(spool),
-            stats: Stats::new(config.stats_max_bytes),
-            metrics,
-            budget: MemoryBudget::new(config.max_inflight_body_bytes),
-            conn: config.conn.clone(),
-            cors: Cors::new(&config.cors_origins),
+            registry: registry.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
-            draining: AtomicBool::new(false),
-            sink_ready: AtomicBool::new(sink.ready().await),
+            cors: Cors::new(&config.cors_origins),
+            conn: config.conn.clone(),
+            ingest: IngestState {
+                limiter: Limiter::new(),
+                validator: Validator::new(config.body.clone()),
+                pipeline: pipeline.clone(),
+                stats: stats.clone(),
+                budget: MemoryBudget::new(config.max_inflight_body_bytes),
+                conn: config.conn.clone(),
+            },
+            control: ControlState { stats: stats.clone() },
         });
+        let admin_state = Arc::new(AdminState { metrics, readiness: readiness.clone() });
+        crate::routes::register_series();
 
         let data = TcpListener::bind(config.listen).await.map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
@@ -120,44 +112,40 @@ impl Server {
         let (stop_shipping, stop_rx) = watch::channel(false);
         let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader };
         let shipper = tokio::spawn(shipper.run(stop_rx, config.drain_timeout));
-        let ready_task = tokio::spawn(watch_sink(state.clone(), sink.clone(), shutdown_rx.clone()));
+        let ready_task = tokio::spawn(watch_sink(readiness.clone(), sink.clone(), shutdown_rx.clone()));
         let conn_config = Arc::new(config.conn.clone());
         let (data_cap, admin_cap) =
             crate::http::conn::fit_to_descriptors(config.max_connections, config.admin_max_connections);
-        let data_state = state.clone();
         let data_loop = tokio::spawn(
             Listener {
                 name: "data",
                 listener: data,
                 max_connections: data_cap,
                 config: conn_config.clone(),
-                handler: move |req| crate::http::serve_data(data_state.clone(), req),
+                handler: move |req| router.clone().serve(req),
             }
             .run(shutdown_rx.clone()),
         );
-        let admin_state = state.clone();
         let admin_loop = tokio::spawn(
             Listener {
                 name: "admin",
                 listener: admin,
                 max_connections: admin_cap,
                 config: conn_config,
-                handler: move |req| crate::http::serve_admin(admin_state.clone(), req),
+                handler: move |req| crate::routes::serve_admin(admin_state.clone(), req),
             }
             .run(shutdown_rx.clone()),
         );
 
         let drain_timeout = config.drain_timeout;
-        let state_for_task = state.clone();
         let task = tokio::spawn(async move {
             let mut rx = shutdown_rx;
             stopped(&mut rx).await;
-            state_for_task.draining.store(true, Ordering::Release);
+            readiness.draining.store(true, Ordering::Release);
             // In-flight requests finish (or are cut at half the drain budget), then the spool
             // writer syncs what it holds, then the shipper sends what it can.
             let _ = tokio::time::timeout(drain_timeout / 2, data_loop).await;
-            let closing = state_for_task.clone();
-            let _ = tokio::task::spawn_blocking(move || closing.pipeline.close()).await;
+            let _ = tokio::task::spawn_blocking(move || pipeline.close()).await;
             let _ = stop_shipping.send(true);
             if tokio::time::timeout(drain_timeout + Duration::from_secs(1), shipper).await.is_err() {
                 tracing::warn!("drain timeout: unshipped events stay in the spool for the next start");
@@ -166,7 +154,7 @@ impl Server {
             ready_task.abort();
         });
         tracing::info!(%addr, %admin_addr, sink = sink.name(), "edge listening");
-        Ok(Server { addr, admin_addr, state, shutdown, task })
+        Ok(Server { addr, admin_addr, registry, stats, shutdown, task })
     }
 
     /// Starts the drain; [`Server::wait`] returns when it is done.
@@ -179,13 +167,13 @@ impl Server {
     }
 }
 
-async fn watch_sink(state: Arc<AppState>, sink: Arc<Sink>, mut shutdown: watch::Receiver<bool>) {
+async fn watch_sink(readiness: Arc<Readiness>, sink: Arc<Sink>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(READY_CHECK_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
-        state.sink_ready.store(sink.ready().await, Ordering::Release);
+        readiness.sink_ready.store(sink.ready().await, Ordering::Release);
     }
 }
 

@@ -5,3 +5,10 @@
 //! Row-Level Security) land here and feed [`crate::tenant::Registry`].
 
 pub mod stats;
+
+use std::sync::Arc;
+
+/// What the control-plane handlers may touch (the PostgreSQL pool joins it).
+pub struct ControlState {
+    pub stats: Arc<crate::stats::Stats>,
+}

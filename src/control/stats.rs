@@ -5,34 +5,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
 
-use crate::auth::Credential;
+use super::ControlState;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::response::{self, Body};
-use crate::server::AppState;
 
 const DEFAULT_DAYS: u32 = 30;
 
-pub fn handle(state: &AppState, req: Request<Incoming>) -> (Request<Incoming>, Result<Response<Body>, ApiError>) {
-    let (parts, body) = req.into_parts();
-    let result = report(state, &parts);
-    (Request::from_parts(parts, body), result)
-}
-
-fn report(state: &AppState, req: &hyper::http::request::Parts) -> Result<Response<Body>, ApiError> {
+/// `principal` holds `events:read` (checked by the route table).
+pub fn handle(state: &ControlState, principal: &Principal, req: &Parts) -> Result<Response<Body>, ApiError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let meta = crate::http::request_meta(req, &state.trusted_proxies, "/api/v1/stats/events");
-    let principal = state.auth.authenticate(&meta, &state.registry, now)?;
-    if !principal.can_read_events() {
-        return Err(match principal.credential {
-            Credential::SdkKey { .. } => {
-                ApiError::forbidden("write_only_credential", "SDK keys can only write events; use a user token")
-            }
-            _ => ApiError::forbidden("insufficient_permission", "The token lacks the events:read permission"),
-        });
-    }
     let today = (now / 86_400) as u32;
     let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
     let mut to = today;

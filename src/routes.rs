@@ -1,0 +1,305 @@
+//! The route table: every route of both listeners with its methods, metric
+//! label, handler, the permission it needs and who may call it from a browser,
+//! and the one dispatcher that applies them.
+//!
+//! The dispatcher owns what every route shares: header bounds, CORS,
+//! authentication and the permission check, early answers that drain what the
+//! client still sends, and the request metrics. Handlers get their own
+//! surface's state ([`IngestState`], [`ControlState`], [`AdminState`]) and the
+//! authenticated [`Principal`]; none of them can reach another surface's state.
+//! The control-plane routes (PostgreSQL) and the vendor formats (`/batch`,
+//! `/v1/batch`) are rows added here with their own handlers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Incoming;
+use hyper::header::ORIGIN;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::{ConnConfig, IpNet};
+use crate::control::ControlState;
+use crate::error::ApiError;
+use crate::event::parse::Shape;
+use crate::http::cors::{Cors, Policy};
+use crate::http::response::{self, Body};
+use crate::ingest::IngestState;
+use crate::metrics as m;
+use crate::tenant::Registry;
+
+/// What a route's caller must hold (checked by the dispatcher, after authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// No credential: probes and metrics.
+    Public,
+    /// `events:write`: SDK keys, users with the permission, the operator.
+    WriteEvents,
+    /// `events:read`: users with the permission, the operator (never SDK keys).
+    ReadEvents,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handler {
+    Events,
+    Batch,
+    Stats,
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+pub struct Route {
+    pub path: &'static str,
+    pub method: Method,
+    /// Metric label (`edge_http_requests_total{route}`); also its series slot, by position.
+    pub label: &'static str,
+    pub permission: Permission,
+    pub cors: Policy,
+    handler: Handler,
+}
+
+const fn route(path: &'static str, method: Method, permission: Permission, cors: Policy, handler: Handler) -> Route {
+    Route { path, method, label: path, permission, cors, handler }
+}
+
+/// Data listener: SDK traffic and the control-plane API.
+pub static DATA: [Route; 4] = [
+    route("/v1/events", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Events),
+    route("/v1/events/batch", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Batch),
+    route("/api/v1/stats/events", Method::GET, Permission::ReadEvents, Policy::Configured, Handler::Stats),
+    route("/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
+];
+
+/// Admin listener: probes and metrics (loopback by default).
+pub static ADMIN: [Route; 3] = [
+    route("/metrics", Method::GET, Permission::Public, Policy::None, Handler::Metrics),
+    route("/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
+    route("/readyz", Method::GET, Permission::Public, Policy::None, Handler::Readyz),
+];
+
+/// Label of requests that match no route.
+const OTHER: &str = "other";
+
+/// Every metric label with its series slot: data routes, then admin routes (a path on both
+/// listeners shares its label), then `other`.
+pub fn labels() -> Vec<&'static str> {
+    let mut labels: Vec<&'static str> = Vec::new();
+    for r in DATA.iter().chain(ADMIN.iter()) {
+        if !labels.contains(&r.label) {
+            labels.push(r.label);
+        }
+    }
+    labels.push(OTHER);
+    labels
+}
+
+fn slot(label: &str) -> usize {
+    DATA.iter().chain(ADMIN.iter()).map(|r| r.label).position(|l| l == label).unwrap_or(m::MAX_ROUTES - 1)
+}
+
+/// Set while shutting down, and the last background view of the sink: `/readyz` reports both.
+#[derive(Default)]
+pub struct Readiness {
+    pub draining: AtomicBool,
+    pub sink_ready: AtomicBool,
+}
+
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Everything the data listener's dispatcher needs; built once at start.
+pub struct DataRouter {
+    pub auth: Authenticator,
+    pub registry: Arc<Registry>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cors: Cors,
+    pub conn: ConnConfig,
+    pub ingest: IngestState,
+    pub control: ControlState,
+}
+
+impl DataRouter {
+    pub async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+        let started = Instant::now();
+        let path = req.uri().path();
+        let found = DATA.iter().find(|r| r.path == path);
+        let label = found.map_or(OTHER, |r| r.label);
+        let policy = found.map_or(Policy::None, |r| r.cors);
+        // Kept for the CORS headers: the request itself goes to its handler.
+        let origin = req.headers().get(ORIGIN).cloned();
+        let result = match found {
+            _ if oversized_header(req.headers(), self.conn.max_header_value_bytes) => {
+                let e = header_too_large(self.conn.max_header_value_bytes);
+                self.answer_early(req, Err(e)).await
+            }
+            None => self.answer_early(req, Err(ApiError::not_found())).await,
+            Some(r) if req.method() == Method::OPTIONS && r.cors != Policy::None => {
+                let allowed = if r.method == Method::GET { "GET, OPTIONS" } else { "POST, OPTIONS" };
+                let preflight = self.cors.preflight(r.cors, allowed, req.headers());
+                self.answer_early(req, preflight).await
+            }
+            Some(r) if req.method() != r.method => {
+                let allow = if r.method == Method::GET { "GET" } else { "POST" };
+                self.answer_early(req, Err(ApiError::method_not_allowed(allow))).await
+            }
+            Some(r) => self.dispatch(r, req).await,
+        };
+        let mut response = result.unwrap_or_else(|e| response::error(&e));
+        if let Some(origin) = origin {
+            let mut h = HeaderMap::new();
+            h.insert(ORIGIN, origin);
+            self.cors.decorate(policy, &h, &mut response);
+        }
+        record(label, &response, started);
+        Ok(response)
+    }
+
+    async fn dispatch(&self, route: &'static Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        if route.permission == Permission::Public {
+            return match route.handler {
+                Handler::Healthz => Ok(response::text(StatusCode::OK, "ok\n")),
+                _ => self.answer_early(req, Err(ApiError::not_found())).await,
+            };
+        }
+        let principal = match self.authorize(route, &req) {
+            Ok(p) => p,
+            Err(e) => return self.answer_early(req, Err(e)).await,
+        };
+        match route.handler {
+            Handler::Events => crate::ingest::handle(&self.ingest, principal, req, Shape::Single).await,
+            Handler::Batch => crate::ingest::handle(&self.ingest, principal, req, Shape::Batch).await,
+            Handler::Stats => {
+                let (parts, body) = req.into_parts();
+                let result = crate::control::stats::handle(&self.control, &principal, &parts);
+                self.answer_early(Request::from_parts(parts, body), result).await
+            }
+            Handler::Healthz | Handler::Readyz | Handler::Metrics => {
+                self.answer_early(req, Err(ApiError::not_found())).await
+            }
+        }
+    }
+
+    /// Authenticates the caller and checks the route's permission.
+    fn authorize(&self, route: &Route, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let meta = crate::http::request_meta(
+            req.uri(),
+            req.version(),
+            req.headers(),
+            req.extensions(),
+            &self.trusted_proxies,
+            route.label,
+        );
+        let principal = self
+            .auth
+            .authenticate(&meta, &self.registry, now)
+            .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
+        let allowed = match route.permission {
+            Permission::Public => true,
+            Permission::WriteEvents => principal.can_write_events(),
+            Permission::ReadEvents => principal.can_read_events(),
+        };
+        if allowed {
+            return Ok(principal);
+        }
+        Err(match (&principal.credential, route.permission) {
+            (crate::auth::Credential::SdkKey { .. }, Permission::ReadEvents) => {
+                ApiError::forbidden("write_only_credential", "SDK keys can only write events; use a user token")
+            }
+            (_, Permission::ReadEvents) => {
+                ApiError::forbidden("insufficient_permission", "The token lacks the events:read permission")
+            }
+            _ => ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"),
+        })
+    }
+
+    /// An answer that does not need the body: what the client still sends is read and dropped
+    /// first (bounded), so an HTTP/1 client that is still writing can read the answer.
+    async fn answer_early(
+        &self,
+        req: Request<Incoming>,
+        result: Result<Response<Body>, ApiError>,
+    ) -> Result<Response<Body>, ApiError> {
+        if req.version() <= hyper::Version::HTTP_11 {
+            crate::http::body::discard(req.into_body(), self.conn.early_drain_bytes, self.conn.body_timeout).await;
+        }
+        result
+    }
+}
+
+/// The admin listener: probes and metrics, no credentials, nothing from the data surfaces.
+pub async fn serve_admin(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let started = Instant::now();
+    let found = ADMIN.iter().find(|r| r.path == req.uri().path());
+    let label = found.map_or(OTHER, |r| r.label);
+    let result = match found {
+        None => Err(ApiError::not_found()),
+        Some(r) if req.method() != r.method => Err(ApiError::method_not_allowed("GET")),
+        Some(r) => Ok(match r.handler {
+            Handler::Metrics => response::metrics(state.metrics.render()),
+            Handler::Readyz => readiness(&state.readiness),
+            _ => response::text(StatusCode::OK, "ok\n"),
+        }),
+    };
+    let response = result.unwrap_or_else(|e| response::error(&e));
+    record(label, &response, started);
+    Ok(response)
+}
+
+/// Ready when not draining and the sink is reachable (checked in the background).
+fn readiness(r: &Readiness) -> Response<Body> {
+    if r.draining.load(Ordering::Acquire) {
+        return response::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    if !r.sink_ready.load(Ordering::Acquire) {
+        return response::text(StatusCode::SERVICE_UNAVAILABLE, "sink unreachable\n");
+    }
+    response::text(StatusCode::OK, "ready\n")
+}
+
+fn record(label: &'static str, response: &Response<Body>, started: Instant) {
+    m::http_request(slot(label), label, response.status().as_u16(), started.elapsed().as_secs_f64());
+}
+
+/// Registers every route × status series at zero, so dashboards see them from the start.
+pub fn register_series() {
+    for label in labels() {
+        m::register_route(slot(label), label);
+    }
+}
+
+/// A header value longer than the per-header bound: refused before anything reads, logs or
+/// echoes it.
+fn oversized_header(headers: &HeaderMap, max: usize) -> bool {
+    headers.values().any(|v| v.len() > max)
+}
+
+fn header_too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "header_too_large",
+        format!("A request header is longer than {max} bytes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_has_its_own_series_slot() {
+        let labels = labels();
+        assert!(labels.len() <= m::MAX_ROUTES);
+        let slots: std::collections::HashSet<_> = labels.iter().map(|l| slot(l)).collect();
+        assert_eq!(slots.len(), labels.len());
+        assert_eq!(slot("/healthz"), slot(ADMIN[1].label), "one label, one slot, on both listeners");
+    }
+}
