@@ -4,24 +4,34 @@
 //!
 //! Modules follow a request through the server, in order:
 //!
-//! - [`server`]: binds the listeners, accepts connections, wires the stages, drains on shutdown.
-//! - [`http`]: routing, bounded and decompressed bodies, the one place errors become responses.
+//! - [`server`]: binds the listeners, builds each surface's state once, runs the drain on shutdown.
+//! - [`http`]: plumbing: connections with per-phase timers, bounded bodies and their memory
+//!   budget, CORS, the one place errors become responses, the client address.
+//! - [`routes`]: the route table (method, path, metric label, permission, CORS policy, handler)
+//!   and the dispatcher that authenticates and checks permissions for every route.
 //! - [`auth`]: credential (JWT, SDK key, operator token) + selectors → the caller's [`tenant::Org`].
 //! - [`tenant`]: the registry of organisations and keys: lock-free snapshot, atomically replaced.
-//! - [`limits`]: tier table, per-organisation rate limits and monthly quotas (decisions, not errors).
+//! - [`plan`]: the tier table (SPEC §4): what each organisation's tier allows.
+//! - [`limits`]: per-organisation rate limits and monthly quota reservations.
 //! - [`event`]: parse request bodies, validate each event, encode it once to ClickHouse RowBinary.
-//! - [`ingest`]: the handler for `POST /v1/events*`: runs the stages above and hands rows to the pipeline.
+//! - [`ingest`]: the handler for `POST /v1/events*` and its state: runs the stages above.
 //! - [`pipeline`]: the seam between "accepted" and "shipped": hands blocks to the spool.
 //! - [`spool`]: append-only segments on disk, group-commit fsync, crash recovery, checkpoints.
 //! - [`batch`]: the shipper: spool records → large multi-tenant blocks → sink → checkpoint.
 //! - [`sink`]: where blocks go: ClickHouse (retry table), a bounded local directory, or memory.
-//! - [`stats`]: in-process per-tenant daily aggregates for `GET /api/v1/stats/events`.
-//! - [`control`]: the control-plane API (stats now; PostgreSQL-backed organisations later).
+//! - [`stats`]: in-process per-tenant daily aggregates, bounded in bytes.
+//! - [`control`]: the control-plane API and its state (stats now; the PostgreSQL pool next).
 //! - [`migrate`]: `edge migrate`: versioned, idempotent ClickHouse DDL gated on `version()`.
 //! - [`metrics`]: Prometheus names and the recorder.
 //! - [`config`]: plain configuration data and its parsing from the environment.
 //! - [`cli`]: the `edge` command line.
 //! - [`dev`]: the embedded default of `edge serve --dev`.
+//!
+//! Where the next pieces go: control-plane routes are rows in [`routes::DATA`] with handlers in
+//! [`control`] and the PostgreSQL pool in [`control::ControlState`]; the registry feed calls
+//! [`tenant::Registry::replace`]; the Redis sync of limits sits beside [`limits`]' counters;
+//! vendor wire formats are routes whose handlers feed [`event`]. No top-level module imports
+//! another in a cycle (`scripts/module-cycles`, run in CI).
 
 pub mod auth;
 pub mod batch;

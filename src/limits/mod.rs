@@ -4,12 +4,12 @@
 //! per-second ingestion rate of the organisation's tier ([`rate`], 429 +
 //! `Retry-After`) and its monthly event quota (402, not retryable).
 //!
-//! The quota is *reserved*, not checked then charged: [`Limiter::reserve`]
+//! The quota is *reserved*, not checked then charged: [`OrgLimits::reserve`]
 //! grants at most what is left in one atomic step, before the events are
 //! stored, so neither a large batch nor parallel requests pass the limit and a
 //! client hanging up after the append cannot skip the charge. A batch that
 //! crosses the line is cut per event; events that could not be stored are
-//! given back with [`Limiter::refund`].
+//! given back with [`OrgLimits::refund`].
 //!
 //! State is per node today (counted from this node's traffic). The fleet-wide
 //! version syncs these counters through Redis; when Redis is unreachable each
