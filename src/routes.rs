@@ -59,45 +59,50 @@ pub struct Route {
     pub permission: Permission,
     pub cors: Policy,
     handler: Handler,
+    /// Where the label's metric series are kept (one slot per label, below [`m::MAX_ROUTES`]).
+    slot: usize,
 }
 
-const fn route(path: &'static str, method: Method, permission: Permission, cors: Policy, handler: Handler) -> Route {
-    Route { path, method, label: path, permission, cors, handler }
+const fn route(
+    slot: usize,
+    path: &'static str,
+    method: Method,
+    permission: Permission,
+    cors: Policy,
+    handler: Handler,
+) -> Route {
+    Route { path, method, label: path, permission, cors, handler, slot }
 }
 
 /// Data listener: SDK traffic and the control-plane API.
 pub static DATA: [Route; 4] = [
-    route("/v1/events", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Events),
-    route("/v1/events/batch", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Batch),
-    route("/api/v1/stats/events", Method::GET, Permission::ReadEvents, Policy::Configured, Handler::Stats),
-    route("/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
+    route(0, "/v1/events", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Events),
+    route(1, "/v1/events/batch", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Batch),
+    route(2, "/api/v1/stats/events", Method::GET, Permission::ReadEvents, Policy::Configured, Handler::Stats),
+    route(3, "/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
 ];
 
-/// Admin listener: probes and metrics (loopback by default).
+/// Admin listener: probes and metrics (loopback by default). `/healthz` shares its slot.
 pub static ADMIN: [Route; 3] = [
-    route("/metrics", Method::GET, Permission::Public, Policy::None, Handler::Metrics),
-    route("/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
-    route("/readyz", Method::GET, Permission::Public, Policy::None, Handler::Readyz),
+    route(4, "/metrics", Method::GET, Permission::Public, Policy::None, Handler::Metrics),
+    route(3, "/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
+    route(5, "/readyz", Method::GET, Permission::Public, Policy::None, Handler::Readyz),
 ];
 
-/// Label of requests that match no route.
+/// Label and slot of requests that match no route.
 const OTHER: &str = "other";
+const OTHER_SLOT: usize = m::MAX_ROUTES - 1;
 
-/// Every metric label with its series slot: data routes, then admin routes (a path on both
-/// listeners shares its label), then `other`.
-pub fn labels() -> Vec<&'static str> {
-    let mut labels: Vec<&'static str> = Vec::new();
+/// Every metric label with its series slot.
+pub fn labels() -> Vec<(usize, &'static str)> {
+    let mut labels: Vec<(usize, &'static str)> = Vec::new();
     for r in DATA.iter().chain(ADMIN.iter()) {
-        if !labels.contains(&r.label) {
-            labels.push(r.label);
+        if !labels.contains(&(r.slot, r.label)) {
+            labels.push((r.slot, r.label));
         }
     }
-    labels.push(OTHER);
+    labels.push((OTHER_SLOT, OTHER));
     labels
-}
-
-fn slot(label: &str) -> usize {
-    DATA.iter().chain(ADMIN.iter()).map(|r| r.label).position(|l| l == label).unwrap_or(m::MAX_ROUTES - 1)
 }
 
 /// Set while shutting down, and the last background view of the sink: `/readyz` reports both.
@@ -128,7 +133,7 @@ impl DataRouter {
         let started = Instant::now();
         let path = req.uri().path();
         let found = DATA.iter().find(|r| r.path == path);
-        let label = found.map_or(OTHER, |r| r.label);
+        let (slot, label) = found.map_or((OTHER_SLOT, OTHER), |r| (r.slot, r.label));
         let policy = found.map_or(Policy::None, |r| r.cors);
         // Kept for the CORS headers: the request itself goes to its handler.
         let origin = req.headers().get(ORIGIN).cloned();
@@ -155,7 +160,7 @@ impl DataRouter {
             h.insert(ORIGIN, origin);
             self.cors.decorate(policy, &h, &mut response);
         }
-        record(label, &response, started);
+        record(slot, label, &response, started);
         Ok(response)
     }
 
@@ -239,7 +244,7 @@ pub async fn serve_admin(
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let found = ADMIN.iter().find(|r| r.path == req.uri().path());
-    let label = found.map_or(OTHER, |r| r.label);
+    let (slot, label) = found.map_or((OTHER_SLOT, OTHER), |r| (r.slot, r.label));
     let result = match found {
         None => Err(ApiError::not_found()),
         Some(r) if req.method() != r.method => Err(ApiError::method_not_allowed("GET")),
@@ -250,7 +255,7 @@ pub async fn serve_admin(
         }),
     };
     let response = result.unwrap_or_else(|e| response::error(&e));
-    record(label, &response, started);
+    record(slot, label, &response, started);
     Ok(response)
 }
 
@@ -265,14 +270,14 @@ fn readiness(r: &Readiness) -> Response<Body> {
     response::text(StatusCode::OK, "ready\n")
 }
 
-fn record(label: &'static str, response: &Response<Body>, started: Instant) {
-    m::http_request(slot(label), label, response.status().as_u16(), started.elapsed().as_secs_f64());
+fn record(slot: usize, label: &'static str, response: &Response<Body>, started: Instant) {
+    m::http_request(slot, label, response.status().as_u16(), started.elapsed().as_secs_f64());
 }
 
 /// Registers every route × status series at zero, so dashboards see them from the start.
 pub fn register_series() {
-    for label in labels() {
-        m::register_route(slot(label), label);
+    for (slot, label) in labels() {
+        m::register_route(slot, label);
     }
 }
 
@@ -297,9 +302,9 @@ mod tests {
     #[test]
     fn every_label_has_its_own_series_slot() {
         let labels = labels();
-        assert!(labels.len() <= m::MAX_ROUTES);
-        let slots: std::collections::HashSet<_> = labels.iter().map(|l| slot(l)).collect();
-        assert_eq!(slots.len(), labels.len());
-        assert_eq!(slot("/healthz"), slot(ADMIN[1].label), "one label, one slot, on both listeners");
+        let slots: std::collections::HashSet<_> = labels.iter().map(|(slot, _)| *slot).collect();
+        let names: std::collections::HashSet<_> = labels.iter().map(|(_, label)| *label).collect();
+        assert_eq!((slots.len(), names.len()), (labels.len(), labels.len()), "{labels:?}");
+        assert!(slots.iter().all(|&s| s < m::MAX_ROUTES));
     }
 }
