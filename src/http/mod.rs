@@ -8,6 +8,8 @@ pub mod body;
 pub mod budget;
 pub mod conn;
 pub mod cors;
+pub mod guarded_io;
+pub mod proxy;
 pub mod response;
 
 use std::net::IpAddr;
