@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use crate::aggregates::Stats;
 use crate::auth::Principal;
 use crate::config::ConnConfig;
 use crate::error::ApiError;
@@ -33,7 +34,6 @@ use crate::limits::OrgLimits;
 use crate::metrics as m;
 use crate::pipeline::Pipeline;
 use crate::plan::Tier;
-use crate::stats::Stats;
 
 thread_local! {
     /// simd-json's scratch buffers, reused by every request this thread parses.

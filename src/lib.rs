@@ -17,9 +17,9 @@
 //! - [`ingest`]: the handler for `POST /v1/events*` and its state: runs the stages above.
 //! - [`pipeline`]: the seam between "accepted" and "shipped": hands blocks to the spool.
 //! - [`spool`]: append-only segments on disk, group-commit fsync, crash recovery, checkpoints.
-//! - [`batch`]: the shipper: spool records → large multi-tenant blocks → sink → checkpoint.
+//! - [`shipper`]: spool records → large multi-tenant blocks → sink → checkpoint.
 //! - [`sink`]: where blocks go: ClickHouse (retry table), a bounded local directory, or memory.
-//! - [`stats`]: in-process per-tenant daily aggregates, bounded in bytes.
+//! - [`aggregates`]: in-process per-tenant daily aggregates, bounded in bytes.
 //! - [`control`]: the control-plane API and its state (stats now; the PostgreSQL pool next).
 //! - [`migrate`]: `edge migrate`: versioned, idempotent ClickHouse DDL gated on `version()`.
 //! - [`metrics`]: Prometheus names and the recorder.
@@ -33,8 +33,8 @@
 //! vendor wire formats are routes whose handlers feed [`event`]. No top-level module imports
 //! another in a cycle (`scripts/module-cycles`, run in CI).
 
+pub mod aggregates;
 pub mod auth;
-pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -50,7 +50,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod routes;
 pub mod server;
+pub mod shipper;
 pub mod sink;
 pub mod spool;
-pub mod stats;
 pub mod tenant;

@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aggregates::Stats;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
-use crate::batch::Shipper;
 use crate::config::Config;
 use crate::control::ControlState;
 use crate::event::validate::Validator;
@@ -31,9 +31,9 @@ use crate::ingest::IngestState;
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::routes::{AdminState, DataRouter, Readiness};
+use crate::shipper::Shipper;
 use crate::sink::Sink;
 use crate::spool::{Spool, SpoolConfig};
-use crate::stats::Stats;
 use crate::tenant::Registry;
 
 /// How often `/readyz`'s view of the sink is refreshed (off the request path).

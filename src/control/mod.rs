@@ -10,5 +10,5 @@ use std::sync::Arc;
 
 /// What the control-plane handlers may touch (the PostgreSQL pool joins it).
 pub struct ControlState {
-    pub stats: Arc<crate::stats::Stats>,
+    pub stats: Arc<crate::aggregates::Stats>,
 }

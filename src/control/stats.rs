@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(parse_date("1970-01-02"), Some(1));
-        assert_eq!(crate::stats::day_to_date(parse_date("2026-11-26").unwrap()), "2026-11-26");
+        assert_eq!(crate::aggregates::day_to_date(parse_date("2026-11-26").unwrap()), "2026-11-26");
         assert_eq!(parse_date("26/11/2026"), None);
     }
 }
