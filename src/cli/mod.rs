@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod spool;
+
 use crate::auth::jwt::{issue_hs256, Claims};
 use crate::config::{parse_duration, Config};
 use crate::server::Server;
@@ -144,8 +146,8 @@ pub fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue { org, user, ttl, permissions, email, role, app }) => {
             token_issue(org, user, &ttl, permissions, email, role, app)
         }
-        Command::Spool(SpoolCommand::Inspect { spool_dir }) => spool_inspect(&spool_dir.join("spool")),
-        Command::Spool(SpoolCommand::Repair { spool_dir }) => spool_repair(&spool_dir.join("spool")),
+        Command::Spool(SpoolCommand::Inspect { spool_dir }) => spool::inspect(&spool_dir.join("spool")),
+        Command::Spool(SpoolCommand::Repair { spool_dir }) => spool::repair(&spool_dir.join("spool")),
         Command::Key(KeyCommand::Create { org, app }) => {
             let key = SdkKey::generate();
             println!("key: {}", key.expose());
@@ -370,54 +372,6 @@ fn token_issue(
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
-fn spool_inspect(dir: &std::path::Path) -> ExitCode {
-    let report = match crate::spool::inspect(dir) {
-        Ok(r) => r,
-        Err(e) => return fail(&format!("spool {}: {e}", dir.display())),
-    };
-    match report.checkpoint {
-        Some(c) => println!("checkpoint: segment {} offset {}", c.seq, c.offset),
-        None => println!("checkpoint: none (everything present is unshipped)"),
-    }
-    println!(
-        "{:>20} {:>12} {:>9} {:>10} {:>10} {:>8} {:>12}",
-        "segment", "bytes", "records", "events", "unshipped", "damaged", "damaged_b"
-    );
-    let (mut unshipped, mut damaged) = (0, 0);
-    for (seq, size, stats, pending) in &report.segments {
-        println!(
-            "{seq:>20} {size:>12} {:>9} {:>10} {pending:>10} {:>8} {:>12}",
-            stats.records, stats.rows, stats.damaged_regions, stats.damaged_bytes
-        );
-        unshipped += pending;
-        damaged += stats.damaged_regions;
-    }
-    println!("{} segments, {unshipped} unshipped events, {damaged} damaged regions", report.segments.len());
-    if damaged > 0 {
-        println!("damaged records are skipped when shipping; `edge spool repair` rewrites the segments without them");
-    }
-    ExitCode::SUCCESS
-}
-
-fn spool_repair(dir: &std::path::Path) -> ExitCode {
-    match crate::spool::repair(dir) {
-        Ok(repaired) if repaired.is_empty() => {
-            println!("no damage found");
-            ExitCode::SUCCESS
-        }
-        Ok(repaired) => {
-            for (seq, stats) in &repaired {
-                println!(
-                    "segment {seq}: kept {} records ({} events), dropped {} damaged bytes in {} regions",
-                    stats.records, stats.rows, stats.damaged_bytes, stats.damaged_regions
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&format!("spool repair {}: {e}", dir.display())),
-    }
 }
 
 /// Each connection is a file descriptor; many systems start processes at a soft
