@@ -4,7 +4,8 @@
 //! ES256 or EdDSA from the PEM keys in `JWT_PUBLIC_KEYS`), never taken from the
 //! token: the header's `alg` only selects among the configured keys, and
 //! `none` is not an algorithm this code knows. `exp` is required, `nbf`
-//! honoured, with a leeway (30 s by default).
+//! honoured, with a leeway (30 s by default), both against the `now` the
+//! caller passes (one clock for fresh and cached tokens alike).
 //!
 //! A verified token is cached until it expires, so a client that reuses its
 //! token pays one hash-map lookup per request instead of a signature check.
@@ -151,8 +152,10 @@ impl JwtVerifier {
         let mut keys = Vec::new();
         let validation = |alg: Algorithm| {
             let mut v = Validation::new(alg);
-            v.leeway = config.leeway_secs;
-            v.validate_nbf = true;
+            // Times are checked in `check_times` against the caller's clock, not the system's,
+            // so that a verified token and a cached one expire alike and tests can move time.
+            v.validate_exp = false;
+            v.validate_nbf = false;
             // A configured issuer/audience must be present, not just match when present.
             let mut required = vec!["exp"];
             required.extend(config.issuer.as_ref().map(|_| "iss"));
@@ -353,6 +356,9 @@ mod tests {
         assert_eq!(v.verify(&t, NOW + 36).unwrap_err(), JwtError::Expired, "cached token still expires");
         let old = issue_hs256(&claims(1_000), SECRET);
         assert_eq!(v.verify(&old, NOW).unwrap_err(), JwtError::Expired);
+        // Only the caller's clock counts: at its 900 s the 1970 token is still valid.
+        let fresh = verifier();
+        assert!(fresh.verify(&old, 900).is_ok(), "the system clock is not consulted");
     }
 
     #[test]

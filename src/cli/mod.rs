@@ -2,14 +2,14 @@
 //! both go through [`Config::from_vars`], so every bad setting is reported at
 //! once, one line each, before anything starts.
 
+mod spool;
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-mod spool;
 
 use crate::auth::jwt::{issue_hs256, Claims};
 use crate::config::{parse_duration, Config};
