@@ -58,7 +58,7 @@ impl Server {
         let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
         let auth = Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone());
         let spool_config = SpoolConfig {
-            dir: config.spool_dir.join("spool"),
+            dir: config.data_dir.join("spool"),
             segment_bytes: config.spool_segment_bytes,
             max_bytes: config.spool_max_bytes,
             max_queued_bytes: config.spool_max_queued_bytes,

@@ -63,14 +63,14 @@ enum Command {
 enum SpoolCommand {
     /// Segments, sizes, records, unshipped events, damaged regions.
     Inspect {
-        /// Spool state directory [env: EDGE_SPOOL_DIR, default ./data].
-        #[arg(long, env = "EDGE_SPOOL_DIR", default_value = "./data")]
-        spool_dir: std::path::PathBuf,
+        /// The data directory [env: EDGE_SPOOL_DIR, default ./data].
+        #[arg(long, alias = "spool-dir", env = "EDGE_SPOOL_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
     },
     /// Rewrites damaged segments keeping every intact record.
     Repair {
-        #[arg(long, env = "EDGE_SPOOL_DIR", default_value = "./data")]
-        spool_dir: std::path::PathBuf,
+        #[arg(long, alias = "spool-dir", env = "EDGE_SPOOL_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -88,9 +88,10 @@ struct ServeArgs {
     /// ClickHouse HTTP URL [env: CLICKHOUSE_URL].
     #[arg(long)]
     clickhouse_url: Option<String>,
-    /// Directory for local state [env: EDGE_SPOOL_DIR, default ./data].
-    #[arg(long)]
-    spool_dir: Option<String>,
+    /// The data directory: spool, dev credentials, local store, dead letters
+    /// [env: EDGE_SPOOL_DIR, default ./data].
+    #[arg(long, alias = "spool-dir")]
+    data_dir: Option<String>,
     /// Static tenants in TOML [env: EDGE_TENANTS_FILE].
     #[arg(long)]
     tenants_file: Option<String>,
@@ -146,8 +147,8 @@ pub fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue { org, user, ttl, permissions, email, role, app }) => {
             token_issue(org, user, &ttl, permissions, email, role, app)
         }
-        Command::Spool(SpoolCommand::Inspect { spool_dir }) => spool::inspect(&spool_dir.join("spool")),
-        Command::Spool(SpoolCommand::Repair { spool_dir }) => spool::repair(&spool_dir.join("spool")),
+        Command::Spool(SpoolCommand::Inspect { data_dir }) => spool::inspect(&data_dir.join("spool")),
+        Command::Spool(SpoolCommand::Repair { data_dir }) => spool::repair(&data_dir.join("spool")),
         Command::Key(KeyCommand::Create { org, app }) => {
             let key = SdkKey::generate();
             println!("key: {}", key.expose());
@@ -179,7 +180,7 @@ fn settings(args: &ServeArgs) -> HashMap<String, String> {
         ("EDGE_LISTEN", &args.listen),
         ("EDGE_ADMIN_LISTEN", &args.admin_listen),
         ("CLICKHOUSE_URL", &args.clickhouse_url),
-        ("EDGE_SPOOL_DIR", &args.spool_dir),
+        ("EDGE_SPOOL_DIR", &args.data_dir),
         ("EDGE_TENANTS_FILE", &args.tenants_file),
         ("EDGE_ACK", &args.ack),
     ];
@@ -208,9 +209,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let mut dev_banner = None;
     let dev = if args.dev {
-        let dev = match crate::dev::setup(&config.spool_dir, &config.tiers) {
+        let dev = match crate::dev::setup(&config.data_dir, &config.tiers) {
             Ok(d) => d,
-            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
+            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.data_dir.display())),
         };
         if config.jwt.hs256_secret.is_none() {
             config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
@@ -243,10 +244,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(&format!("invalid configuration: EDGE_TENANTS_FILE: {e}")),
     };
     let sink = match (&config.clickhouse, args.dev) {
-        (Some(ch), _) => Sink::ClickHouse(ClickHouseSink::new(ch, config.spool_dir.clone())),
-        (None, true) => match LocalSink::open(config.spool_dir.clone(), config.local_store_max_bytes) {
+        (Some(ch), _) => Sink::ClickHouse(ClickHouseSink::new(ch, config.data_dir.clone())),
+        (None, true) => match LocalSink::open(config.data_dir.clone(), config.local_store_max_bytes) {
             Ok(s) => Sink::Local(s),
-            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.spool_dir.display())),
+            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.data_dir.display())),
         },
         (None, false) => return fail("invalid configuration: CLICKHOUSE_URL: required (or run with --dev)"),
     };
@@ -254,7 +255,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Sink::ClickHouse(_) => {
             format!("ClickHouse at {}", config.clickhouse.as_ref().map(|c| c.url.as_str()).unwrap_or(""))
         }
-        _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.spool_dir.display()),
+        _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.data_dir.display()),
     };
     let reloadable = config.tenants_file.clone();
     let server = match Server::start(config, Arc::new(Registry::new(snapshot)), sink).await {

@@ -30,18 +30,18 @@ pub struct ClickHouseSink {
     insert_client: Client,
     query_client: Client,
     sql: String,
-    spool_dir: PathBuf,
+    data_dir: PathBuf,
 }
 
 impl ClickHouseSink {
-    pub fn new(config: &ClickHouseConfig, spool_dir: PathBuf) -> Self {
+    pub fn new(config: &ClickHouseConfig, data_dir: PathBuf) -> Self {
         let base = client(config);
         ClickHouseSink {
             insert_client: base.clone().with_compression(Compression::Lz4),
             // 18.16 answers compressed responses wrongly: queries go uncompressed.
             query_client: base.with_compression(Compression::None),
             sql: format!("INSERT INTO events ({COLUMNS}) FORMAT Native"),
-            spool_dir,
+            data_dir,
         }
     }
 
@@ -90,7 +90,7 @@ impl ClickHouseSink {
     }
 
     pub fn dead_letter_dir(&self) -> PathBuf {
-        super::dead_letter_dir(&self.spool_dir)
+        super::dead_letter_dir(&self.data_dir)
     }
 }
 

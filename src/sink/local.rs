@@ -18,20 +18,20 @@ const FILE_BYTES: u64 = 64 << 20;
 
 pub struct LocalSink {
     dir: PathBuf,
-    spool_dir: PathBuf,
+    data_dir: PathBuf,
     max_bytes: u64,
     used: AtomicU64,
 }
 
 impl LocalSink {
-    pub fn open(spool_dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
-        let dir = spool_dir.join("local");
+    pub fn open(data_dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
+        let dir = data_dir.join("local");
         std::fs::create_dir_all(&dir)?;
         let mut used = 0;
         for entry in std::fs::read_dir(&dir)? {
             used += entry?.metadata()?.len();
         }
-        Ok(LocalSink { dir, spool_dir, max_bytes, used: AtomicU64::new(used) })
+        Ok(LocalSink { dir, data_dir, max_bytes, used: AtomicU64::new(used) })
     }
 
     pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
@@ -61,6 +61,6 @@ impl LocalSink {
     }
 
     pub fn dead_letter_dir(&self) -> PathBuf {
-        super::dead_letter_dir(&self.spool_dir)
+        super::dead_letter_dir(&self.data_dir)
     }
 }

@@ -125,7 +125,7 @@ impl MemorySink {
     }
 }
 
-/// `<spool_dir>/dead-letter`.
-pub fn dead_letter_dir(spool_dir: &std::path::Path) -> PathBuf {
-    spool_dir.join("dead-letter")
+/// `<data dir>/dead-letter`.
+pub fn dead_letter_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("dead-letter")
 }

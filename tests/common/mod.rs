@@ -101,7 +101,7 @@ impl Harness {
         let registry = Arc::new(Registry::new(b.build()));
 
         let sink = match &config.clickhouse {
-            Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.spool_dir.clone())),
+            Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.data_dir.clone())),
             None => Sink::Memory(Default::default()),
         };
         let server = Server::start(config, registry, sink).await.expect("server starts");
