@@ -2,7 +2,7 @@
 //!
 //! - [`clickhouse::ClickHouseSink`]: `INSERT … FORMAT RowBinary`, LZ4, a retry table.
 //! - [`local::LocalSink`]: `--dev` without ClickHouse: bounded files under `./data/`.
-//! - [`MemorySink`]: unit tests.
+//! - `MemorySink`: tests only (the `test-sink` feature).
 //!
 //! An enum, not a trait object: three known implementations, no boxing of futures.
 
@@ -11,7 +11,6 @@ pub mod local;
 pub mod native;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 
@@ -49,6 +48,8 @@ pub struct SinkError {
 pub enum Sink {
     ClickHouse(clickhouse::ClickHouseSink),
     Local(local::LocalSink),
+    /// Tests only (the `test-sink` feature, which the integration tests enable).
+    #[cfg(any(test, feature = "test-sink"))]
     Memory(MemorySink),
 }
 
@@ -57,6 +58,7 @@ impl Sink {
         match self {
             Sink::ClickHouse(s) => s.send(block).await,
             Sink::Local(s) => s.send(block).await,
+            #[cfg(any(test, feature = "test-sink"))]
             Sink::Memory(s) => s.send(block),
         }
     }
@@ -65,7 +67,9 @@ impl Sink {
     pub async fn ready(&self) -> bool {
         match self {
             Sink::ClickHouse(s) => s.ping().await,
-            Sink::Local(_) | Sink::Memory(_) => true,
+            Sink::Local(_) => true,
+            #[cfg(any(test, feature = "test-sink"))]
+            Sink::Memory(_) => true,
         }
     }
 
@@ -74,6 +78,7 @@ impl Sink {
         let dir = match self {
             Sink::ClickHouse(s) => s.dead_letter_dir(),
             Sink::Local(s) => s.dead_letter_dir(),
+            #[cfg(any(test, feature = "test-sink"))]
             Sink::Memory(s) => match &s.dead_letters {
                 Some(dir) => dir.clone(),
                 None => return,
@@ -90,6 +95,7 @@ impl Sink {
         }
     }
 
+    #[cfg(any(test, feature = "test-sink"))]
     pub fn memory_rows(&self) -> usize {
         match self {
             Sink::Memory(s) => s.blocks.lock().expect("memory sink lock").iter().map(|(_, rows)| rows).sum(),
@@ -101,20 +107,23 @@ impl Sink {
         match self {
             Sink::ClickHouse(_) => "clickhouse",
             Sink::Local(_) => "local",
+            #[cfg(any(test, feature = "test-sink"))]
             Sink::Memory(_) => "memory",
         }
     }
 }
 
 /// Keeps blocks in memory (tests); can be told to refuse every block for good.
+#[cfg(any(test, feature = "test-sink"))]
 #[derive(Default)]
 pub struct MemorySink {
-    pub blocks: Mutex<Vec<(Bytes, usize)>>,
+    pub blocks: std::sync::Mutex<Vec<(Bytes, usize)>>,
     /// Answer every send with a non-retryable error.
     pub refuse: bool,
     pub dead_letters: Option<PathBuf>,
 }
 
+#[cfg(any(test, feature = "test-sink"))]
 impl MemorySink {
     fn send(&self, block: &Block) -> Result<(), SinkError> {
         if self.refuse {
