@@ -86,15 +86,6 @@ pub fn install() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
-            // Histograms are kept in shards that need periodic draining.
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                })
-                .expect("spawn metrics upkeep thread");
             handle
         })
         .clone()
@@ -262,6 +253,16 @@ pub fn register_route(slot: usize, label: &'static str) {
     let slot = slot.min(MAX_ROUTES - 1);
     for (status, series) in SERIES.requests[slot].iter().enumerate() {
         series.get_or_init(|| request_counter(label, status)).absolute(0);
+    }
+}
+
+/// Histograms are kept in shards that need periodic draining: runs until `stop`.
+pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stop.cancelled() => return,
+        }
     }
 }
 

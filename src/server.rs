@@ -1,22 +1,31 @@
-//! The server: binds both listeners, builds each surface's state (ingest,
-//! control, admin) once, wires them to the route table ([`crate::routes`]),
-//! and runs the drain on shutdown.
+//! The server: open the spool → build each surface's state (ingest, control,
+//! admin) once → bind → spawn the named tasks → serve → drain.
 //!
-//! Shutdown protocol (SIGTERM, or [`Server::shutdown`]): mark draining
-//! (`/readyz` turns 503 so load balancers stop sending), stop accepting,
-//! let in-flight requests finish, close the spool (its writer syncs what is
-//! queued), then let the shipper send what it can within `drain_timeout`;
-//! the rest stays in the spool for the next start. Only then does
-//! [`Server::wait`] return.
+//! One [`CancellationToken`] asks the server to stop; the drain then ends the
+//! named tasks in order (the last ones through a second token it cancels
+//! itself), and each logs `task stopped` when it ends. Shutdown order (SIGTERM, or
+//! [`Server::shutdown`]):
+//!
+//! 1. `/readyz` turns 503 (draining), so load balancers stop sending;
+//! 2. `data-listener` stops accepting and lets in-flight requests finish (at
+//!    most half the drain budget);
+//! 3. `spool-writer` writes and syncs what is queued, then ends (the spool is closed);
+//! 4. `shipper` sees the writer gone and ships what remains within `drain_timeout`;
+//!    the rest stays in the spool for the next start;
+//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep` and the tasks added with
+//!    [`Server::spawn`] (the SIGHUP reloader; next the registry listener and the
+//!    Redis sync) end; only then does [`Server::wait`] return.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::aggregates::Stats;
 use crate::auth::jwt::JwtVerifier;
@@ -33,11 +42,13 @@ use crate::pipeline::Pipeline;
 use crate::routes::{AdminState, DataRouter, Readiness};
 use crate::shipper::Shipper;
 use crate::sink::Sink;
-use crate::spool::{Spool, SpoolConfig};
+use crate::spool::{Spool, SpoolConfig, SpoolReader};
 use crate::tenant::Registry;
 
 /// How often `/readyz`'s view of the sink is refreshed (off the request path).
 const READY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Tasks that only wait for the token get this long to end after the drain.
+const LAST_TASKS_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -46,8 +57,22 @@ pub struct Server {
     pub registry: Arc<Registry>,
     /// The in-process daily aggregates.
     pub stats: Arc<Stats>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    shutdown: CancellationToken,
+    /// Tasks stopped last, when the drain cancels `last`.
+    background: TaskTracker,
+    last: CancellationToken,
+    drain: JoinHandle<()>,
+}
+
+/// Runs `task` under `name`, logging when it ends.
+fn spawn_named<F>(name: &'static str, task: F) -> JoinHandle<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        task.await;
+        tracing::info!(task = name, "task stopped");
+    })
 }
 
 impl Server {
@@ -55,50 +80,14 @@ impl Server {
     pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, String> {
         let metrics = crate::metrics::install();
         registry.publish_gauge();
-        let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
-        let auth = Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone());
-        let spool_config = SpoolConfig {
-            dir: config.data_dir.join("spool"),
-            segment_bytes: config.spool_segment_bytes,
-            max_bytes: config.spool_max_bytes,
-            max_queued_bytes: config.spool_max_queued_bytes,
-            ack: config.ack,
-        };
-        let (spool, reader, recovery) =
-            Spool::open(&spool_config).map_err(|e| format!("EDGE_SPOOL_DIR {}: {e}", spool_config.dir.display()))?;
-        if recovery.replay_records > 0 || recovery.damaged_regions > 0 || recovery.truncated_bytes > 0 {
-            tracing::warn!(
-                segments = recovery.segments,
-                replay_events = recovery.replay_rows,
-                damaged_regions = recovery.damaged_regions,
-                damaged_bytes = recovery.damaged_bytes,
-                truncated_bytes = recovery.truncated_bytes,
-                "spool recovered: unshipped events will be shipped again"
-            );
-        }
+        let (spool, reader) = open_spool(&config)?;
         let sink = Arc::new(sink);
         let pipeline = Arc::new(Pipeline::new(spool));
         let stats = Arc::new(Stats::new(config.stats_max_bytes));
         let readiness = Arc::new(Readiness::default());
         readiness.sink_ready.store(sink.ready().await, Ordering::Release);
-        // Each surface gets the state it uses, and nothing else.
-        let router = Arc::new(DataRouter {
-            auth,
-            registry: registry.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
-            cors: Cors::new(&config.cors_origins),
-            conn: config.conn.clone(),
-            ingest: IngestState {
-                limiter: Limiter::new(),
-                validator: Validator::new(config.body.clone()),
-                pipeline: pipeline.clone(),
-                stats: stats.clone(),
-                budget: MemoryBudget::new(config.max_inflight_body_bytes),
-                conn: config.conn.clone(),
-            },
-            control: ControlState { stats: stats.clone() },
-        });
-        let admin_state = Arc::new(AdminState { metrics, readiness: readiness.clone() });
+        let router = Arc::new(data_router(&config, registry.clone(), pipeline.clone(), stats.clone())?);
+        let admin_state = Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone() });
         crate::routes::register_series();
 
         let data = TcpListener::bind(config.listen).await.map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
@@ -108,76 +97,165 @@ impl Server {
         let addr = data.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let (stop_shipping, stop_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        // Stops what must outlive the drain (probes, readiness, metrics, reloads).
+        let last = CancellationToken::new();
+        let background = TaskTracker::new();
         let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader };
-        let shipper = tokio::spawn(shipper.run(stop_rx, config.drain_timeout));
-        let ready_task = tokio::spawn(watch_sink(readiness.clone(), sink.clone(), shutdown_rx.clone()));
+        let shipper = spawn_named("shipper", shipper.run(config.drain_timeout));
+        background.spawn(named("sink-watcher", watch_sink(readiness.clone(), sink.clone(), last.clone())));
+        background.spawn(named("metrics-upkeep", crate::metrics::upkeep(metrics, last.clone())));
         let conn_config = Arc::new(config.conn.clone());
         let (data_cap, admin_cap) =
             crate::http::conn::fit_to_descriptors(config.max_connections, config.admin_max_connections);
-        let data_loop = tokio::spawn(
-            Listener {
-                name: "data",
-                listener: data,
-                max_connections: data_cap,
-                config: conn_config.clone(),
-                handler: move |req| router.clone().serve(req),
-            }
-            .run(shutdown_rx.clone()),
-        );
-        let admin_loop = tokio::spawn(
-            Listener {
-                name: "admin",
-                listener: admin,
-                max_connections: admin_cap,
-                config: conn_config,
-                handler: move |req| crate::routes::serve_admin(admin_state.clone(), req),
-            }
-            .run(shutdown_rx.clone()),
-        );
+        let data_listener = Listener {
+            name: "data",
+            listener: data,
+            max_connections: data_cap,
+            config: conn_config.clone(),
+            handler: move |req| router.clone().serve(req),
+        };
+        let data_loop = spawn_named("data-listener", data_listener.run(shutdown.clone()));
+        let admin_listener = Listener {
+            name: "admin",
+            listener: admin,
+            max_connections: admin_cap,
+            config: conn_config,
+            handler: move |req| crate::routes::serve_admin(admin_state.clone(), req),
+        };
+        // The admin listener outlives the data one so that probes see the drain.
+        background.spawn(named("admin-listener", admin_listener.run(last.clone())));
 
-        let drain_timeout = config.drain_timeout;
-        let task = tokio::spawn(async move {
-            let mut rx = shutdown_rx;
-            stopped(&mut rx).await;
-            readiness.draining.store(true, Ordering::Release);
-            // In-flight requests finish (or are cut at half the drain budget), then the spool
-            // writer syncs what it holds, then the shipper sends what it can.
-            let _ = tokio::time::timeout(drain_timeout / 2, data_loop).await;
-            let _ = tokio::task::spawn_blocking(move || pipeline.close()).await;
-            let _ = stop_shipping.send(true);
-            if tokio::time::timeout(drain_timeout + Duration::from_secs(1), shipper).await.is_err() {
-                tracing::warn!("drain timeout: unshipped events stay in the spool for the next start");
-            }
-            admin_loop.abort();
-            ready_task.abort();
-        });
+        let drain = tokio::spawn(drain(Drain {
+            shutdown: shutdown.clone(),
+            readiness,
+            data_loop,
+            pipeline,
+            shipper,
+            last: last.clone(),
+            background: background.clone(),
+            drain_timeout: config.drain_timeout,
+        }));
         tracing::info!(%addr, %admin_addr, sink = sink.name(), "edge listening");
-        Ok(Server { addr, admin_addr, registry, stats, shutdown, task })
+        Ok(Server { addr, admin_addr, registry, stats, shutdown, background, last, drain })
+    }
+
+    /// Runs `task` as one of the named tasks stopped last.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.last.clone();
+        self.background.spawn(named(name, async move {
+            tokio::select! {
+                _ = task => {}
+                _ = stop.cancelled() => {}
+            }
+        }));
     }
 
     /// Starts the drain; [`Server::wait`] returns when it is done.
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
     }
 
     pub async fn wait(self) {
-        let _ = self.task.await;
+        let _ = self.drain.await;
     }
 }
 
-async fn watch_sink(readiness: Arc<Readiness>, sink: Arc<Sink>, mut shutdown: watch::Receiver<bool>) {
+/// `task`, logging `task stopped` under `name` when it ends.
+async fn named<F: Future<Output = ()>>(name: &'static str, task: F) {
+    task.await;
+    tracing::info!(task = name, "task stopped");
+}
+
+/// Opens (and recovers) the spool under the data directory.
+fn open_spool(config: &Config) -> Result<(Spool, SpoolReader), String> {
+    let spool_config = SpoolConfig {
+        dir: config.data_dir.join("spool"),
+        segment_bytes: config.spool_segment_bytes,
+        max_bytes: config.spool_max_bytes,
+        max_queued_bytes: config.spool_max_queued_bytes,
+        ack: config.ack,
+    };
+    let (spool, reader, recovery) =
+        Spool::open(&spool_config).map_err(|e| format!("EDGE_SPOOL_DIR {}: {e}", spool_config.dir.display()))?;
+    if recovery.replay_records > 0 || recovery.damaged_regions > 0 || recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            segments = recovery.segments,
+            replay_events = recovery.replay_rows,
+            damaged_regions = recovery.damaged_regions,
+            damaged_bytes = recovery.damaged_bytes,
+            truncated_bytes = recovery.truncated_bytes,
+            "spool recovered: unshipped events will be shipped again"
+        );
+    }
+    Ok((spool, reader))
+}
+
+/// The data listener's router with each surface's state: the ingest and control handlers get
+/// what they use, and nothing else.
+fn data_router(
+    config: &Config,
+    registry: Arc<Registry>,
+    pipeline: Arc<Pipeline>,
+    stats: Arc<Stats>,
+) -> Result<DataRouter, String> {
+    let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
+    Ok(DataRouter {
+        auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone()),
+        registry,
+        trusted_proxies: config.trusted_proxies.clone(),
+        cors: Cors::new(&config.cors_origins),
+        conn: config.conn.clone(),
+        ingest: IngestState {
+            limiter: Limiter::new(),
+            validator: Validator::new(config.body.clone()),
+            pipeline,
+            stats: stats.clone(),
+            budget: MemoryBudget::new(config.max_inflight_body_bytes),
+            conn: config.conn.clone(),
+        },
+        control: ControlState { stats },
+    })
+}
+
+/// What the drain needs, in the order it uses it.
+struct Drain {
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
+    data_loop: JoinHandle<()>,
+    pipeline: Arc<Pipeline>,
+    shipper: JoinHandle<()>,
+    last: CancellationToken,
+    background: TaskTracker,
+    drain_timeout: Duration,
+}
+
+/// The shutdown order of the module documentation.
+async fn drain(d: Drain) {
+    d.shutdown.cancelled().await;
+    d.readiness.draining.store(true, Ordering::Release);
+    let _ = tokio::time::timeout(d.drain_timeout / 2, d.data_loop).await;
+    let pipeline = d.pipeline;
+    let _ = tokio::task::spawn_blocking(move || pipeline.close()).await;
+    if tokio::time::timeout(d.drain_timeout + Duration::from_secs(1), d.shipper).await.is_err() {
+        tracing::warn!("drain timeout: unshipped events stay in the spool for the next start");
+    }
+    d.last.cancel();
+    d.background.close();
+    if tokio::time::timeout(LAST_TASKS_GRACE, d.background.wait()).await.is_err() {
+        tracing::warn!("some background tasks did not stop in time");
+    }
+}
+
+async fn watch_sink(readiness: Arc<Readiness>, sink: Arc<Sink>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(READY_CHECK_INTERVAL) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
         readiness.sink_ready.store(sink.ready().await, Ordering::Release);
     }
-}
-
-/// Resolves once shutdown is requested (or the sender is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }

@@ -15,8 +15,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
-
 use crate::config::BatchConfig;
 use crate::metrics as m;
 use crate::sink::{Block, Sink};
@@ -29,17 +27,17 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// Ships until `stop` turns true (after the spool writer has closed), then
-    /// ships what remains, giving up after `drain_timeout` (the rest stays in the spool).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>, drain_timeout: Duration) {
+    /// Ships until the spool writer has closed (the last step of the drain before this one),
+    /// then ships what remains, giving up after `drain_timeout` (the rest stays in the spool).
+    pub async fn run(mut self, drain_timeout: Duration) {
         let mut backoff = Backoff::default();
         let mut deadline: Option<Instant> = None;
         loop {
-            let stopping = *stop.borrow();
+            let stopping = self.reader.writer_closed();
             if stopping && deadline.is_none() {
                 deadline = Some(Instant::now() + drain_timeout);
             }
-            let batch = match self.gather(stopping, &mut stop).await {
+            let batch = match self.gather(stopping).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the spool failed; retrying");
@@ -72,10 +70,8 @@ impl Shipper {
                         tracing::warn!(error = %e.message, retry_in_ms = wait.as_millis() as u64, rows = block.rows, "sink send failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
-                            _ = stop.changed() => {
-                                if deadline.is_none() {
-                                    deadline = Some(Instant::now() + drain_timeout);
-                                }
+                            _ = self.reader.closed(), if deadline.is_none() => {
+                                deadline = Some(Instant::now() + drain_timeout);
                             }
                         }
                     }
@@ -91,20 +87,18 @@ impl Shipper {
     }
 
     /// Reads records until the block is full, `interval` passes, or (stopping) the spool is drained.
-    async fn gather(&mut self, stopping: bool, stop: &mut watch::Receiver<bool>) -> std::io::Result<ReadBatch> {
+    async fn gather(&mut self, stopping: bool) -> std::io::Result<ReadBatch> {
         let started = Instant::now();
         // Reads hit the page cache (the writer just wrote these bytes) and are bounded in size,
         // so they run inline rather than hopping to the blocking pool.
         let mut batch = self.reader.read(self.config.max_rows, self.config.max_bytes)?;
         while batch.rows < self.config.max_rows && batch.bytes < self.config.max_bytes {
-            if stopping && self.reader.caught_up() {
+            // Closing ends the wait for more: what the writer had is all there is.
+            if (stopping || self.reader.writer_closed()) && self.reader.caught_up() {
                 break;
             }
             let Some(left) = self.config.interval.checked_sub(started.elapsed()) else { break };
-            tokio::select! {
-                _ = self.reader.wait_for_data(left) => {}
-                _ = stop.changed(), if !stopping => break,
-            }
+            self.reader.wait_for_data(left).await;
             let more = self.reader.read(self.config.max_rows - batch.rows, self.config.max_bytes - batch.bytes)?;
             batch.extend(more);
         }
@@ -189,14 +183,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, reader, _) = Spool::open(&config(dir.path())).unwrap();
         let sink = Arc::new(Sink::Memory(MemorySink::default()));
-        let (stop_tx, stop_rx) = watch::channel(false);
         let shipper = Shipper { config: batch_config(), sink: sink.clone(), reader };
-        let task = tokio::spawn(shipper.run(stop_rx, Duration::from_secs(5)));
+        let task = tokio::spawn(shipper.run(Duration::from_secs(5)));
         for i in 0..200 {
             spool.append(block(if i % 2 == 0 { "b" } else { "a" }, 3)).await.unwrap();
         }
+        // Closing the spool is what ends the shipper, once it has shipped everything.
         tokio::task::block_in_place(|| spool.close());
-        stop_tx.send(true).unwrap();
         task.await.unwrap();
         assert_eq!(sink.memory_rows(), 600);
         // Within each shipped block, organisations are contiguous.
@@ -221,13 +214,12 @@ mod tests {
         let dead = dir.path().join("dead-letter");
         let sink =
             Arc::new(Sink::Memory(MemorySink { refuse: true, dead_letters: Some(dead.clone()), ..Default::default() }));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(Shipper { config: batch_config(), sink, reader }.run(stop_rx, Duration::from_secs(5)));
+        let task = tokio::spawn(Shipper { config: batch_config(), sink, reader }.run(Duration::from_secs(5)));
         for _ in 0..10 {
             spool.append(block("a", 2)).await.unwrap();
         }
+        // Closing the spool is what ends the shipper, once it has shipped everything.
         tokio::task::block_in_place(|| spool.close());
-        stop_tx.send(true).unwrap();
         task.await.unwrap();
         let kept: Vec<u8> =
             std::fs::read_dir(&dead).unwrap().flat_map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();

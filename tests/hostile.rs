@@ -127,6 +127,20 @@ impl Dev {
     fn log_contains(&self, needle: &str) -> usize {
         self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
+
+    /// Lines reach the log reader a little after the answer: wait (up to 2 s) for `at_least`.
+    fn log_has(&self, needle: &str, at_least: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if self.log_contains(needle) >= at_least {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Dev {
@@ -365,7 +379,7 @@ fn silent_sockets_are_cut_and_never_lock_clients_out() {
 fn out_of_descriptors_the_caps_shrink_and_refusals_are_immediate() {
     raise_open_file_limit();
     let dev = Dev::start_with_limit(&[("EDGE_DETECT_TIMEOUT", "3s")], Some(200));
-    assert_eq!(dev.log_contains("connection caps lowered"), 1);
+    assert!(dev.log_has("connection caps lowered", 1));
     let silent: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&dev.addr).unwrap()).collect();
     let started = Instant::now();
     let mut probe = TcpStream::connect(&dev.admin).unwrap();
@@ -409,7 +423,7 @@ fn headers_are_bounded_and_audit_lines_cannot_amplify() {
     let written = dev.log_bytes.load(Ordering::Relaxed) - before;
     println!("2 000 mismatches wrote {written} bytes of log");
     assert!(written < 64 * 1024, "log grew {written} bytes");
-    assert!(dev.log_contains("selector_mismatch") >= 1 && dev.log_contains("selector_mismatch") <= 25);
+    assert!(dev.log_has("selector_mismatch", 1) && dev.log_contains("selector_mismatch") <= 25);
 }
 
 #[test]
@@ -559,7 +573,7 @@ fn every_selector_instance_is_checked_on_the_wire() {
         response.await.unwrap().status().as_u16()
     });
     assert_eq!(status, 403);
-    assert!(dev.log_contains("selector_mismatch") >= 2);
+    assert!(dev.log_has("selector_mismatch", 2));
 }
 
 #[test]
@@ -680,7 +694,7 @@ fn browsers_permissions_and_operator_guesses() {
     }
     assert_eq!(guess(&mut s, "guess-11"), (429, "too_many_attempts".to_string()));
     assert_eq!(guess(&mut s, "operator-token-0123456789abcdef").0, 429, "even the right token waits");
-    assert!(dev.log_contains("operator_token_rejected") >= 1);
+    assert!(dev.log_has("operator_token_rejected", 1));
 }
 
 #[test]
@@ -696,13 +710,13 @@ fn client_addresses_come_only_from_trusted_proxies() {
     let mut s = dev.connect();
     s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n").unwrap();
     mismatch(&dev, &mut s, "X-Forwarded-For: 192.0.2.99\r\n");
-    assert_eq!(dev.log_contains("client=203.0.113.7"), 1);
+    assert!(dev.log_has("client=203.0.113.7", 1));
     let mut s = dev.connect();
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
     v2.extend_from_slice(&[198, 51, 100, 23, 127, 0, 0, 1, 0x15, 0xb3, 0, 80]);
     s.write_all(&v2).unwrap();
     mismatch(&dev, &mut s, "");
-    assert_eq!(dev.log_contains("client=198.51.100.23"), 1);
+    assert!(dev.log_has("client=198.51.100.23", 1));
     // A trusted peer that sends no PROXY header is not served.
     let mut s = dev.connect();
     s.write_all(&post("/v1/events", dev.keys[3].expose(), "", event)).unwrap();
@@ -715,7 +729,7 @@ fn client_addresses_come_only_from_trusted_proxies() {
         Dev::start(&[("EDGE_TRUSTED_PROXIES", "127.0.0.0/8"), ("EDGE_ADMIN_TOKEN", "operator-token-0123456789abcdef")]);
     let mut s = dev.connect();
     mismatch(&dev, &mut s, "X-Forwarded-For: 192.0.2.1, 198.51.100.50, 127.0.0.5\r\n");
-    assert_eq!(dev.log_contains("client=198.51.100.50"), 1);
+    assert!(dev.log_has("client=198.51.100.50", 1));
     let guess = |s: &mut TcpStream, from: &str| {
         let req = format!(
             "GET /api/v1/stats/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-guess\r\nX-Forwarded-For: {from}\r\n\r\n"
@@ -733,7 +747,8 @@ fn client_addresses_come_only_from_trusted_proxies() {
     let dev = Dev::start(&[]);
     let mut s = dev.connect();
     mismatch(&dev, &mut s, "X-Forwarded-For: 198.51.100.77\r\n");
-    assert_eq!((dev.log_contains("client=198.51.100.77"), dev.log_contains("client=127.0.0.1")), (0, 1));
+    assert!(dev.log_has("client=127.0.0.1", 1));
+    assert_eq!(dev.log_contains("client=198.51.100.77"), 0);
 }
 
 #[test]
@@ -752,5 +767,36 @@ fn every_series_is_exported_from_the_start() {
         "edge_connections_refused_total{listener=\"data\"} 0",
     ] {
         assert!(text.contains(series), "{series} missing from /metrics");
+    }
+}
+
+#[test]
+fn sigterm_stops_every_named_task_in_order() {
+    let mut dev = Dev::start(&[("EDGE_DRAIN_TIMEOUT", "6s")]);
+    let mut s = dev.connect();
+    assert_eq!(exchange(&mut s, &post("/v1/events/batch", dev.keys[3].expose(), "", &batch("term", 5))).0, 202);
+    drop(s);
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(dev.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the edge did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = dev.log.lock().unwrap().clone();
+    let stopped_at = |task: &str| {
+        log.iter()
+            .position(|l| l.contains("task stopped") && l.contains(task))
+            .unwrap_or_else(|| panic!("{task} never reported stopping:\n{}", log.join("\n")))
+    };
+    let order: Vec<usize> = ["data-listener", "spool-writer", "shipper"].iter().map(|t| stopped_at(t)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "drain order: {order:?}");
+    for task in ["admin-listener", "sink-watcher", "metrics-upkeep", "tenants-reloader"] {
+        assert!(stopped_at(task) > order[2], "{task} stops after the shipper");
     }
 }

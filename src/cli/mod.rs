@@ -266,7 +266,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
     }
     if let Some(path) = reloadable {
-        tokio::spawn(reload_on_sighup(path, server.registry.clone(), tenants));
+        server.spawn("tenants-reloader", reload_on_sighup(path, server.registry.clone(), tenants));
     }
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections and flushing batches");

@@ -32,7 +32,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::response::Body;
 use crate::config::ConnConfig;
@@ -69,7 +70,7 @@ where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
 {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let max = self.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         let slots = Arc::new(Semaphore::new(max));
         let mut spare = SpareFd::open();
@@ -77,7 +78,7 @@ where
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
-                _ = stopped(&mut shutdown) => break,
+                _ = shutdown.cancelled() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(conn) => conn,
@@ -182,10 +183,6 @@ impl AcceptLog {
     }
 }
 
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Http1,
@@ -195,7 +192,7 @@ enum Protocol {
 struct Connection {
     peer: SocketAddr,
     config: Arc<ConnConfig>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -288,7 +285,7 @@ async fn detect(stream: &TcpStream) -> io::Result<Protocol> {
 }
 
 /// Runs a connection until it ends, closing it gracefully on shutdown or (HTTP/2) when idle.
-async fn drive<C>(conn: C, mut shutdown: watch::Receiver<bool>, idle: Option<(Arc<Activity>, Duration)>)
+async fn drive<C>(conn: C, shutdown: CancellationToken, idle: Option<(Arc<Activity>, Duration)>)
 where
     C: GracefulConnection,
 {
@@ -301,7 +298,7 @@ where
     };
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = stopped(&mut shutdown) => {
+        _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

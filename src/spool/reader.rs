@@ -124,6 +124,17 @@ impl SpoolReader {
         let _ = tokio::time::timeout(timeout, self.head.changed()).await;
     }
 
+    /// Has the writer stopped (the spool closed)? Nothing more will be written then.
+    pub fn writer_closed(&self) -> bool {
+        self.head.has_changed().is_err()
+    }
+
+    /// Resolves once the writer has stopped.
+    pub async fn closed(&self) {
+        let mut head = self.head.clone();
+        while head.changed().await.is_ok() {}
+    }
+
     /// Is everything written also read?
     pub fn caught_up(&self) -> bool {
         *self.head.borrow() <= self.at

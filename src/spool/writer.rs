@@ -107,6 +107,7 @@ pub(super) fn run(writer: Writer) {
         }
     }
     let _ = file.sync_data();
+    tracing::info!(task = "spool-writer", "task stopped");
 }
 
 pub(super) fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
