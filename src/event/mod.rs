@@ -6,6 +6,7 @@
 //! [`RowBlock`] in ClickHouse's RowBinary format ([`rowbinary`]), so no
 //! per-event struct is allocated and nothing downstream re-encodes it.
 
+mod fields;
 pub mod parse;
 pub mod rowbinary;
 pub mod validate;

@@ -16,6 +16,7 @@ use simd_json::prelude::*;
 use simd_json::value::tape::Value;
 use time::format_description::well_known::Rfc3339;
 
+use super::fields::{optional_str, required_str, Fields};
 use super::rowbinary::*;
 use super::{EventSummary, Rejection, RowBlock};
 use crate::config::BodyLimits;
@@ -52,8 +53,8 @@ impl Validator {
         &self.limits
     }
 
-    /// Validates `event` and appends its row to `out`. `scratch` is reused across
-    /// calls to serialise the property objects without allocating per event.
+    /// Validates `event` and appends its row to `out`. `scratch` is reused across calls to
+    /// serialise the property objects without allocating per event.
     pub fn encode(
         &self,
         event: Value<'_, '_>,
@@ -61,36 +62,34 @@ impl Validator {
         scratch: &mut Vec<u8>,
         out: &mut RowBlock,
     ) -> Result<EventSummary, Rejection> {
+        let valid = self.validate(event, ctx, scratch)?;
+        self.write(&valid, ctx, scratch, out)
+    }
+
+    /// Every rule, in the order a client would want to hear about them; nothing is written.
+    /// The property objects are left serialised in `scratch` (see [`ValidEvent::properties_end`]).
+    pub fn validate<'e>(
+        &self,
+        event: Value<'_, 'e>,
+        ctx: &EventContext<'e>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<ValidEvent<'e>, Rejection> {
         let Some(f) = Fields::collect(event) else {
             return Err(Rejection::new("invalid_event", "An event must be a JSON object"));
         };
-        let event_type = required_str(f.event_type, "event_type", 64)?;
-        let event_name = required_str(f.event_name, "event_name", 256)?;
-        let device_id = required_str(f.device_id, "device_id", 128)?;
-        let event_id = optional_str(f.event_id, "event_id", 64)?;
-        let session_id = optional_str(f.session_id, "session_id", 128)?.unwrap_or("");
-        let platform = optional_str(f.platform, "platform", 32)?.unwrap_or("");
-        let body_app = optional_str(f.app_id, "app_id", 64)?;
-        let app_id = match (ctx.credential_app, body_app) {
-            (Some(bound), Some(sent)) if bound != sent => {
-                return Err(Rejection::new(
-                    "app_mismatch",
-                    format!("app_id {sent:?} is not the app this key belongs to"),
-                ));
-            }
-            (Some(bound), _) => bound,
-            (None, sent) => sent.unwrap_or(""),
-        };
-        let idfa = optional_str(f.idfa, "idfa", 64)?.unwrap_or("");
-        let idfv = optional_str(f.idfv, "idfv", 64)?.unwrap_or("");
-        let gaid = optional_str(f.gaid, "gaid", 64)?.unwrap_or("");
-        let oaid = optional_str(f.oaid, "oaid", 64)?.unwrap_or("");
-        let ip = optional_str(f.ip, "ip", 45)?.unwrap_or("");
-        if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(Rejection::new("invalid_field", "ip is not an IPv4 or IPv6 address"));
-        }
-        let user_agent = optional_str(f.user_agent, "user_agent", 1024)?.unwrap_or("");
+        let ids = identity(&f, ctx)?;
+        let timestamp_ms = self.timestamp(&f, ctx)?;
+        let (revenue_cents, currency) = money(&f)?;
+        scratch.clear();
+        self.serialise_object(f.properties, "properties", scratch)?;
+        let properties_end = scratch.len();
+        self.serialise_object(f.user_properties, "user_properties", scratch)?;
+        Ok(ValidEvent { ids, timestamp_ms, revenue_cents, currency, properties_end })
+    }
 
+    /// When the event happened: its own time corrected for the batch's clock skew, or the
+    /// receive time; within `max_future` ahead and the tier's retention back.
+    fn timestamp(&self, f: &Fields<'_, '_>, ctx: &EventContext) -> Result<i64, Rejection> {
         let timestamp_ms = match f.event_timestamp {
             None => ctx.received_ms,
             Some(v) if v.is_null() => ctx.received_ms,
@@ -115,39 +114,23 @@ impl Validator {
                 format!("event_timestamp is older than the {}-day retention{hint}", ctx.retention_days),
             ));
         }
+        Ok(timestamp_ms)
+    }
 
-        let revenue_cents = match f.revenue {
-            None => 0,
-            Some(v) if v.is_null() => 0,
-            Some(v) => {
-                // Integers are numbers: `JSON.stringify(5.0)` is `5`.
-                let r = v.cast_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
-                if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
-                    return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
-                }
-                (r * 100.0).round() as i64
-            }
-        };
-        let currency = match optional_str(f.currency, "currency", 3)? {
-            None => *b"USD",
-            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
-                let b = c.as_bytes();
-                [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase(), b[2].to_ascii_uppercase()]
-            }
-            Some(_) => return Err(Rejection::new("invalid_currency", "currency must be a three-letter ISO 4217 code")),
-        };
-
-        scratch.clear();
-        self.serialise_object(f.properties, "properties", scratch)?;
-        let props_end = scratch.len();
-        self.serialise_object(f.user_properties, "user_properties", scratch)?;
-
-        // Everything is valid: write the row.
+    /// Writes a valid event's row, column by column in the table's order.
+    fn write(
+        &self,
+        e: &ValidEvent<'_>,
+        ctx: &EventContext,
+        scratch: &[u8],
+        out: &mut RowBlock,
+    ) -> Result<EventSummary, Rejection> {
+        let ids = &e.ids;
         let start = out.data.len();
         let d = &mut out.data;
         put_str(d, ctx.org_id.as_bytes());
-        put_str(d, app_id.as_bytes());
-        match event_id {
+        put_str(d, ids.app_id.as_bytes());
+        match ids.event_id {
             Some(id) => put_str(d, id.as_bytes()),
             None => {
                 // Built by hand: `Uuid::now_v7` takes a process-wide mutex for monotonic counters,
@@ -158,24 +141,24 @@ impl Validator {
                 put_str(d, id.hyphenated().encode_lower(&mut buf).as_bytes());
             }
         }
-        put_str(d, event_type.as_bytes());
-        put_str(d, event_name.as_bytes());
-        put_str(d, device_id.as_bytes());
-        put_str(d, session_id.as_bytes());
-        put_str(d, platform.as_bytes());
-        put_datetime(d, secs(timestamp_ms));
+        put_str(d, ids.event_type.as_bytes());
+        put_str(d, ids.event_name.as_bytes());
+        put_str(d, ids.device_id.as_bytes());
+        put_str(d, ids.session_id.as_bytes());
+        put_str(d, ids.platform.as_bytes());
+        put_datetime(d, secs(e.timestamp_ms));
         put_datetime(d, secs(ctx.received_ms));
         put_nullable_datetime(d, ctx.sent_at_ms.map(secs));
-        put_str(d, &scratch[..props_end]);
-        put_str(d, &scratch[props_end..]);
-        put_decimal_18_2(d, revenue_cents);
-        put_str(d, &currency);
-        put_str(d, idfa.as_bytes());
-        put_str(d, idfv.as_bytes());
-        put_str(d, gaid.as_bytes());
-        put_str(d, oaid.as_bytes());
-        put_str(d, ip.as_bytes());
-        put_str(d, user_agent.as_bytes());
+        put_str(d, &scratch[..e.properties_end]);
+        put_str(d, &scratch[e.properties_end..]);
+        put_decimal_18_2(d, e.revenue_cents);
+        put_str(d, &e.currency);
+        put_str(d, ids.idfa.as_bytes());
+        put_str(d, ids.idfv.as_bytes());
+        put_str(d, ids.gaid.as_bytes());
+        put_str(d, ids.oaid.as_bytes());
+        put_str(d, ids.ip.as_bytes());
+        put_str(d, ids.user_agent.as_bytes());
         if d.len() - start > self.limits.max_event_bytes {
             d.truncate(start);
             return Err(Rejection::new(
@@ -185,9 +168,9 @@ impl Validator {
         }
         out.rows += 1;
         Ok(EventSummary {
-            day: (timestamp_ms.div_euclid(86_400_000)) as u32,
-            revenue_cents,
-            device_hash: DEVICE_HASH.hash_one(device_id),
+            day: (e.timestamp_ms.div_euclid(86_400_000)) as u32,
+            revenue_cents: e.revenue_cents,
+            device_hash: DEVICE_HASH.hash_one(ids.device_id),
         })
     }
 
@@ -224,59 +207,101 @@ impl Validator {
     }
 }
 
-/// The fields this edge reads, picked out of the event in one pass over its keys
-/// (one string match per key, rather than a map lookup per field).
-#[derive(Default)]
-struct Fields<'t, 'v> {
-    event_type: Option<Value<'t, 'v>>,
-    event_name: Option<Value<'t, 'v>>,
-    device_id: Option<Value<'t, 'v>>,
-    event_id: Option<Value<'t, 'v>>,
-    session_id: Option<Value<'t, 'v>>,
-    platform: Option<Value<'t, 'v>>,
-    app_id: Option<Value<'t, 'v>>,
-    idfa: Option<Value<'t, 'v>>,
-    idfv: Option<Value<'t, 'v>>,
-    gaid: Option<Value<'t, 'v>>,
-    oaid: Option<Value<'t, 'v>>,
-    ip: Option<Value<'t, 'v>>,
-    user_agent: Option<Value<'t, 'v>>,
-    event_timestamp: Option<Value<'t, 'v>>,
-    revenue: Option<Value<'t, 'v>>,
-    currency: Option<Value<'t, 'v>>,
-    properties: Option<Value<'t, 'v>>,
-    user_properties: Option<Value<'t, 'v>>,
+/// An event that passed every rule: strings borrowed from the body (or the credential),
+/// numbers checked, property objects serialised in the caller's scratch buffer.
+#[derive(Debug)]
+pub struct ValidEvent<'e> {
+    pub ids: Identity<'e>,
+    pub timestamp_ms: i64,
+    pub revenue_cents: i64,
+    /// ISO 4217, upper case.
+    pub currency: [u8; 3],
+    /// `properties` is `scratch[..properties_end]`, `user_properties` the rest.
+    pub properties_end: usize,
 }
 
-impl<'t, 'v> Fields<'t, 'v> {
-    fn collect(event: Value<'t, 'v>) -> Option<Self> {
-        let mut f = Fields::default();
-        for (key, value) in event.as_object()?.iter() {
-            let slot = match key {
-                "event_type" => &mut f.event_type,
-                "event_name" => &mut f.event_name,
-                "device_id" => &mut f.device_id,
-                "event_id" => &mut f.event_id,
-                "session_id" => &mut f.session_id,
-                "platform" => &mut f.platform,
-                "app_id" => &mut f.app_id,
-                "idfa" => &mut f.idfa,
-                "idfv" => &mut f.idfv,
-                "gaid" => &mut f.gaid,
-                "oaid" => &mut f.oaid,
-                "ip" => &mut f.ip,
-                "user_agent" => &mut f.user_agent,
-                "event_timestamp" => &mut f.event_timestamp,
-                "revenue" => &mut f.revenue,
-                "currency" => &mut f.currency,
-                "properties" => &mut f.properties,
-                "user_properties" => &mut f.user_properties,
-                _ => continue, // unknown fields are ignored
-            };
-            *slot = Some(value);
+/// Who and what: the string fields, length-checked, `""` when not sent.
+#[derive(Debug)]
+pub struct Identity<'e> {
+    pub app_id: &'e str,
+    pub event_id: Option<&'e str>,
+    pub event_type: &'e str,
+    pub event_name: &'e str,
+    pub device_id: &'e str,
+    pub session_id: &'e str,
+    pub platform: &'e str,
+    pub idfa: &'e str,
+    pub idfv: &'e str,
+    pub gaid: &'e str,
+    pub oaid: &'e str,
+    pub ip: &'e str,
+    pub user_agent: &'e str,
+}
+
+fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'e>, Rejection> {
+    let event_type = required_str(f.event_type, "event_type", 64)?;
+    let event_name = required_str(f.event_name, "event_name", 256)?;
+    let device_id = required_str(f.device_id, "device_id", 128)?;
+    let event_id = optional_str(f.event_id, "event_id", 64)?;
+    let session_id = optional_str(f.session_id, "session_id", 128)?.unwrap_or("");
+    let platform = optional_str(f.platform, "platform", 32)?.unwrap_or("");
+    // The credential's app wins; a body naming another app is refused.
+    let app_id = match (ctx.credential_app, optional_str(f.app_id, "app_id", 64)?) {
+        (Some(bound), Some(sent)) if bound != sent => {
+            return Err(Rejection::new("app_mismatch", format!("app_id {sent:?} is not the app this key belongs to")));
         }
-        Some(f)
+        (Some(bound), _) => bound,
+        (None, sent) => sent.unwrap_or(""),
+    };
+    let idfa = optional_str(f.idfa, "idfa", 64)?.unwrap_or("");
+    let idfv = optional_str(f.idfv, "idfv", 64)?.unwrap_or("");
+    let gaid = optional_str(f.gaid, "gaid", 64)?.unwrap_or("");
+    let oaid = optional_str(f.oaid, "oaid", 64)?.unwrap_or("");
+    let ip = optional_str(f.ip, "ip", 45)?.unwrap_or("");
+    if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(Rejection::new("invalid_field", "ip is not an IPv4 or IPv6 address"));
     }
+    let user_agent = optional_str(f.user_agent, "user_agent", 1024)?.unwrap_or("");
+    Ok(Identity {
+        app_id,
+        event_id,
+        event_type,
+        event_name,
+        device_id,
+        session_id,
+        platform,
+        idfa,
+        idfv,
+        gaid,
+        oaid,
+        ip,
+        user_agent,
+    })
+}
+
+/// Revenue in cents (a number, integer or not, within Decimal(18,2)) and its currency.
+fn money(f: &Fields<'_, '_>) -> Result<(i64, [u8; 3]), Rejection> {
+    let revenue_cents = match f.revenue {
+        None => 0,
+        Some(v) if v.is_null() => 0,
+        Some(v) => {
+            // Integers are numbers: `JSON.stringify(5.0)` is `5`.
+            let r = v.cast_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
+            if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
+                return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
+            }
+            (r * 100.0).round() as i64
+        }
+    };
+    let currency = match optional_str(f.currency, "currency", 3)? {
+        None => *b"USD",
+        Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            let b = c.as_bytes();
+            [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase(), b[2].to_ascii_uppercase()]
+        }
+        Some(_) => return Err(Rejection::new("invalid_currency", "currency must be a three-letter ISO 4217 code")),
+    };
+    Ok((revenue_cents, currency))
 }
 
 fn secs(ms: i64) -> u32 {
@@ -294,34 +319,6 @@ pub fn parse_timestamp_ms(v: Value<'_, '_>) -> Option<i64> {
     }
     let f = v.as_f64()?;
     (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
-}
-
-fn required_str<'v>(value: Option<Value<'_, 'v>>, key: &'static str, max_chars: usize) -> Result<&'v str, Rejection> {
-    match optional_str(value, key, max_chars)? {
-        Some(s) => Ok(s),
-        None => Err(Rejection::new("missing_field", format!("{key} is required"))),
-    }
-}
-
-/// Absent, null and "" are all "not sent".
-fn optional_str<'v>(
-    value: Option<Value<'_, 'v>>,
-    key: &'static str,
-    max_chars: usize,
-) -> Result<Option<&'v str>, Rejection> {
-    let Some(v) = value else {
-        return Ok(None);
-    };
-    if v.is_null() {
-        return Ok(None);
-    }
-    // `into_string` keeps the body's lifetime (`as_str` would tie it to `v`).
-    let s = v.into_string().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
-    // Bytes bound chars from above, so counting is needed only for long non-ASCII text.
-    if s.len() > max_chars && s.chars().count() > max_chars {
-        return Err(Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters")));
-    }
-    Ok(Some(s).filter(|s| !s.is_empty()))
 }
 
 /// An epoch in seconds read as milliseconds lands in January 1970: within a factor of 1000
