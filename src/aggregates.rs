@@ -356,11 +356,12 @@ mod tests {
                     day,
                     revenue_cents: 150,
                     device_hash: dev.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    row_end: 0,
                 })
             })
             .collect();
         s.record(&org, &events);
-        s.record(&other, &[EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42 }]);
+        s.record(&other, &[EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42, row_end: 0 }]);
         let r = s.report(&org, 19_990, 20_010);
         assert_eq!(r.days.len(), 2);
         assert_eq!(r.days[0].date, "2024-10-04");
@@ -393,7 +394,7 @@ mod tests {
         let s = Stats::new(1 << 30);
         let org = OrgId::new("o");
         // 11 events of revenue 9e15 (Decimal(18,2)'s range) overflow an i64 of cents.
-        let big = EventSummary { day: 20_000, revenue_cents: 900_000_000_000_000_000, device_hash: 1 };
+        let big = EventSummary { day: 20_000, revenue_cents: 900_000_000_000_000_000, device_hash: 1, row_end: 0 };
         for _ in 0..11 {
             s.record(&org, &[big]);
         }
@@ -408,7 +409,7 @@ mod tests {
         for org in 0..2_000 {
             let org = OrgId::new(&format!("org_{org}"));
             for day in 20_000..20_030 {
-                s.record(&org, &[EventSummary { day, revenue_cents: 1, device_hash: day as u64 * 7919 }]);
+                s.record(&org, &[EventSummary { day, revenue_cents: 1, device_hash: day as u64 * 7919, row_end: 0 }]);
             }
         }
         assert!(s.bytes() <= 1 << 20, "{} bytes", s.bytes());
@@ -420,7 +421,7 @@ mod tests {
     fn forget_takes_counts_back() {
         let s = Stats::new(1 << 30);
         let org = OrgId::new("o");
-        let e = [EventSummary { day: 20_000, revenue_cents: 250, device_hash: 1 }; 3];
+        let e = [EventSummary { day: 20_000, revenue_cents: 250, device_hash: 1, row_end: 0 }; 3];
         s.record(&org, &e);
         s.forget(&org, &e[..2]);
         let r = s.report(&org, 20_000, 20_000);

@@ -69,12 +69,8 @@ pub async fn handle(
     let mut body = Some(body);
     let result = ingest(state, principal, &parts, &mut body, shape).await;
     if let (Err(_), Some(unread)) = (&result, body) {
-        // Answered before the body was (fully) read: let an HTTP/1 client that is still sending
-        // read the answer.
-        if parts.version <= hyper::Version::HTTP_11 {
-            let conn = &state.conn;
-            crate::http::body::discard(unread, conn.early_drain_bytes, conn.body_timeout).await;
-        }
+        // Answered before the body was (fully) read.
+        body::drain_unread(parts.version, unread, &state.conn).await;
     }
     result
 }
@@ -154,22 +150,31 @@ fn quota_exceeded(tier: &Tier, limit: u64) -> ApiError {
 struct Decoded {
     block: RowBlock,
     summaries: Vec<EventSummary>,
-    /// For each accepted event: its index in the request and where its row ends in `block`.
-    rows: Vec<(usize, usize)>,
+    /// Refused events by index in the request, in order; the other indices were accepted.
     errors: Vec<(usize, Rejection)>,
 }
 
 impl Decoded {
     /// Keeps the first `keep` accepted events; the rest are refused as over the quota.
     fn cut(&mut self, keep: usize) {
-        let end = keep.checked_sub(1).map_or(0, |last| self.rows[last].1);
+        let end = keep.checked_sub(1).map_or(0, |last| self.summaries[last].row_end);
+        let total = self.summaries.len() + self.errors.len();
+        let mut refused = self.errors.iter().map(|(index, _)| *index).peekable();
+        let mut over = Vec::new();
+        let mut accepted = 0;
+        for index in 0..total {
+            if refused.next_if_eq(&index).is_some() {
+                continue;
+            }
+            if accepted >= keep {
+                over.push((index, Rejection::new("quota_exceeded", "The monthly event quota is used up")));
+            }
+            accepted += 1;
+        }
         self.block.data.truncate(end);
         self.block.rows = keep;
         self.summaries.truncate(keep);
-        for &(index, _) in &self.rows[keep..] {
-            self.errors.push((index, Rejection::new("quota_exceeded", "The monthly event quota is used up")));
-        }
-        self.rows.truncate(keep);
+        self.errors.extend(over);
         self.errors.sort_by_key(|(index, _)| *index);
     }
 }
@@ -206,7 +211,6 @@ fn decode(
         let mut decoded = Decoded {
             block: RowBlock::new(org.id.clone(), capacity),
             summaries: Vec::with_capacity(n),
-            rows: Vec::with_capacity(n),
             errors: Vec::new(),
         };
         SCRATCH.with_borrow_mut(|scratch| {
@@ -216,10 +220,7 @@ fn decode(
                     Err(rejection) => Err(rejection.clone()),
                 };
                 match outcome {
-                    Ok(summary) => {
-                        decoded.summaries.push(summary);
-                        decoded.rows.push((index, decoded.block.data.len()));
-                    }
+                    Ok(summary) => decoded.summaries.push(summary),
                     Err(rejection) => decoded.errors.push((index, rejection)),
                 }
             });
@@ -249,4 +250,29 @@ fn all_rejected(errors: &[(usize, Rejection)]) -> ApiError {
         .with("accepted", 0)
         .with("rejected", errors.len())
         .with("errors", response::rejections(errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::OrgId;
+
+    #[test]
+    fn a_cut_keeps_the_first_accepted_rows_and_refuses_the_rest_in_order() {
+        // Events 0..6: 1 and 4 invalid, the other four accepted with 10-byte rows.
+        let mut block = RowBlock::new(OrgId::new("o"), 64);
+        block.data.extend_from_slice(&[7; 40]);
+        block.rows = 4;
+        let summary = |row_end| EventSummary { day: 1, revenue_cents: 0, device_hash: 0, row_end };
+        let invalid = || Rejection::new("missing_field", "device_id is required");
+        let mut d = Decoded {
+            block,
+            summaries: vec![summary(10), summary(20), summary(30), summary(40)],
+            errors: vec![(1, invalid()), (4, invalid())],
+        };
+        d.cut(2);
+        assert_eq!((d.block.rows, d.block.data.len(), d.summaries.len()), (2, 20, 2));
+        let codes: Vec<(usize, &str)> = d.errors.iter().map(|(i, r)| (*i, r.code)).collect();
+        assert_eq!(codes, [(1, "missing_field"), (3, "quota_exceeded"), (4, "missing_field"), (5, "quota_exceeded")]);
+    }
 }

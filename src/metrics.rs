@@ -180,7 +180,6 @@ pub const AUTH_FAILURE_CODES: &[&str] = &[
     "jwt_not_configured",
     "invalid_authorization",
     "ambiguous_credentials",
-    "operator_token_rejected",
     "too_many_attempts",
     "organization_not_found",
     "organization_inactive",

@@ -1,9 +1,10 @@
 //! The seam between "accepted" and "shipped".
 //!
-//! The ingest handler hands every accepted [`RowBlock`] to [`Pipeline::accept`]
-//! and answers 202 when it returns `Ok`: in durable mode (`EDGE_ACK=durable`,
-//! the default) that is after the spool's fsync covering the block; in memory
-//! mode as soon as the spool writer has it. Full or failing spool: 503.
+//! The ingest handler hands every accepted [`RowBlock`] to [`Pipeline::submit`]
+//! (from then on the rows will be stored, so it does its accounting at once),
+//! then answers 202 when [`Accepted::stored`] returns `Ok`: in durable mode
+//! (`EDGE_ACK=durable`, the default) that is after the spool's fsync covering
+//! the block; in memory mode at once. Full or failing spool: 503.
 
 use std::time::Duration;
 
@@ -54,11 +55,6 @@ impl Pipeline {
     /// the caller next, so whatever accounting goes with acceptance can be done right here.
     pub fn submit(&self, block: RowBlock) -> Result<Accepted, ApiError> {
         self.spool.submit(block).map(Accepted).map_err(unavailable)
-    }
-
-    /// Submits and waits until the rows are stored (see [`Accepted::stored`]).
-    pub async fn accept(&self, block: RowBlock) -> Result<(), ApiError> {
-        self.submit(block)?.stored().await
     }
 
     /// Stops the spool writer once everything queued is written and synced.

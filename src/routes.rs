@@ -24,6 +24,7 @@ use crate::config::{ConnConfig, IpNet};
 use crate::control::ControlState;
 use crate::error::ApiError;
 use crate::event::parse::Shape;
+use crate::http::conn::Peer;
 use crate::http::cors::{Cors, Policy};
 use crate::http::response::{self, Body};
 use crate::ingest::IngestState;
@@ -129,7 +130,11 @@ pub struct DataRouter {
 }
 
 impl DataRouter {
-    pub async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
         let started = Instant::now();
         let path = req.uri().path();
         let found = DATA.iter().find(|r| r.path == path);
@@ -152,26 +157,27 @@ impl DataRouter {
                 let allow = if r.method == Method::GET { "GET" } else { "POST" };
                 self.answer_early(req, Err(ApiError::method_not_allowed(allow))).await
             }
-            Some(r) => self.dispatch(r, req).await,
+            Some(r) => self.dispatch(r, req, &peer).await,
         };
         let mut response = result.unwrap_or_else(|e| response::error(&e));
-        if let Some(origin) = origin {
-            let mut h = HeaderMap::new();
-            h.insert(ORIGIN, origin);
-            self.cors.decorate(policy, &h, &mut response);
-        }
+        self.cors.decorate(policy, origin.as_ref(), &mut response);
         record(slot, label, &response, started);
         Ok(response)
     }
 
-    async fn dispatch(&self, route: &'static Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn dispatch(
+        &self,
+        route: &'static Route,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<Body>, ApiError> {
         if route.permission == Permission::Public {
             return match route.handler {
                 Handler::Healthz => Ok(response::text(StatusCode::OK, "ok\n")),
                 _ => self.answer_early(req, Err(ApiError::not_found())).await,
             };
         }
-        let principal = match self.authorize(route, &req) {
+        let principal = match self.authorize(route, &req, peer) {
             Ok(p) => p,
             Err(e) => return self.answer_early(req, Err(e)).await,
         };
@@ -190,13 +196,13 @@ impl DataRouter {
     }
 
     /// Authenticates the caller and checks the route's permission.
-    fn authorize(&self, route: &Route, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+    fn authorize(&self, route: &Route, req: &Request<Incoming>, peer: &Peer) -> Result<Principal, ApiError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let meta = crate::http::request_meta(
             req.uri(),
             req.version(),
             req.headers(),
-            req.extensions(),
+            peer,
             &self.trusted_proxies,
             route.label,
         );
@@ -230,9 +236,7 @@ impl DataRouter {
         req: Request<Incoming>,
         result: Result<Response<Body>, ApiError>,
     ) -> Result<Response<Body>, ApiError> {
-        if req.version() <= hyper::Version::HTTP_11 {
-            crate::http::body::discard(req.into_body(), self.conn.early_drain_bytes, self.conn.body_timeout).await;
-        }
+        crate::http::body::drain_unread(req.version(), req.into_body(), &self.conn).await;
         result
     }
 }
@@ -241,6 +245,7 @@ impl DataRouter {
 pub async fn serve_admin(
     state: Arc<AdminState>,
     req: Request<Incoming>,
+    _peer: Peer,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
     let found = ADMIN.iter().find(|r| r.path == req.uri().path());

@@ -113,7 +113,7 @@ impl Server {
             listener: data,
             max_connections: data_cap,
             config: conn_config.clone(),
-            handler: move |req| router.clone().serve(req),
+            handler: move |req, peer| router.clone().serve(req, peer),
         };
         let data_loop = spawn_named("data-listener", data_listener.run(shutdown.clone()));
         let admin_listener = Listener {
@@ -121,7 +121,7 @@ impl Server {
             listener: admin,
             max_connections: admin_cap,
             config: conn_config,
-            handler: move |req| crate::routes::serve_admin(admin_state.clone(), req),
+            handler: move |req, peer| crate::routes::serve_admin(admin_state.clone(), req, peer),
         };
         // The admin listener outlives the data one so that probes see the drain.
         background.spawn(named("admin-listener", admin_listener.run(last.clone())));

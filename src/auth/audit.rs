@@ -106,7 +106,7 @@ impl Auditor {
             target: "audit",
             action = e.action,
             client = %e.client,
-            organization_id = e.organization_id,
+            organization_id = %truncated(e.organization_id),
             actor = %truncated(e.actor),
             claimed = %truncated(e.claimed),
             claimed_len = e.claimed.len(),

@@ -1,8 +1,8 @@
 //! Authentication: request headers → the organisation the caller acts for.
 //!
-//! Credentials, in order: `Authorization: Bearer` with the platform operator
-//! token or a JWT, else `X-Api-Key` (a per-app, write-only SDK key). The
-//! organisation always comes from the credential. Tenant selectors
+//! Credentials: `Authorization: Bearer` with the platform operator token or a
+//! JWT, or `X-Api-Key` (a per-app, write-only SDK key); never two at once (the
+//! edge refuses to choose). The organisation always comes from the credential. Tenant selectors
 //! (`X-Organization-ID`, the `Host` subdomain or custom domain) are checked
 //! against it and never trusted alone ([`selector`]); only the operator token
 //! picks an organisation by `X-Organization-ID`, and every such act is audited.
@@ -180,26 +180,26 @@ impl Authenticator {
         snapshot: &crate::tenant::Snapshot,
     ) -> Result<Option<Principal>, ApiError> {
         let Some(operator) = self.operator_token else { return Ok(None) };
-        // A JWT has three dot-separated parts; anything else can only be an operator token.
-        let looks_like_jwt = bearer.bytes().filter(|&b| b == b'.').count() == 2;
+        let is_operator = operator == KeyHash::of(bearer);
+        // A JWT has three dot-separated parts: it goes to JWT verification, without touching the
+        // per-address throttle's lock. Anything else can only be a try at the operator token.
+        if !is_operator && bearer.bytes().filter(|&b| b == b'.').count() == 2 {
+            return Ok(None);
+        }
         if self.operator_guesses.exceeded(req.client) {
             return Err(too_many_attempts(self.operator_guesses.retry_after()));
         }
-        if operator != KeyHash::of(bearer) {
-            if !looks_like_jwt {
-                self.operator_guesses.hit(req.client);
-                metrics::counter!(crate::metrics::AUTH_FAILURES, "code" => "operator_token_rejected").increment(1);
-                self.audit.record(AuditEvent {
-                    action: "operator_token_rejected",
-                    client: req.client,
-                    organization_id: org_header.unwrap_or(""),
-                    actor: "unknown",
-                    claimed: "",
-                    route: req.route,
-                });
-                return Err(ApiError::unauthorized("invalid_token", "Invalid bearer token"));
-            }
-            return Ok(None);
+        if !is_operator {
+            self.operator_guesses.hit(req.client);
+            self.audit.record(AuditEvent {
+                action: "operator_token_rejected",
+                client: req.client,
+                organization_id: org_header.unwrap_or(""),
+                actor: "unknown",
+                claimed: "",
+                route: req.route,
+            });
+            return Err(ApiError::unauthorized("invalid_token", "Invalid bearer token"));
         }
         let id = org_header.ok_or_else(|| {
             ApiError::bad_request("organization_required", "The operator token needs X-Organization-ID")
@@ -244,37 +244,48 @@ fn unknown_org() -> ApiError {
     ApiError::forbidden("organization_not_found", "Organization not found")
 }
 
-/// The one value of a header, trimmed; `None` when absent or empty.
-fn single_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Vec<&'h str>, ApiError> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| {
-            v.to_str()
-                .map(str::trim)
-                .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII")))
-        })
-        .filter(|v| !matches!(v, Ok("")))
-        .collect()
+/// A header's non-empty values, trimmed: the first, and whether others repeat or differ.
+struct Values<'h> {
+    first: Option<&'h str>,
+    repeated: bool,
+    differs: bool,
+}
+
+fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Values<'h>, ApiError> {
+    let mut v = Values { first: None, repeated: false, differs: false };
+    for raw in headers.get_all(name) {
+        let value = raw
+            .to_str()
+            .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII")))?
+            .trim();
+        match v.first {
+            _ if value.is_empty() => {}
+            None => v.first = Some(value),
+            Some(first) => {
+                v.repeated = true;
+                v.differs |= first != value;
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// A credential header sent twice is refused: which one would be the caller?
 fn credential_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
-    match single_value(headers, name)?.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(one)),
-        _ => Err(ApiError::unauthorized("ambiguous_credentials", format!("{name} is sent more than once"))),
+    let v = values(headers, name)?;
+    if v.repeated {
+        return Err(ApiError::unauthorized("ambiguous_credentials", format!("{name} is sent more than once")));
     }
+    Ok(v.first)
 }
 
 /// A selector header sent twice must say the same thing twice.
 fn selector_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
-    let values = single_value(headers, name)?;
-    match values.split_first() {
-        None => Ok(None),
-        Some((first, rest)) if rest.iter().all(|v| v == first) => Ok(Some(first)),
-        Some(_) => Err(ApiError::bad_request("conflicting_selectors", format!("{name} is sent with different values"))),
+    let v = values(headers, name)?;
+    if v.differs {
+        return Err(ApiError::bad_request("conflicting_selectors", format!("{name} is sent with different values")));
     }
+    Ok(v.first)
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {

@@ -42,11 +42,13 @@ impl Rejection {
     }
 }
 
-/// What the in-process aggregates need from an accepted event.
+/// What the in-process aggregates and the quota cut need from an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventSummary {
     /// Days since the unix epoch (UTC) of the event's timestamp.
     pub day: u32,
     pub revenue_cents: i64,
     pub device_hash: u64,
+    /// Where the event's row ends in its block (a batch over the quota is cut there).
+    pub row_end: usize,
 }

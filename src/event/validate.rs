@@ -171,6 +171,7 @@ impl Validator {
             day: (e.timestamp_ms.div_euclid(86_400_000)) as u32,
             revenue_cents: e.revenue_cents,
             device_hash: DEVICE_HASH.hash_one(ids.device_id),
+            row_end: out.data.len(),
         })
     }
 

@@ -17,6 +17,7 @@ use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::StatusCode;
 
 use super::budget::{push, Lease};
+use crate::config::ConnConfig;
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +133,15 @@ async fn collect(
 
 /// Reads and drops what is left of a body the edge answered early (401, 413, …), so that
 /// an HTTP/1 client still sending can read the answer instead of a reset. At most
-/// `max_bytes` within `timeout`; past either, the connection closes as it would have.
-pub async fn discard(mut body: Incoming, max_bytes: usize, timeout: Duration) {
+/// `early_drain_bytes` within the body timeout; past either, the connection closes as it
+/// would have. HTTP/2 needs none of this: the stream is reset after the answer.
+pub async fn drain_unread(version: hyper::Version, body: Incoming, conn: &ConnConfig) {
+    if version <= hyper::Version::HTTP_11 {
+        discard(body, conn.early_drain_bytes, conn.body_timeout).await;
+    }
+}
+
+async fn discard(mut body: Incoming, max_bytes: usize, timeout: Duration) {
     if body.is_end_stream() {
         return;
     }

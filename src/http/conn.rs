@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use super::response::Body;
 use crate::config::ConnConfig;
 
-/// Who a request came from (see [`super::client_ip`]): the TCP peer and, when that peer is a
-/// trusted proxy speaking the PROXY protocol, the client address it reported.
+/// Who a request came from, handed to the handler with each request (see
+/// [`super::client_ip`]): the TCP peer and, when that peer is a trusted proxy speaking the
+/// PROXY protocol, the client address it reported.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: SocketAddr,
@@ -67,14 +68,16 @@ pub struct Listener<H> {
 
 impl<H, Fut> Listener<H>
 where
-    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
 {
     pub async fn run(self, shutdown: CancellationToken) {
         let max = self.max_connections.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
         let slots = Arc::new(Semaphore::new(max));
         let mut spare = SpareFd::open();
-        let mut log = AcceptLog::default();
+        let mut log = AcceptLog::new(self.name);
+        // Handles made once: refusals come in floods, and each `counter!` call builds its key.
+        let refused = metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => self.name);
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
@@ -94,17 +97,17 @@ where
                         }
                         spare = SpareFd::open();
                     }
-                    log.failed(self.name, &e);
+                    log.failed(&e);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => self.name).increment(1);
+                refused.increment(1);
                 refuse(stream);
                 continue;
             };
-            let conn = Connection { peer, config: self.config.clone(), shutdown: shutdown.clone(), _permit: permit };
+            let conn = Connection { peer, config: self.config.clone(), shutdown: shutdown.clone(), slot: permit };
             tokio::spawn(conn.serve(stream, self.handler.clone()));
         }
         drop(self.listener);
@@ -164,20 +167,26 @@ impl SpareFd {
 }
 
 /// One warning per interval however often accept fails, with the count in between.
-#[derive(Default)]
 struct AcceptLog {
+    listener: &'static str,
+    errors: metrics::Counter,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl AcceptLog {
-    fn failed(&mut self, listener: &str, e: &io::Error) {
-        metrics::counter!(crate::metrics::ACCEPT_ERRORS, "listener" => listener.to_string()).increment(1);
+    fn new(listener: &'static str) -> Self {
+        let errors = metrics::counter!(crate::metrics::ACCEPT_ERRORS, "listener" => listener);
+        AcceptLog { listener, errors, last: None, suppressed: 0 }
+    }
+
+    fn failed(&mut self, e: &io::Error) {
+        self.errors.increment(1);
         if self.last.is_some_and(|t| t.elapsed() < ACCEPT_LOG_INTERVAL) {
             self.suppressed += 1;
             return;
         }
-        tracing::warn!(listener, error = %e, suppressed = self.suppressed, "accept failed; backing off");
+        tracing::warn!(listener = self.listener, error = %e, suppressed = self.suppressed, "accept failed; backing off");
         self.last = Some(Instant::now());
         self.suppressed = 0;
     }
@@ -193,13 +202,14 @@ struct Connection {
     peer: SocketAddr,
     config: Arc<ConnConfig>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    /// Held by the socket (see `GuardedIo`) until it is closed.
+    slot: OwnedSemaphorePermit,
 }
 
 impl Connection {
     async fn serve<H, Fut>(self, stream: TcpStream, handler: H)
     where
-        H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        H: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
     {
         let _ = stream.set_nodelay(true);
@@ -218,15 +228,13 @@ impl Connection {
             stream,
             self.config.write_timeout,
             protocol == Protocol::Http1,
+            self.slot,
         ));
         let peer = Peer { addr: self.peer, proxied };
         let c = &self.config;
         match protocol {
             Protocol::Http1 => {
-                let service = service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(peer);
-                    handler(req)
-                });
+                let service = service_fn(move |req: Request<Incoming>| handler(req, peer));
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
@@ -240,10 +248,9 @@ impl Connection {
             Protocol::Http2 => {
                 let activity = Arc::new(Activity::new());
                 let streams = activity.clone();
-                let service = service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(peer);
+                let service = service_fn(move |req: Request<Incoming>| {
                     let open = streams.open();
-                    let response = handler(req);
+                    let response = handler(req, peer);
                     async move {
                         let r = response.await;
                         drop(open);

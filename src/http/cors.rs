@@ -39,9 +39,9 @@ impl Cors {
         Cors { any: origins.iter().any(|o| o == "*"), origins: origins.to_vec() }
     }
 
-    /// The `Access-Control-Allow-Origin` value for this request, if it may have one.
-    fn allow(&self, policy: Policy, headers: &HeaderMap) -> Option<HeaderValue> {
-        let origin = headers.get(ORIGIN)?;
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it may have one.
+    fn allow(&self, policy: Policy, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let origin = origin?;
         match policy {
             Policy::AnyOrigin => Some(ANY),
             Policy::Configured => {
@@ -59,7 +59,7 @@ impl Cors {
         methods: &'static str,
         headers: &HeaderMap,
     ) -> Result<Response<Body>, ApiError> {
-        let Some(allow) = self.allow(policy, headers) else {
+        let Some(allow) = self.allow(policy, headers.get(ORIGIN)) else {
             return Err(ApiError::forbidden("origin_not_allowed", "This origin may not call this route"));
         };
         let mut r = response::empty(StatusCode::NO_CONTENT);
@@ -74,9 +74,9 @@ impl Cors {
         Ok(r)
     }
 
-    /// Adds the CORS headers to an actual (non-preflight) answer.
-    pub fn decorate(&self, policy: Policy, request: &HeaderMap, response: &mut Response<Body>) {
-        if let Some(allow) = self.allow(policy, request) {
+    /// Adds the CORS headers to an actual (non-preflight) answer to a request from `origin`.
+    pub fn decorate(&self, policy: Policy, origin: Option<&HeaderValue>, response: &mut Response<Body>) {
+        if let Some(allow) = self.allow(policy, origin) {
             let h = response.headers_mut();
             h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow);
             h.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
@@ -109,7 +109,7 @@ mod tests {
         let e = cors.preflight(Policy::Configured, "GET, OPTIONS", &with_origin("https://evil.test")).unwrap_err();
         assert_eq!(e.code, "origin_not_allowed");
         let mut r = response::empty(StatusCode::ACCEPTED);
-        cors.decorate(Policy::AnyOrigin, &HeaderMap::new(), &mut r);
+        cors.decorate(Policy::AnyOrigin, None, &mut r);
         assert!(r.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "no Origin, no CORS headers");
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 /// The socket as hyper sees it: writes that stall past `write_timeout` fail, and (HTTP/1)
@@ -27,10 +28,18 @@ pub struct GuardedIo {
     rewrite_errors: bool,
     /// A rewritten answer being written: bytes, how many are out, and the length hyper asked for.
     replacement: Option<(Vec<u8>, usize, usize)>,
+    /// The connection's slot under the listener's cap: held as long as the socket, lingering
+    /// included, so lingering sockets cannot exceed the cap.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl GuardedIo {
-    pub(super) fn new(inner: TcpStream, write_timeout: Duration, rewrite_errors: bool) -> Self {
+    pub(super) fn new(
+        inner: TcpStream,
+        write_timeout: Duration,
+        rewrite_errors: bool,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
         GuardedIo {
             inner: Some(inner),
             answered_early: false,
@@ -39,6 +48,7 @@ impl GuardedIo {
             stalled: false,
             rewrite_errors,
             replacement: None,
+            slot: Some(slot),
         }
     }
 
@@ -125,7 +135,9 @@ impl Drop for GuardedIo {
     fn drop(&mut self) {
         let Some(mut stream) = self.inner.take().filter(|_| self.answered_early) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let slot = self.slot.take();
         runtime.spawn(async move {
+            let _slot = slot;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let _ = stream.shutdown().await;
             let mut sink = [0u8; 16 << 10];

@@ -14,7 +14,6 @@ pub mod response;
 
 use std::net::IpAddr;
 
-use hyper::http::Extensions;
 use hyper::{HeaderMap, Uri, Version};
 
 use crate::config::IpNet;
@@ -22,8 +21,7 @@ use crate::config::IpNet;
 /// The client address: the peer, or, when the peer is a trusted proxy, the address its PROXY
 /// header reported or else the nearest address in `X-Forwarded-For` that is not itself a
 /// trusted proxy.
-pub fn client_ip(headers: &HeaderMap, extensions: &Extensions, trusted: &[IpNet]) -> IpAddr {
-    let Some(peer) = extensions.get::<conn::Peer>() else { return IpAddr::from([0, 0, 0, 0]) };
+pub fn client_ip(headers: &HeaderMap, peer: &conn::Peer, trusted: &[IpNet]) -> IpAddr {
     if let Some(client) = peer.proxied {
         return client;
     }
@@ -31,9 +29,9 @@ pub fn client_ip(headers: &HeaderMap, extensions: &Extensions, trusted: &[IpNet]
     if !trusted.iter().any(|net| net.contains(peer)) {
         return peer;
     }
-    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
-    let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
-    for hop in hops.iter().rev() {
+    // Nearest hop first: the last header's last entry.
+    let forwarded = headers.get_all("x-forwarded-for").iter().rev().filter_map(|v| v.to_str().ok());
+    for hop in forwarded.flat_map(|v| v.rsplit(',')).map(str::trim) {
         match hop.parse::<IpAddr>() {
             Ok(ip) if trusted.iter().any(|net| net.contains(ip)) => continue,
             Ok(ip) => return ip,
@@ -49,7 +47,7 @@ pub fn request_meta<'r>(
     uri: &'r Uri,
     version: Version,
     headers: &'r HeaderMap,
-    extensions: &Extensions,
+    peer: &conn::Peer,
     trusted: &[IpNet],
     route: &'r str,
 ) -> crate::auth::RequestMeta<'r> {
@@ -57,7 +55,7 @@ pub fn request_meta<'r>(
         headers,
         authority: uri.authority().map(|a| a.as_str()),
         authority_replaces_host: version <= Version::HTTP_11,
-        client: client_ip(headers, extensions, trusted),
+        client: client_ip(headers, peer, trusted),
         route,
     }
 }
