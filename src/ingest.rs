@@ -20,20 +20,17 @@ use hyper::{Request, Response};
 use crate::aggregates::Stats;
 use crate::auth::Principal;
 use crate::config::ConnConfig;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::event::parse::{parse_body, Shape};
 use crate::event::validate::EventContext;
 use crate::event::validate::Validator;
-use crate::event::{EventSummary, Rejection, RowBlock};
-use crate::http::body::{self, MediaType};
+use crate::event::{EventSummary, EventsRejected, Rejection, RowBlock};
+use crate::http::body::{self, BodyError, MediaType};
 use crate::http::budget::MemoryBudget;
 use crate::http::response::{self, Body};
-use crate::limits::Decision;
-use crate::limits::Limiter;
-use crate::limits::OrgLimits;
+use crate::limits::{LimitError, Limiter, OrgLimits};
 use crate::metrics as m;
 use crate::pipeline::Pipeline;
-use crate::plan::Tier;
 
 thread_local! {
     /// simd-json's scratch buffers, reused by every request this thread parses.
@@ -64,7 +61,7 @@ pub async fn handle(
     principal: Principal,
     req: Request<Incoming>,
     shape: Shape,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Error> {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let result = ingest(state, principal, &parts, &mut body, shape).await;
@@ -83,28 +80,26 @@ async fn ingest(
     parts: &hyper::http::request::Parts,
     body: &mut Option<Incoming>,
     shape: Shape,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Error> {
     let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let now_secs = received.as_secs() as i64;
     let shape = match (shape, body::media_type(&parts.headers)?) {
         (Shape::Batch | Shape::Ndjson, MediaType::Ndjson) => Shape::Ndjson,
         (Shape::Single, MediaType::Ndjson) => {
-            return Err(ApiError::unsupported("unsupported_media_type", "NDJSON goes to /v1/events/batch"));
+            return Err(BodyError::NdjsonNeedsBatchRoute.into());
         }
         (shape, MediaType::Json) => shape,
     };
     let org = &principal.org;
     let org_limits = state.limiter.org(org);
-    if let Some(limit) = org_limits.quota_exhausted(now_secs) {
-        return Err(quota_exceeded(org_limits.tier, limit));
-    }
+    org_limits.check_quota(now_secs).inspect_err(count_limit)?;
     let limits = state.validator.limits();
     let (limit, what) = match shape {
         Shape::Single => (limits.max_event_bytes, "event"),
         _ => (limits.max_batch_bytes, "batch"),
     };
     if body::declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::too_large(what, limit)); // answered before reading: the caller drains
+        return Err(BodyError::TooLarge { what, limit }.into()); // answered before reading: the caller drains
     }
     let mut lease = state.budget.lease();
     // Borrowed, not taken: if reading stops early (413, 503) the caller drains the rest.
@@ -118,7 +113,7 @@ async fn ingest(
         metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
     }
     if decoded.summaries.is_empty() {
-        return Err(all_rejected(&decoded.errors));
+        return Err(EventsRejected(decoded.errors).into());
     }
 
     // Charged before waiting: once submitted the rows will be stored, so a client that hangs up
@@ -128,22 +123,24 @@ async fn ingest(
         Ok(stored) => stored,
         Err(e) => {
             org_limits.refund(accepted as u64, now_secs);
-            return Err(e);
+            return Err(e.into());
         }
     };
     state.stats.record(&org.id, &decoded.summaries);
     if let Err(e) = stored.stored().await {
         org_limits.refund(accepted as u64, now_secs);
         state.stats.forget(&org.id, &decoded.summaries);
-        return Err(e);
+        return Err(e.into());
     }
     m::events_accepted(accepted as u64);
     Ok(response::accepted(accepted, &decoded.errors))
 }
 
-fn quota_exceeded(tier: &Tier, limit: u64) -> ApiError {
-    metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
-    ApiError::quota_exceeded(tier.name, limit)
+fn count_limit(e: &LimitError) {
+    match e {
+        LimitError::RateLimited { tier, .. } => metrics::counter!(m::RATE_LIMITED, "tier" => *tier).increment(1),
+        LimitError::QuotaExceeded { tier, .. } => metrics::counter!(m::QUOTA_EXCEEDED, "tier" => *tier).increment(1),
+    }
 }
 
 /// The outcome of parsing, limiting and validating one request body.
@@ -188,7 +185,7 @@ fn decode(
     shape: Shape,
     body: &mut [u8],
     received_ms: i64,
-) -> Result<Decoded, ApiError> {
+) -> Result<Decoded, Error> {
     let org = &principal.org;
     let tier = limits.tier;
     // RowBinary is a little smaller than the JSON it came from: one allocation for most blocks.
@@ -196,10 +193,7 @@ fn decode(
     JSON_BUFFERS.with_borrow_mut(|buffers| {
         let parsed = parse_body(body, shape, state.validator.limits().max_batch_events, buffers)?;
         let n = parsed.len();
-        if let Decision::RateLimited { retry_after, limit_per_sec } = limits.check_rate(n as u64) {
-            metrics::counter!(m::RATE_LIMITED, "tier" => tier.name).increment(1);
-            return Err(ApiError::rate_limited(tier.name, limit_per_sec, retry_after));
-        }
+        limits.check_rate(n as u64).inspect_err(count_limit)?;
         let ctx = EventContext {
             org_id: org.id.as_str(),
             credential_app: principal.app_id(),
@@ -229,7 +223,9 @@ fn decode(
         if valid > 0 {
             let granted = limits.reserve(valid, received_ms / 1000);
             if granted == 0 {
-                return Err(quota_exceeded(tier, tier.events_per_month));
+                let e = limits.quota_exceeded();
+                count_limit(&e);
+                return Err(e.into());
             }
             if granted < valid {
                 metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
@@ -238,18 +234,6 @@ fn decode(
         }
         Ok(decoded)
     })
-}
-
-/// 400 when no event is valid: the one event's own code, or `invalid_events` with each error.
-fn all_rejected(errors: &[(usize, Rejection)]) -> ApiError {
-    let (code, message) = match errors {
-        [(_, only)] => (only.code, only.message.clone()),
-        _ => ("invalid_events", "Every event in the batch is invalid".to_string()),
-    };
-    ApiError::bad_request(code, message)
-        .with("accepted", 0)
-        .with("rejected", errors.len())
-        .with("errors", response::rejections(errors))
 }
 
 #[cfg(test)]

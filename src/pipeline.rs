@@ -4,46 +4,32 @@
 //! (from then on the rows will be stored, so it does its accounting at once),
 //! then answers 202 when [`Accepted::stored`] returns `Ok`: in durable mode
 //! (`EDGE_ACK=durable`, the default) that is after the spool's fsync covering
-//! the block; in memory mode at once. Full or failing spool: 503.
+//! the block; in memory mode at once. A full or failing spool is a
+//! [`SpoolError`] (503 with `Retry-After`).
 
-use std::time::Duration;
-
-use crate::error::ApiError;
 use crate::event::RowBlock;
-use crate::spool::{AppendError, Spool, Submitted};
+use crate::spool::{Spool, SpoolError, Submitted};
 
 pub struct Pipeline {
     spool: Spool,
 }
-
-/// How long a client should wait before retrying when the spool is full.
-const FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// A disk error may be momentary (the writer moves to a new segment).
-const IO_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Rows the spool writer has taken.
 pub struct Accepted(Submitted);
 
 impl Accepted {
     /// Resolves when the rows are on disk (durable mode) or at once (memory mode).
-    pub async fn stored(self) -> Result<(), ApiError> {
-        self.0.written().await.map_err(unavailable)
+    pub async fn stored(self) -> Result<(), SpoolError> {
+        self.0.written().await.map_err(counted)
     }
 }
 
-fn unavailable(e: AppendError) -> ApiError {
+fn counted(e: SpoolError) -> SpoolError {
     metrics::counter!(crate::metrics::OVERLOADED).increment(1);
-    match e {
-        AppendError::Full => ApiError::unavailable(
-            "spool_full",
-            "The edge holds as many unshipped events as it may; retry later",
-            FULL_RETRY_AFTER,
-        ),
-        AppendError::Io(message) => {
-            tracing::error!(%message, "spool append failed");
-            ApiError::unavailable("spool_unavailable", "The edge could not store the events; retry", IO_RETRY_AFTER)
-        }
+    if let SpoolError::Io(error) = &e {
+        tracing::error!(%error, "spool append failed");
     }
+    e
 }
 
 impl Pipeline {
@@ -53,8 +39,8 @@ impl Pipeline {
 
     /// Hands the rows to the spool writer. `Ok` means they will be written whatever happens to
     /// the caller next, so whatever accounting goes with acceptance can be done right here.
-    pub fn submit(&self, block: RowBlock) -> Result<Accepted, ApiError> {
-        self.spool.submit(block).map(Accepted).map_err(unavailable)
+    pub fn submit(&self, block: RowBlock) -> Result<Accepted, SpoolError> {
+        self.spool.submit(block).map(Accepted).map_err(counted)
     }
 
     /// Stops the spool writer once everything queued is written and synced.

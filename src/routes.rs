@@ -22,7 +22,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::{Authenticator, Principal};
 use crate::config::{ConnConfig, IpNet};
 use crate::control::ControlState;
-use crate::error::ApiError;
+use crate::auth::AuthError;
+use crate::error::Error;
+use crate::http::RouteError;
 use crate::event::parse::Shape;
 use crate::http::conn::Peer;
 use crate::http::cors::{Cors, Policy};
@@ -144,22 +146,22 @@ impl DataRouter {
         let origin = req.headers().get(ORIGIN).cloned();
         let result = match found {
             _ if oversized_header(req.headers(), self.conn.max_header_value_bytes) => {
-                let e = header_too_large(self.conn.max_header_value_bytes);
-                self.answer_early(req, Err(e)).await
+                let e = RouteError::HeaderTooLarge { max: self.conn.max_header_value_bytes };
+                self.answer_early(req, Err(e.into())).await
             }
-            None => self.answer_early(req, Err(ApiError::not_found())).await,
+            None => self.answer_early(req, Err(RouteError::NotFound.into())).await,
             Some(r) if req.method() == Method::OPTIONS && r.cors != Policy::None => {
                 let allowed = if r.method == Method::GET { "GET, OPTIONS" } else { "POST, OPTIONS" };
-                let preflight = self.cors.preflight(r.cors, allowed, req.headers());
+                let preflight = self.cors.preflight(r.cors, allowed, req.headers()).map_err(Error::from);
                 self.answer_early(req, preflight).await
             }
             Some(r) if req.method() != r.method => {
                 let allow = if r.method == Method::GET { "GET" } else { "POST" };
-                self.answer_early(req, Err(ApiError::method_not_allowed(allow))).await
+                self.answer_early(req, Err(RouteError::MethodNotAllowed { allow }.into())).await
             }
             Some(r) => self.dispatch(r, req, &peer).await,
         };
-        let mut response = result.unwrap_or_else(|e| response::error(&e));
+        let mut response = result.unwrap_or_else(Error::into_response);
         self.cors.decorate(policy, origin.as_ref(), &mut response);
         record(slot, label, &response, started);
         Ok(response)
@@ -170,33 +172,33 @@ impl DataRouter {
         route: &'static Route,
         req: Request<Incoming>,
         peer: &Peer,
-    ) -> Result<Response<Body>, ApiError> {
+    ) -> Result<Response<Body>, Error> {
         if route.permission == Permission::Public {
             return match route.handler {
                 Handler::Healthz => Ok(response::text(StatusCode::OK, "ok\n")),
-                _ => self.answer_early(req, Err(ApiError::not_found())).await,
+                _ => self.answer_early(req, Err(RouteError::NotFound.into())).await,
             };
         }
         let principal = match self.authorize(route, &req, peer) {
             Ok(p) => p,
-            Err(e) => return self.answer_early(req, Err(e)).await,
+            Err(e) => return self.answer_early(req, Err(e.into())).await,
         };
         match route.handler {
             Handler::Events => crate::ingest::handle(&self.ingest, principal, req, Shape::Single).await,
             Handler::Batch => crate::ingest::handle(&self.ingest, principal, req, Shape::Batch).await,
             Handler::Stats => {
                 let (parts, body) = req.into_parts();
-                let result = crate::control::stats::handle(&self.control, &principal, &parts);
+                let result = crate::control::stats::handle(&self.control, &principal, &parts).map_err(Error::from);
                 self.answer_early(Request::from_parts(parts, body), result).await
             }
             Handler::Healthz | Handler::Readyz | Handler::Metrics => {
-                self.answer_early(req, Err(ApiError::not_found())).await
+                self.answer_early(req, Err(RouteError::NotFound.into())).await
             }
         }
     }
 
     /// Authenticates the caller and checks the route's permission.
-    fn authorize(&self, route: &Route, req: &Request<Incoming>, peer: &Peer) -> Result<Principal, ApiError> {
+    fn authorize(&self, route: &Route, req: &Request<Incoming>, peer: &Peer) -> Result<Principal, AuthError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let meta = crate::http::request_meta(
             req.uri(),
@@ -209,7 +211,7 @@ impl DataRouter {
         let principal = self
             .auth
             .authenticate(&meta, &self.registry, now)
-            .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => e.code).increment(1))?;
+            .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => Error::from(e.clone()).code()).increment(1))?;
         let allowed = match route.permission {
             Permission::Public => true,
             Permission::WriteEvents => principal.can_write_events(),
@@ -219,13 +221,9 @@ impl DataRouter {
             return Ok(principal);
         }
         Err(match (&principal.credential, route.permission) {
-            (crate::auth::Credential::SdkKey { .. }, Permission::ReadEvents) => {
-                ApiError::forbidden("write_only_credential", "SDK keys can only write events; use a user token")
-            }
-            (_, Permission::ReadEvents) => {
-                ApiError::forbidden("insufficient_permission", "The token lacks the events:read permission")
-            }
-            _ => ApiError::forbidden("insufficient_permission", "The token lacks the events:write permission"),
+            (crate::auth::Credential::SdkKey { .. }, Permission::ReadEvents) => AuthError::WriteOnlyCredential,
+            (_, Permission::ReadEvents) => AuthError::MissingPermission("events:read"),
+            _ => AuthError::MissingPermission("events:write"),
         })
     }
 
@@ -234,8 +232,8 @@ impl DataRouter {
     async fn answer_early(
         &self,
         req: Request<Incoming>,
-        result: Result<Response<Body>, ApiError>,
-    ) -> Result<Response<Body>, ApiError> {
+        result: Result<Response<Body>, Error>,
+    ) -> Result<Response<Body>, Error> {
         crate::http::body::drain_unread(req.version(), req.into_body(), &self.conn).await;
         result
     }
@@ -251,15 +249,15 @@ pub async fn serve_admin(
     let found = ADMIN.iter().find(|r| r.path == req.uri().path());
     let (slot, label) = found.map_or((OTHER_SLOT, OTHER), |r| (r.slot, r.label));
     let result = match found {
-        None => Err(ApiError::not_found()),
-        Some(r) if req.method() != r.method => Err(ApiError::method_not_allowed("GET")),
+        None => Err(RouteError::NotFound),
+        Some(r) if req.method() != r.method => Err(RouteError::MethodNotAllowed { allow: "GET" }),
         Some(r) => Ok(match r.handler {
             Handler::Metrics => response::metrics(state.metrics.render()),
             Handler::Readyz => readiness(&state.readiness),
             _ => response::text(StatusCode::OK, "ok\n"),
         }),
     };
-    let response = result.unwrap_or_else(|e| response::error(&e));
+    let response = result.unwrap_or_else(|e| Error::from(e).into_response());
     record(slot, label, &response, started);
     Ok(response)
 }
@@ -290,14 +288,6 @@ pub fn register_series() {
 /// echoes it.
 fn oversized_header(headers: &HeaderMap, max: usize) -> bool {
     headers.values().any(|v| v.len() > max)
-}
-
-fn header_too_large(max: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "header_too_large",
-        format!("A request header is longer than {max} bytes"),
-    )
 }
 
 #[cfg(test)]

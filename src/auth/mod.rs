@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
-use crate::error::ApiError;
 use crate::tenant::{KeyHash, Org, OrgStatus, Registry};
 use audit::{AddressWindows, AuditEvent, Auditor};
 use jwt::{Claims, JwtVerifier};
@@ -24,6 +23,40 @@ use jwt::{Claims, JwtVerifier};
 // Static names: looking a header up by `&str` builds (and allocates) a `HeaderName` each time.
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 pub const ORG_HEADER: HeaderName = HeaderName::from_static("x-organization-id");
+
+/// Why a caller is not let in. No HTTP here: [`crate::error`] maps each to an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// A credential or selector header that is not visible ASCII.
+    InvalidHeader(&'static str),
+    /// A credential header sent twice: which one would be the caller?
+    RepeatedCredential(&'static str),
+    /// `Authorization` and `X-Api-Key` together.
+    TwoCredentials,
+    /// A selector header sent twice with different values.
+    ConflictingSelector(&'static str),
+    /// `Host` headers and the request target name different hosts.
+    ConflictingHosts,
+    MissingCredentials,
+    MalformedAuthorization,
+    UnknownKey,
+    Jwt(jwt::JwtError),
+    /// Too many wrong operator-token guesses from this client address.
+    TooManyAttempts {
+        retry_after: std::time::Duration,
+    },
+    /// The operator token names no organisation.
+    OrganizationRequired,
+    UnknownOrganization,
+    /// A selector names another organisation than the credential.
+    TenantMismatch,
+    Suspended,
+    Deleted,
+    /// An SDK key on a route that reads.
+    WriteOnlyCredential,
+    /// The token lacks this permission.
+    MissingPermission(&'static str),
+}
 
 /// Who is calling, for which organisation.
 #[derive(Debug, Clone)]
@@ -120,7 +153,7 @@ impl Authenticator {
 
     /// Resolves the caller. Ambiguous credentials (two keys, a key and a token) are refused,
     /// not chosen between; every selector present must agree with the credential.
-    pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry, now: u64) -> Result<Principal, ApiError> {
+    pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry, now: u64) -> Result<Principal, AuthError> {
         let snapshot = registry.snapshot();
         let org_header = selector_header(req.headers, &ORG_HEADER)?;
         let bearer = bearer_token(req.headers)?;
@@ -128,30 +161,24 @@ impl Authenticator {
 
         let principal = match (bearer, api_key) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::unauthorized(
-                    "ambiguous_credentials",
-                    "Send either Authorization or X-Api-Key, not both",
-                ));
+                return Err(AuthError::TwoCredentials);
             }
             (Some(bearer), None) => {
                 if let Some(principal) = self.operator(bearer, org_header, req, &snapshot)? {
                     return check_status(principal);
                 }
-                let claims = self.jwt.verify(bearer, now).map_err(|e| ApiError::unauthorized(e.code(), e.message()))?;
-                let org = snapshot.org(&claims.organization_id).cloned().ok_or_else(unknown_org)?;
+                let claims = self.jwt.verify(bearer, now).map_err(AuthError::Jwt)?;
+                let org = snapshot.org(&claims.organization_id).cloned().ok_or(AuthError::UnknownOrganization)?;
                 Principal { org, credential: Credential::Jwt(claims) }
             }
             (None, Some(key)) => {
                 let grant = snapshot
                     .key(&KeyHash::of(key))
-                    .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "Unknown SDK key"))?;
+                    .ok_or(AuthError::UnknownKey)?;
                 Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } }
             }
             (None, None) => {
-                return Err(ApiError::unauthorized(
-                    "missing_credentials",
-                    "Send Authorization: Bearer <JWT> or X-Api-Key: <sdk key>",
-                ));
+                return Err(AuthError::MissingCredentials);
             }
         };
 
@@ -162,10 +189,7 @@ impl Authenticator {
         if let Err(claimed) = selector::check(org_header, host, &principal.org, &snapshot, self.base_domain.as_deref())
         {
             self.audit("selector_mismatch", &principal, req, &claimed);
-            return Err(ApiError::forbidden(
-                "tenant_mismatch",
-                "The tenant selector names another organisation than the credential",
-            ));
+            return Err(AuthError::TenantMismatch);
         }
         check_status(principal)
     }
@@ -178,7 +202,7 @@ impl Authenticator {
         org_header: Option<&str>,
         req: &RequestMeta<'_>,
         snapshot: &crate::tenant::Snapshot,
-    ) -> Result<Option<Principal>, ApiError> {
+    ) -> Result<Option<Principal>, AuthError> {
         let Some(operator) = self.operator_token else { return Ok(None) };
         let is_operator = operator == KeyHash::of(bearer);
         // A JWT has three dot-separated parts: it goes to JWT verification, without touching the
@@ -187,7 +211,7 @@ impl Authenticator {
             return Ok(None);
         }
         if self.operator_guesses.exceeded(req.client) {
-            return Err(too_many_attempts(self.operator_guesses.retry_after()));
+            return Err(AuthError::TooManyAttempts { retry_after: self.operator_guesses.retry_after() });
         }
         if !is_operator {
             self.operator_guesses.hit(req.client);
@@ -199,12 +223,10 @@ impl Authenticator {
                 claimed: "",
                 route: req.route,
             });
-            return Err(ApiError::unauthorized("invalid_token", "Invalid bearer token"));
+            return Err(AuthError::Jwt(jwt::JwtError::Invalid));
         }
-        let id = org_header.ok_or_else(|| {
-            ApiError::bad_request("organization_required", "The operator token needs X-Organization-ID")
-        })?;
-        let org = snapshot.org(id).cloned().ok_or_else(unknown_org)?;
+        let id = org_header.ok_or(AuthError::OrganizationRequired)?;
+        let org = snapshot.org(id).cloned().ok_or(AuthError::UnknownOrganization)?;
         let principal = Principal { org, credential: Credential::Operator };
         self.audit("operator_act", &principal, req, id);
         Ok(Some(principal))
@@ -222,26 +244,12 @@ impl Authenticator {
     }
 }
 
-fn too_many_attempts(retry_after: std::time::Duration) -> ApiError {
-    let mut e = ApiError::new(
-        hyper::StatusCode::TOO_MANY_REQUESTS,
-        "too_many_attempts",
-        "Too many wrong credentials from this address; retry later",
-    );
-    e.retry_after = Some(retry_after.as_secs().max(1));
-    e
-}
-
-fn check_status(principal: Principal) -> Result<Principal, ApiError> {
+fn check_status(principal: Principal) -> Result<Principal, AuthError> {
     match principal.org.status {
         OrgStatus::Active => Ok(principal),
-        OrgStatus::Suspended => Err(ApiError::forbidden("organization_inactive", "Organization is suspended")),
-        OrgStatus::Deleted => Err(ApiError::forbidden("organization_deleted", "Organization is deleted")),
+        OrgStatus::Suspended => Err(AuthError::Suspended),
+        OrgStatus::Deleted => Err(AuthError::Deleted),
     }
-}
-
-fn unknown_org() -> ApiError {
-    ApiError::forbidden("organization_not_found", "Organization not found")
 }
 
 /// A header's non-empty values, trimmed: the first, and whether others repeat or differ.
@@ -251,12 +259,12 @@ struct Values<'h> {
     differs: bool,
 }
 
-fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Values<'h>, ApiError> {
+fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Values<'h>, AuthError> {
     let mut v = Values { first: None, repeated: false, differs: false };
     for raw in headers.get_all(name) {
         let value = raw
             .to_str()
-            .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII")))?
+            .map_err(|_| AuthError::InvalidHeader(static_name(name)))?
             .trim();
         match v.first {
             _ if value.is_empty() => {}
@@ -271,24 +279,35 @@ fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Values<'h>, A
 }
 
 /// A credential header sent twice is refused: which one would be the caller?
-fn credential_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
+fn credential_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, AuthError> {
     let v = values(headers, name)?;
     if v.repeated {
-        return Err(ApiError::unauthorized("ambiguous_credentials", format!("{name} is sent more than once")));
+        return Err(AuthError::RepeatedCredential(static_name(name)));
     }
     Ok(v.first)
 }
 
 /// A selector header sent twice must say the same thing twice.
-fn selector_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ApiError> {
+fn selector_header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, AuthError> {
     let v = values(headers, name)?;
     if v.differs {
-        return Err(ApiError::bad_request("conflicting_selectors", format!("{name} is sent with different values")));
+        return Err(AuthError::ConflictingSelector(static_name(name)));
     }
     Ok(v.first)
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+/// The header names errors report, as `'static` strings.
+fn static_name(name: &HeaderName) -> &'static str {
+    if *name == API_KEY_HEADER {
+        "x-api-key"
+    } else if *name == ORG_HEADER {
+        "x-organization-id"
+    } else {
+        "authorization"
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let Some(value) = credential_header(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
@@ -296,7 +315,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
             Ok(Some(token.trim()))
         }
-        _ => Err(ApiError::unauthorized("invalid_authorization", "Authorization must be 'Bearer <token>'")),
+        _ => Err(AuthError::MalformedAuthorization),
     }
 }
 
@@ -350,7 +369,7 @@ mod tests {
         jwt::issue_hs256(&Claims::new("u", org, perms, 0, u64::MAX / 2), SECRET)
     }
 
-    fn run(f: &Fixture, h: &HeaderMap) -> Result<Principal, ApiError> {
+    fn run(f: &Fixture, h: &HeaderMap) -> Result<Principal, AuthError> {
         let req = RequestMeta {
             headers: h,
             authority: None,
@@ -373,12 +392,15 @@ mod tests {
     #[test]
     fn missing_or_unknown_credentials_are_401() {
         let f = fixture();
-        assert_eq!(run(&f, &headers(&[])).unwrap_err().code, "missing_credentials");
+        assert_eq!(run(&f, &headers(&[])).unwrap_err(), AuthError::MissingCredentials);
         // A selector alone is not a credential.
-        assert_eq!(run(&f, &headers(&[("x-organization-id", "org_a")])).unwrap_err().status, 401);
-        assert_eq!(run(&f, &headers(&[("x-api-key", "edk_nope")])).unwrap_err().code, "invalid_api_key");
-        assert_eq!(run(&f, &headers(&[("authorization", "Basic abc")])).unwrap_err().status, 401);
-        assert_eq!(run(&f, &headers(&[("authorization", "Bearer x.y.z")])).unwrap_err().code, "invalid_token");
+        assert_eq!(run(&f, &headers(&[("x-organization-id", "org_a")])).unwrap_err(), AuthError::MissingCredentials);
+        assert_eq!(run(&f, &headers(&[("x-api-key", "edk_nope")])).unwrap_err(), AuthError::UnknownKey);
+        assert_eq!(run(&f, &headers(&[("authorization", "Basic abc")])).unwrap_err(), AuthError::MalformedAuthorization);
+        assert_eq!(
+            run(&f, &headers(&[("authorization", "Bearer x.y.z")])).unwrap_err(),
+            AuthError::Jwt(jwt::JwtError::Invalid)
+        );
     }
 
     #[test]
@@ -388,13 +410,13 @@ mod tests {
         assert!(run(&f, &headers(&[("x-api-key", key), ("x-organization-id", "org_a")])).is_ok());
         assert!(run(&f, &headers(&[("x-api-key", key), ("host", "acme.edge.example:443")])).is_ok());
         let e = run(&f, &headers(&[("x-api-key", key), ("x-organization-id", "org_b")])).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (403, "tenant_mismatch"));
+        assert_eq!(e, AuthError::TenantMismatch);
         let e = run(&f, &headers(&[("x-api-key", key), ("host", "bravo.edge.example")])).unwrap_err();
-        assert_eq!(e.status, 403);
+        assert_eq!(e, AuthError::TenantMismatch);
         let t = token("org_b", &["events:write"]);
         let e = run(&f, &headers(&[("authorization", &format!("Bearer {t}")), ("x-organization-id", "org_a")]))
             .unwrap_err();
-        assert_eq!(e.code, "tenant_mismatch");
+        assert_eq!(e, AuthError::TenantMismatch);
     }
 
     #[test]
@@ -402,15 +424,15 @@ mod tests {
         let f = fixture();
         let bearer = format!("Bearer {}", token("org_a", &["events:write"]));
         let both = headers(&[("authorization", &bearer), ("x-api-key", f.key_a.expose())]);
-        assert_eq!(run(&f, &both).unwrap_err().code, "ambiguous_credentials");
+        assert_eq!(run(&f, &both).unwrap_err(), AuthError::TwoCredentials);
         let mut two = HeaderMap::new();
         two.append("x-api-key", HeaderValue::from_str(f.key_a.expose()).unwrap());
         two.append("x-api-key", HeaderValue::from_static("edk_other"));
-        assert_eq!(run(&f, &two).unwrap_err().status, 401);
+        assert_eq!(run(&f, &two).unwrap_err(), AuthError::RepeatedCredential("x-api-key"));
         let mut two = HeaderMap::new();
         two.append("authorization", HeaderValue::from_str(&bearer).unwrap());
         two.append("authorization", HeaderValue::from_str(&bearer).unwrap());
-        assert_eq!(run(&f, &two).unwrap_err().code, "ambiguous_credentials");
+        assert_eq!(run(&f, &two).unwrap_err(), AuthError::RepeatedCredential("authorization"));
     }
 
     #[test]
@@ -424,8 +446,8 @@ mod tests {
         assert!(!run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap().can_read_events());
         let t = token("org_unknown", &["events:write"]);
         assert_eq!(
-            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err().code,
-            "organization_not_found"
+            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err(),
+            AuthError::UnknownOrganization
         );
     }
 
@@ -434,8 +456,8 @@ mod tests {
         let f = fixture();
         let t = token("org_gone", &["events:write"]);
         assert_eq!(
-            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err().code,
-            "organization_deleted"
+            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err(),
+            AuthError::Deleted
         );
     }
 
@@ -446,6 +468,6 @@ mod tests {
         let p = run(&f, &headers(&[("authorization", &bearer), ("x-organization-id", "org_b")])).unwrap();
         assert!(matches!(p.credential, Credential::Operator));
         assert_eq!(p.org.id.as_str(), "org_b");
-        assert_eq!(run(&f, &headers(&[("authorization", &bearer)])).unwrap_err().code, "organization_required");
+        assert_eq!(run(&f, &headers(&[("authorization", &bearer)])).unwrap_err(), AuthError::OrganizationRequired);
     }
 }

@@ -8,12 +8,12 @@
 
 use hyper::header::{HeaderMap, HOST};
 
-use crate::error::ApiError;
+use super::AuthError;
 use crate::tenant::{Org, Snapshot};
 
 /// The host the request names: every `Host` header and the request target's authority
 /// (HTTP/2 `:authority`, absolute-form URIs) must agree, or the request is refused (400).
-pub fn host<'r>(headers: &'r HeaderMap, authority: Option<&'r str>) -> Result<Option<&'r str>, ApiError> {
+pub fn host<'r>(headers: &'r HeaderMap, authority: Option<&'r str>) -> Result<Option<&'r str>, AuthError> {
     let mut named: Option<&str> = None;
     let headers = headers.get_all(HOST).iter().map(|h| h.to_str().unwrap_or("\u{0}"));
     for candidate in authority.into_iter().chain(headers) {
@@ -22,10 +22,7 @@ pub fn host<'r>(headers: &'r HeaderMap, authority: Option<&'r str>) -> Result<Op
             None => named = Some(candidate),
             Some(first) if same_host(first, candidate) => {}
             Some(_) => {
-                return Err(ApiError::bad_request(
-                    "conflicting_selectors",
-                    "The Host header and the request target name different hosts",
-                ));
+                return Err(AuthError::ConflictingHosts);
             }
         }
     }
@@ -108,9 +105,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(HOST, "acme.edge.example".parse().unwrap());
         assert_eq!(host(&h, Some("ACME.edge.example:443")).unwrap(), Some("ACME.edge.example:443"));
-        assert_eq!(host(&h, Some("bravo.edge.example")).unwrap_err().code, "conflicting_selectors");
+        assert_eq!(host(&h, Some("bravo.edge.example")).unwrap_err(), AuthError::ConflictingHosts);
         h.append(HOST, "bravo.edge.example".parse().unwrap());
-        assert_eq!(host(&h, None).unwrap_err().status, 400);
+        assert_eq!(host(&h, None).unwrap_err(), AuthError::ConflictingHosts);
         assert_eq!(host(&HeaderMap::new(), None).unwrap(), None);
     }
 }

@@ -8,6 +8,16 @@ pub mod stats;
 
 use std::sync::Arc;
 
+/// Why a control-plane request is refused. The PostgreSQL-backed routes add their not-found,
+/// conflict, unprocessable, row-security and pool failures here as variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// A query parameter that is not a `YYYY-MM-DD` date.
+    InvalidDate { field: &'static str },
+    /// `from` is after `to`.
+    InvalidRange,
+}
+
 /// What the control-plane handlers may touch (the PostgreSQL pool joins it).
 pub struct ControlState {
     pub stats: Arc<crate::aggregates::Stats>,

@@ -8,31 +8,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
-use super::ControlState;
+use super::{ControlError, ControlState};
 use crate::auth::Principal;
-use crate::error::ApiError;
 use crate::http::response::{self, Body};
 
 const DEFAULT_DAYS: u32 = 30;
 
 /// `principal` holds `events:read` (checked by the route table).
-pub fn handle(state: &ControlState, principal: &Principal, req: &Parts) -> Result<Response<Body>, ApiError> {
+pub fn handle(state: &ControlState, principal: &Principal, req: &Parts) -> Result<Response<Body>, ControlError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let today = (now / 86_400) as u32;
     let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
     let mut to = today;
     for (key, value) in req.uri.query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
-        let day = || {
-            parse_date(value).ok_or_else(|| ApiError::bad_request("invalid_date", format!("{key} must be YYYY-MM-DD")))
-        };
         match key {
-            "from" => from = day()?,
-            "to" => to = day()?,
+            "from" => from = parse_date(value).ok_or(ControlError::InvalidDate { field: "from" })?,
+            "to" => to = parse_date(value).ok_or(ControlError::InvalidDate { field: "to" })?,
             _ => {}
         }
     }
     if from > to {
-        return Err(ApiError::bad_request("invalid_range", "from is after to"));
+        return Err(ControlError::InvalidRange);
     }
     let report = state.stats.report(&principal.org.id, from, to);
     Ok(response::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default()))

@@ -42,6 +42,10 @@ impl Rejection {
     }
 }
 
+/// No event of a request was valid: each refusal by its index in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsRejected(pub Vec<(usize, Rejection)>);
+
 /// What the in-process aggregates and the quota cut need from an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventSummary {

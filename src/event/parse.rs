@@ -14,7 +14,6 @@ use simd_json::{Buffers, Tape};
 
 use super::validate::parse_timestamp_ms;
 use super::Rejection;
-use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -105,51 +104,61 @@ fn events_array<'t, 'i>(root: Value<'t, 'i>) -> Option<simd_json::value::tape::A
     }
 }
 
+/// Why a body is not events at all (one bad event in a batch is a [`Rejection`] instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    InvalidJson(String),
+    /// The single-event route got something else than one object.
+    NotAnObject,
+    /// Neither `{"events": [...]}` nor an array.
+    NotABatch,
+    InvalidSentAt,
+    TooManyEvents { limit: usize },
+    EmptyBatch,
+}
+
 pub fn parse_body<'b>(
     body: &'b mut [u8],
     shape: Shape,
     max_events: usize,
     buffers: &mut Buffers,
-) -> Result<ParsedBody<'b>, ApiError> {
+) -> Result<ParsedBody<'b>, ParseError> {
     replace_lone_surrogates(body);
     if shape == Shape::Ndjson {
         return parse_ndjson(body, max_events, buffers);
     }
     let tape = simd_json::to_tape_with_buffers(body, buffers)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON: {e}")))?;
+        .map_err(|e| ParseError::InvalidJson(e.to_string()))?;
     let root = tape.as_value();
     if shape == Shape::Single {
         if !root.is_object() {
-            return Err(ApiError::bad_request("invalid_body", "Expected one JSON object"));
+            return Err(ParseError::NotAnObject);
         }
         return Ok(ParsedBody { tapes: vec![Ok(tape)], batch: false, len: 1, sent_at_ms: None });
     }
-    let not_a_batch = || ApiError::bad_request("invalid_body", "Expected {\"events\":[...]} or a JSON array");
     let sent_at_ms = match root.as_object().and_then(|o| o.get("sent_at")) {
         None => None,
         Some(v) if v.is_null() => None,
-        Some(v) => Some(parse_timestamp_ms(v).ok_or_else(|| {
-            ApiError::bad_request("invalid_sent_at", "sent_at must be RFC 3339 or epoch milliseconds")
-        })?),
+        Some(v) => Some(parse_timestamp_ms(v).ok_or(ParseError::InvalidSentAt)?),
     };
-    let len = events_array(root).ok_or_else(not_a_batch)?.len();
+    let len = events_array(root).ok_or(ParseError::NotABatch)?.len();
     if len > max_events {
-        return Err(ApiError::too_many_events(max_events));
+        return Err(ParseError::TooManyEvents { limit: max_events });
     }
     if len == 0 {
-        return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
+        return Err(ParseError::EmptyBatch);
     }
     Ok(ParsedBody { tapes: vec![Ok(tape)], batch: true, len, sent_at_ms })
 }
 
-fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers) -> Result<ParsedBody<'b>, ApiError> {
+fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers) -> Result<ParsedBody<'b>, ParseError> {
     let mut tapes = Vec::new();
     for line in body.split_mut(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         if tapes.len() == max_events {
-            return Err(ApiError::too_many_events(max_events));
+            return Err(ParseError::TooManyEvents { limit: max_events });
         }
         tapes.push(match simd_json::to_tape_with_buffers(line, buffers) {
             Ok(t) if t.as_value().is_object() => Ok(t),
@@ -158,7 +167,7 @@ fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers
         });
     }
     if tapes.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "The batch holds no events"));
+        return Err(ParseError::EmptyBatch);
     }
     let len = tapes.len();
     Ok(ParsedBody { tapes, batch: false, len, sent_at_ms: None })
@@ -168,7 +177,7 @@ fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers
 mod tests {
     use super::*;
 
-    fn parse(body: &str, shape: Shape) -> Result<(usize, usize, Option<i64>), ApiError> {
+    fn parse(body: &str, shape: Shape) -> Result<(usize, usize, Option<i64>), ParseError> {
         let mut buf = body.as_bytes().to_vec();
         let mut buffers = Buffers::default();
         let p = parse_body(&mut buf, shape, 3, &mut buffers)?;
@@ -191,17 +200,15 @@ mod tests {
 
     #[test]
     fn whole_body_errors() {
-        assert_eq!(parse("{nope", Shape::Batch).unwrap_err().code, "invalid_json");
-        assert_eq!(parse("[1,2", Shape::Single).unwrap_err().code, "invalid_json");
-        assert_eq!(parse("[]", Shape::Single).unwrap_err().code, "invalid_body");
-        assert_eq!(parse(r#"{"events":3}"#, Shape::Batch).unwrap_err().code, "invalid_body");
-        assert_eq!(parse("[]", Shape::Batch).unwrap_err().code, "empty_batch");
-        assert_eq!(parse("[{},{},{},{}]", Shape::Batch).unwrap_err().status, 413);
-        assert_eq!(parse("{}\n{}\n{}\n{}\n", Shape::Ndjson).unwrap_err().status, 413);
-        assert_eq!(
-            parse(r#"{"events":[{}],"sent_at":"yesterday"}"#, Shape::Batch).unwrap_err().code,
-            "invalid_sent_at"
-        );
+        use ParseError as E;
+        assert!(matches!(parse("{nope", Shape::Batch), Err(E::InvalidJson(_))));
+        assert!(matches!(parse("[1,2", Shape::Single), Err(E::InvalidJson(_))));
+        assert_eq!(parse("[]", Shape::Single), Err(E::NotAnObject));
+        assert_eq!(parse(r#"{"events":3}"#, Shape::Batch), Err(E::NotABatch));
+        assert_eq!(parse("[]", Shape::Batch), Err(E::EmptyBatch));
+        assert_eq!(parse("[{},{},{},{}]", Shape::Batch), Err(E::TooManyEvents { limit: 3 }));
+        assert_eq!(parse("{}\n{}\n{}\n{}\n", Shape::Ndjson), Err(E::TooManyEvents { limit: 3 }));
+        assert_eq!(parse(r#"{"events":[{}],"sent_at":"yesterday"}"#, Shape::Batch), Err(E::InvalidSentAt));
     }
 
     #[test]

@@ -14,11 +14,25 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::StatusCode;
 
 use super::budget::{push, Lease};
 use crate::config::ConnConfig;
-use crate::error::ApiError;
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    UnsupportedEncoding,
+    UnsupportedMediaType,
+    /// NDJSON sent to the single-event route.
+    NdjsonNeedsBatchRoute,
+    /// Over `limit` bytes on the wire, declared, or after decompression.
+    TooLarge { what: &'static str, limit: usize },
+    Timeout,
+    Undecodable { encoding: &'static str, detail: String },
+    ReadFailed(String),
+    /// The global body budget has no room.
+    Overloaded,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -27,7 +41,7 @@ pub enum Encoding {
     Zstd,
 }
 
-pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, BodyError> {
     let Some(v) = headers.get(CONTENT_ENCODING) else {
         return Ok(Encoding::Identity);
     };
@@ -40,7 +54,7 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     } else if is("zstd") {
         Ok(Encoding::Zstd)
     } else {
-        Err(ApiError::unsupported("unsupported_encoding", "Content-Encoding must be gzip, zstd or identity"))
+        Err(BodyError::UnsupportedEncoding)
     }
 }
 
@@ -52,7 +66,7 @@ pub enum MediaType {
 
 /// JSON unless told NDJSON; `text/plain` is accepted as JSON because browser SDKs
 /// send it to avoid a CORS preflight.
-pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
+pub fn media_type(headers: &HeaderMap) -> Result<MediaType, BodyError> {
     let Some(v) = headers.get(CONTENT_TYPE) else {
         return Ok(MediaType::Json);
     };
@@ -63,10 +77,7 @@ pub fn media_type(headers: &HeaderMap) -> Result<MediaType, ApiError> {
     } else if is_any(&["application/x-ndjson", "application/ndjson", "application/jsonlines"]) {
         Ok(MediaType::Ndjson)
     } else {
-        Err(ApiError::unsupported(
-            "unsupported_media_type",
-            "Content-Type must be application/json or application/x-ndjson",
-        ))
+        Err(BodyError::UnsupportedMediaType)
     }
 }
 
@@ -79,10 +90,10 @@ pub async fn read(
     what: &'static str,
     lease: &mut Lease,
     timeout: Duration,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, BodyError> {
     let encoding = encoding(headers)?;
     if declared_length(headers).is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::too_large(what, limit));
+        return Err(BodyError::TooLarge { what, limit });
     }
     let raw = {
         let mut collecting = std::pin::pin!(collect(body, limit, what, lease));
@@ -90,9 +101,7 @@ pub async fn read(
         let first = std::future::poll_fn(|cx| Poll::Ready(collecting.as_mut().poll(cx))).await;
         match first {
             Poll::Ready(result) => result?,
-            Poll::Pending => tokio::time::timeout(timeout, collecting).await.map_err(|_| {
-                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "The request body did not arrive in time")
-            })??,
+            Poll::Pending => tokio::time::timeout(timeout, collecting).await.map_err(|_| BodyError::Timeout)??,
         }
     };
     match encoding {
@@ -100,7 +109,7 @@ pub async fn read(
         Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, what, "gzip", lease),
         Encoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&raw[..])
-                .map_err(|e| ApiError::bad_request("invalid_encoding", format!("zstd: {e}")))?;
+                .map_err(|e| BodyError::Undecodable { encoding: "zstd", detail: e.to_string() })?;
             inflate(decoder, limit, what, "zstd", lease)
         }
     }
@@ -116,14 +125,13 @@ async fn collect(
     limit: usize,
     what: &'static str,
     lease: &mut Lease,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::bad_request("body_read_error", format!("Reading the body failed: {e}")))?;
+        let frame = frame.map_err(|e| BodyError::ReadFailed(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
             if out.len() + data.len() > limit {
-                return Err(ApiError::too_large(what, limit));
+                return Err(BodyError::TooLarge { what, limit });
             }
             push(&mut out, data, lease)?;
         }
@@ -161,20 +169,18 @@ fn inflate(
     mut decoder: impl Read,
     limit: usize,
     what: &'static str,
-    name: &str,
+    name: &'static str,
     lease: &mut Lease,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     let mut chunk = [0u8; 32 << 10];
     loop {
-        let n = decoder.read(&mut chunk).map_err(|e| {
-            ApiError::bad_request("invalid_encoding", format!("The {name} body could not be decoded: {e}"))
-        })?;
+        let n = decoder.read(&mut chunk).map_err(|e| BodyError::Undecodable { encoding: name, detail: e.to_string() })?;
         if n == 0 {
             return Ok(out);
         }
         if out.len() + n > limit {
-            return Err(ApiError::too_large(what, limit));
+            return Err(BodyError::TooLarge { what, limit });
         }
         push(&mut out, &chunk[..n], lease)?;
     }
@@ -201,12 +207,12 @@ mod tests {
             10_000
         );
         let e = inflate(&mut flate2::read::MultiGzDecoder::new(&gz[..]), 9_999, "batch", "gzip").unwrap_err();
-        assert_eq!(e.status, 413);
+        assert!(matches!(e, BodyError::TooLarge { limit: _, what: "batch" }), "{e:?}");
         let zs = zstd::encode_all(&plain[..], 3).unwrap();
         let e = inflate(&mut zstd::stream::read::Decoder::new(&zs[..]).unwrap(), 100, "batch", "zstd").unwrap_err();
-        assert_eq!(e.status, 413);
+        assert!(matches!(e, BodyError::TooLarge { limit: _, what: "batch" }), "{e:?}");
         let e = inflate(&mut flate2::read::MultiGzDecoder::new(&b"not gzip"[..]), 100, "batch", "gzip").unwrap_err();
-        assert_eq!(e.code, "invalid_encoding");
+        assert!(matches!(e, BodyError::Undecodable { encoding: "gzip", .. }), "{e:?}");
     }
 
     #[test]
@@ -214,10 +220,10 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(encoding(&h).unwrap(), Encoding::Identity);
         h.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
-        assert_eq!(encoding(&h).unwrap_err().status, 415);
+        assert!(matches!(encoding(&h), Err(BodyError::UnsupportedEncoding)));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson; charset=utf-8"));
         assert_eq!(media_type(&h).unwrap(), MediaType::Ndjson);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-        assert_eq!(media_type(&h).unwrap_err().code, "unsupported_media_type");
+        assert!(matches!(media_type(&h), Err(BodyError::UnsupportedMediaType)));
     }
 }

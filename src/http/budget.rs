@@ -9,12 +9,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::error::ApiError;
-
-/// A client refused for lack of budget should come back once others finished.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+use super::body::BodyError;
 
 #[derive(Debug)]
 pub struct MemoryBudget {
@@ -53,17 +49,13 @@ pub struct Lease {
 
 impl Lease {
     /// Takes `n` more bytes, or answers 503 when the budget has no room.
-    pub fn grow(&mut self, n: usize) -> Result<(), ApiError> {
+    pub fn grow(&mut self, n: usize) -> Result<(), BodyError> {
         if n == 0 {
             return Ok(());
         }
         if !self.budget.take(n) {
             metrics::counter!(crate::metrics::OVERLOADED).increment(1);
-            return Err(ApiError::unavailable(
-                "overloaded",
-                "The edge is holding as many request bytes as it may; retry shortly",
-                RETRY_AFTER,
-            ));
+            return Err(BodyError::Overloaded);
         }
         self.held += n;
         Ok(())
@@ -89,7 +81,7 @@ impl Drop for Lease {
 }
 
 /// Appends `data` to `out`, charging every capacity increase to `lease` first.
-pub fn push(out: &mut Vec<u8>, data: &[u8], lease: &mut Lease) -> Result<(), ApiError> {
+pub fn push(out: &mut Vec<u8>, data: &[u8], lease: &mut Lease) -> Result<(), BodyError> {
     let needed = out.len() + data.len();
     if needed > out.capacity() {
         // Exact for the first chunk (most bodies are one chunk); doubling after that.
@@ -111,7 +103,7 @@ mod tests {
         let mut a = budget.lease();
         a.grow(600).unwrap();
         let mut b = budget.lease();
-        assert_eq!(b.grow(500).unwrap_err().status, 503);
+        assert!(matches!(b.grow(500), Err(BodyError::Overloaded)));
         b.grow(400).unwrap();
         assert_eq!(budget.used(), 1000);
         drop(a);
@@ -137,6 +129,6 @@ mod tests {
         let mut lease = small.lease();
         let mut out = Vec::new();
         push(&mut out, &[1; 100], &mut lease).unwrap();
-        assert_eq!(push(&mut out, &[1; 100], &mut lease).unwrap_err().code, "overloaded");
+        assert!(matches!(push(&mut out, &[1; 100], &mut lease), Err(BodyError::Overloaded)));
     }
 }

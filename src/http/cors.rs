@@ -9,7 +9,7 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 
 use super::response::{self, Body};
-use crate::error::ApiError;
+use super::RouteError;
 
 /// Who may call a route from a browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +58,9 @@ impl Cors {
         policy: Policy,
         methods: &'static str,
         headers: &HeaderMap,
-    ) -> Result<Response<Body>, ApiError> {
+    ) -> Result<Response<Body>, RouteError> {
         let Some(allow) = self.allow(policy, headers.get(ORIGIN)) else {
-            return Err(ApiError::forbidden("origin_not_allowed", "This origin may not call this route"));
+            return Err(RouteError::OriginNotAllowed);
         };
         let mut r = response::empty(StatusCode::NO_CONTENT);
         let h = r.headers_mut();
@@ -107,7 +107,7 @@ mod tests {
         let r = cors.preflight(Policy::Configured, "GET, OPTIONS", &with_origin("https://app.example")).unwrap();
         assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
         let e = cors.preflight(Policy::Configured, "GET, OPTIONS", &with_origin("https://evil.test")).unwrap_err();
-        assert_eq!(e.code, "origin_not_allowed");
+        assert_eq!(e, RouteError::OriginNotAllowed);
         let mut r = response::empty(StatusCode::ACCEPTED);
         cors.decorate(Policy::AnyOrigin, None, &mut r);
         assert!(r.headers().get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none(), "no Origin, no CORS headers");

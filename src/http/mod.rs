@@ -1,8 +1,7 @@
 //! HTTP plumbing shared by every surface: connections with a timer on every
 //! phase ([`conn`]), bounded and decompressed bodies ([`body`]) charged to one
-//! memory budget ([`budget`]), CORS ([`cors`]), responses and the one mapping
-//! from [`crate::error::ApiError`] to HTTP ([`response`]), and who the client
-//! is. Which route goes where is [`crate::routes`]' business, not this module's.
+//! memory budget ([`budget`]), CORS ([`cors`]), responses ([`response`]), and
+//! who the client is. Errors are mapped to responses in [`crate::error`]. Which route goes where is [`crate::routes`]' business, not this module's.
 
 pub mod body;
 pub mod budget;
@@ -17,6 +16,18 @@ use std::net::IpAddr;
 use hyper::{HeaderMap, Uri, Version};
 
 use crate::config::IpNet;
+
+/// A request the route table cannot take anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound,
+    /// The route exists for `allow` only.
+    MethodNotAllowed { allow: &'static str },
+    /// A header value longer than the per-header bound.
+    HeaderTooLarge { max: usize },
+    /// A CORS preflight from an origin the route does not serve.
+    OriginNotAllowed,
+}
 
 /// The client address: the peer, or, when the peer is a trusted proxy, the address its PROXY
 /// header reported or else the nearest address in `X-Forwarded-For` that is not itself a

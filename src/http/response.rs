@@ -1,12 +1,14 @@
-//! Responses: JSON bodies, and the single mapping from [`ApiError`] to HTTP.
+//! Responses: JSON bodies, and how a [`Problem`] (an error already mapped by
+//! [`crate::error`]) is written.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::time::Duration;
 
-use crate::error::ApiError;
 use crate::event::Rejection;
 
 pub type Body = Full<Bytes>;
@@ -39,26 +41,53 @@ pub fn metrics(text: String) -> Response<Body> {
     r
 }
 
-/// The one place an error becomes a response: `{"error", "code", "message", …extra}` plus
-/// headers. `message` repeats `error`: some SDKs read only `code` and `message`.
-pub fn error(e: &ApiError) -> Response<Body> {
-    let mut body = Map::with_capacity(3 + e.extra.len());
-    body.insert("error".into(), Value::from(e.message.as_ref()));
-    body.insert("code".into(), Value::from(e.code));
-    body.insert("message".into(), Value::from(e.message.as_ref()));
-    for (k, v) in &e.extra {
-        if k != "allow" {
-            body.insert(k.clone(), v.clone());
-        }
+/// An error as the client sees it: status, `code`, message, extra body fields and headers.
+/// Built by [`crate::error::Error::problem`], the one place errors are mapped.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// Whole seconds for the `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+    /// Extra top-level fields of the JSON body, in order.
+    pub fields: Vec<(&'static str, Value)>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Problem { status, code, message: message.into(), retry_after: None, allow: None, fields: Vec::new() }
     }
-    let mut r = json(e.status, serde_json::to_vec(&body).unwrap_or_default());
-    if let Some(secs) = e.retry_after {
+
+    pub fn field(&mut self, key: &'static str, value: impl Into<Value>) -> &mut Self {
+        self.fields.push((key, value.into()));
+        self
+    }
+
+    /// `Retry-After` is whole seconds, at least 1, rounded up so clients never come back early.
+    pub fn retry_after(&mut self, wait: Duration) {
+        self.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
+    }
+}
+
+/// `{"error", "code", "message", …fields}` plus headers. `message` repeats `error`: some SDKs
+/// read only `code` and `message`.
+pub fn problem(p: &Problem) -> Response<Body> {
+    let mut body = Map::with_capacity(3 + p.fields.len());
+    body.insert("error".into(), Value::from(p.message.as_ref()));
+    body.insert("code".into(), Value::from(p.code));
+    body.insert("message".into(), Value::from(p.message.as_ref()));
+    for (k, v) in &p.fields {
+        body.insert((*k).into(), v.clone());
+    }
+    let mut r = json(p.status, serde_json::to_vec(&body).unwrap_or_default());
+    if let Some(secs) = p.retry_after {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let Some(Value::String(allow)) = e.extra.get("allow") {
-        if let Ok(v) = HeaderValue::from_str(allow) {
-            r.headers_mut().insert(ALLOW, v);
-        }
+    if let Some(allow) = p.allow {
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     }
     r
 }
@@ -100,8 +129,10 @@ mod tests {
 
     #[tokio::test]
     async fn error_shape_and_headers() {
-        let e = ApiError::rate_limited("growth", 10_000, std::time::Duration::from_millis(1500));
-        let r = error(&e);
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Rate limit exceeded");
+        p.retry_after(Duration::from_millis(1500));
+        p.field("tier", "growth").field("limit", 10_000).field("retry_after", 2);
+        let r = problem(&p);
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[RETRY_AFTER], "2");
         let b = body_of(r).await;
@@ -112,7 +143,9 @@ mod tests {
             (b["tier"].as_str(), b["limit"].as_u64(), b["retry_after"].as_u64()),
             (Some("growth"), Some(10_000), Some(2))
         );
-        let r = error(&ApiError::method_not_allowed("POST"));
+        let mut p = Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed");
+        p.allow = Some("POST");
+        let r = problem(&p);
         assert_eq!(r.headers()[ALLOW], "POST");
         assert!(body_of(r).await.get("allow").is_none());
     }

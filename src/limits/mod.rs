@@ -26,10 +26,13 @@ use crate::plan::Tier;
 use crate::tenant::{Org, OrgId};
 use rate::{Bucket, Epoch, RateDecision};
 
+/// Why events are refused: a value, not an answer ([`crate::error`] makes the 429 and 402).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    RateLimited { retry_after: Duration, limit_per_sec: u64 },
+pub enum LimitError {
+    /// Over the tier's per-second rate; a token is free again after `retry_after`.
+    RateLimited { tier: &'static str, limit_per_sec: u64, retry_after: Duration },
+    /// This month's events are used up: not retryable until the month turns or the tier changes.
+    QuotaExceeded { tier: &'static str, limit_per_month: u64 },
 }
 
 /// Counters for one organisation; lives as long as the process, across registry reloads.
@@ -89,21 +92,28 @@ pub struct OrgLimits<'l> {
 
 impl OrgLimits<'_> {
     /// Is this month's quota used up? A cheap check before any body is read.
-    pub fn quota_exhausted(&self, now_unix_secs: i64) -> Option<u64> {
+    pub fn check_quota(&self, now_unix_secs: i64) -> Result<(), LimitError> {
         let limit = self.tier.events_per_month;
         let month = month_index(now_unix_secs);
-        self.limiter.with_counters(self.org, |c| (c.used_in(month) >= limit).then_some(limit))
+        if self.limiter.with_counters(self.org, |c| c.used_in(month) >= limit) {
+            return Err(self.quota_exceeded());
+        }
+        Ok(())
+    }
+
+    pub fn quota_exceeded(&self) -> LimitError {
+        LimitError::QuotaExceeded { tier: self.tier.name, limit_per_month: self.tier.events_per_month }
     }
 
     /// Takes `n` events from the organisation's per-second rate.
-    pub fn check_rate(&self, n: u64) -> Decision {
+    pub fn check_rate(&self, n: u64) -> Result<(), LimitError> {
         let tier = self.tier;
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
         let now = self.limiter.epoch.now_ns();
         match self.limiter.with_counters(self.org, |c| c.bucket.check(now, n, tier.events_per_second, burst)) {
-            RateDecision::Allow => Decision::Allow,
+            RateDecision::Allow => Ok(()),
             RateDecision::Limit { retry_after } => {
-                Decision::RateLimited { retry_after, limit_per_sec: tier.events_per_second }
+                Err(LimitError::RateLimited { tier: tier.name, limit_per_sec: tier.events_per_second, retry_after })
             }
         }
     }
@@ -180,14 +190,14 @@ mod tests {
         let o = org_on(&tiers);
         let now = 1_780_000_000;
         assert_eq!(l.org(&o).reserve(99, now), 99);
-        assert_eq!(l.org(&o).quota_exhausted(now), None);
+        assert_eq!(l.org(&o).check_quota(now), Ok(()));
         assert_eq!(l.org(&o).reserve(5_000, now), 1, "a batch crossing the line gets what is left");
         assert_eq!(l.org(&o).reserve(1, now), 0);
-        assert_eq!(l.org(&o).quota_exhausted(now), Some(100));
+        assert_eq!(l.org(&o).check_quota(now), Err(l.org(&o).quota_exceeded()));
         l.org(&o).refund(10, now);
         assert_eq!(l.org(&o).reserve(20, now), 10);
         // A new month starts from zero.
-        assert_eq!(l.org(&o).quota_exhausted(now + 40 * 86400), None);
+        assert_eq!(l.org(&o).check_quota(now + 40 * 86400), Ok(()));
         assert_eq!(l.org(&o).reserve(1, now + 40 * 86400), 1);
         assert_eq!(l.month_events(&o.id), 1);
     }
@@ -216,10 +226,10 @@ mod tests {
         tiers.tiers_mut().next().unwrap().events_per_second = 5;
         let l = Limiter::new();
         let o = org_on(&tiers);
-        assert_eq!(l.org(&o).check_rate(10), Decision::Allow);
+        assert_eq!(l.org(&o).check_rate(10), Ok(()));
         match l.org(&o).check_rate(1) {
-            Decision::RateLimited { limit_per_sec, retry_after } => {
-                assert_eq!(limit_per_sec, 5);
+            Err(LimitError::RateLimited { limit_per_sec, retry_after, tier }) => {
+                assert_eq!((limit_per_sec, tier), (5, o.tier.name));
                 assert!(retry_after > Duration::ZERO);
             }
             other => panic!("{other:?}"),

@@ -59,12 +59,15 @@ pub struct Position {
     pub offset: u64,
 }
 
-#[derive(Debug)]
-pub enum AppendError {
-    /// More unshipped data than `max_bytes`.
+/// Why the spool did not take (or did not store) a block.
+#[derive(Debug, Clone)]
+pub enum SpoolError {
+    /// More unshipped data than `max_bytes`, or more queued for the writer than `max_queued_bytes`.
     Full,
     /// The disk refused the write or the sync.
-    Io(String),
+    Io(Arc<io::Error>),
+    /// The writer has stopped (shutting down).
+    Closed,
 }
 
 /// Counters shared by the writer, the reader and request handlers.
@@ -149,13 +152,13 @@ impl Spool {
     }
 
     /// Appends one block; in durable mode returns once it is on disk.
-    pub async fn append(&self, block: RowBlock) -> Result<(), AppendError> {
+    pub async fn append(&self, block: RowBlock) -> Result<(), SpoolError> {
         self.submit(block)?.written().await
     }
 
     /// Hands one block to the writer without waiting: once this returns `Ok` the block will
     /// be written whatever happens to the caller (whose accounting can rely on that).
-    pub fn submit(&self, block: RowBlock) -> Result<Submitted, AppendError> {
+    pub fn submit(&self, block: RowBlock) -> Result<Submitted, SpoolError> {
         if block.rows == 0 {
             return Ok(Submitted(None));
         }
@@ -164,7 +167,7 @@ impl Spool {
         let pending = self.shared.unshipped_bytes() + queued;
         // Refuse only when already holding something: a lone block larger than a bound still gets in.
         if pending > 0 && (pending + size > self.max_bytes || queued + size > self.max_queued_bytes) {
-            return Err(AppendError::Full);
+            return Err(SpoolError::Full);
         }
         let (ack, done) = match self.ack {
             AckMode::Durable => {
@@ -175,11 +178,11 @@ impl Spool {
         };
         let append = Append { size, org: block.org, rows: block.rows as u32, payload: block.data.freeze(), ack };
         let tx = self.tx.load();
-        let Some(tx) = tx.as_ref() else { return Err(AppendError::Io("spool is closed".into())) };
+        let Some(tx) = tx.as_ref() else { return Err(SpoolError::Closed) };
         self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if tx.send(append).is_err() {
             self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            return Err(AppendError::Io("spool writer stopped".into()));
+            return Err(SpoolError::Closed);
         }
         Ok(Submitted(done))
     }
@@ -199,16 +202,16 @@ impl Spool {
 }
 
 /// A block the writer has; in durable mode, [`Submitted::written`] waits for its sync.
-pub struct Submitted(Option<oneshot::Receiver<Result<(), String>>>);
+pub struct Submitted(Option<oneshot::Receiver<Result<(), SpoolError>>>);
 
 impl Submitted {
-    pub async fn written(self) -> Result<(), AppendError> {
+    pub async fn written(self) -> Result<(), SpoolError> {
         match self.0 {
             None => Ok(()),
             Some(rx) => match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(AppendError::Io(e)),
-                Err(_) => Err(AppendError::Io("spool writer stopped".into())),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(SpoolError::Closed),
             },
         }
     }
@@ -277,9 +280,9 @@ mod tests {
         let (spool, _reader, _) = Spool::open(&config(dir.path(), 200)).unwrap();
         spool.append(block(4)).await.unwrap();
         spool.append(block(4)).await.unwrap();
-        assert!(matches!(spool.append(block(4)).await, Err(AppendError::Full)));
+        assert!(matches!(spool.append(block(4)).await, Err(SpoolError::Full)));
         tokio::task::block_in_place(|| spool.close());
-        assert!(matches!(spool.append(block(1)).await, Err(AppendError::Io(_))), "closed");
+        assert!(matches!(spool.append(block(1)).await, Err(SpoolError::Closed)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,8 +309,8 @@ mod tests {
         for _ in 0..10_000 {
             match spool.submit(block(100)) {
                 Ok(_) => {}
-                Err(AppendError::Full) => full += 1,
-                Err(AppendError::Io(e)) => panic!("{e}"),
+                Err(SpoolError::Full) => full += 1,
+                Err(e) => panic!("{e:?}"),
             }
             assert!(spool.shared.queued_bytes.load(Ordering::Acquire) <= 4096 + 1100);
         }

@@ -21,7 +21,7 @@ pub(super) struct Append {
     pub org: crate::tenant::OrgId,
     pub rows: u32,
     pub payload: Bytes,
-    pub ack: Option<oneshot::Sender<Result<(), String>>>,
+    pub ack: Option<oneshot::Sender<Result<(), super::SpoolError>>>,
 }
 
 /// Most appends a group carries at once, so one sync never waits on a huge write.
@@ -99,7 +99,7 @@ pub(super) fn run(writer: Writer) {
                     Err(e) => tracing::error!(error = %e, "cannot open a new spool segment"),
                 }
                 let _ = head_tx.send(head);
-                Err(e.to_string())
+                Err(super::SpoolError::Io(Arc::new(e)))
             }
         };
         for ack in acks.drain(..) {
