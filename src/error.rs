@@ -20,10 +20,10 @@ pub use crate::control::ControlError;
 pub use crate::event::parse::ParseError;
 pub use crate::event::EventsRejected;
 pub use crate::http::body::BodyError;
+use crate::http::response::{self, Body, Problem};
 pub use crate::http::RouteError;
 pub use crate::limits::LimitError;
 pub use crate::spool::SpoolError;
-use crate::http::response::{self, Body, Problem};
 
 #[derive(Debug)]
 pub enum Error {
@@ -192,11 +192,9 @@ fn auth_problem(e: &AuthError) -> (StatusCode, &'static str, Cow<'static, str>) 
         AuthError::RepeatedCredential(h) => {
             (S::UNAUTHORIZED, "ambiguous_credentials", format!("{h} is sent more than once").into())
         }
-        AuthError::TwoCredentials => (
-            S::UNAUTHORIZED,
-            "ambiguous_credentials",
-            "Send either Authorization or X-Api-Key, not both".into(),
-        ),
+        AuthError::TwoCredentials => {
+            (S::UNAUTHORIZED, "ambiguous_credentials", "Send either Authorization or X-Api-Key, not both".into())
+        }
         AuthError::ConflictingSelector(h) => {
             (S::BAD_REQUEST, "conflicting_selectors", format!("{h} is sent with different values").into())
         }
@@ -205,11 +203,9 @@ fn auth_problem(e: &AuthError) -> (StatusCode, &'static str, Cow<'static, str>) 
             "conflicting_selectors",
             "The Host header and the request target name different hosts".into(),
         ),
-        AuthError::MissingCredentials => (
-            S::UNAUTHORIZED,
-            "missing_credentials",
-            "Send Authorization: Bearer <JWT> or X-Api-Key: <sdk key>".into(),
-        ),
+        AuthError::MissingCredentials => {
+            (S::UNAUTHORIZED, "missing_credentials", "Send Authorization: Bearer <JWT> or X-Api-Key: <sdk key>".into())
+        }
         AuthError::MalformedAuthorization => {
             (S::UNAUTHORIZED, "invalid_authorization", "Authorization must be 'Bearer <token>'".into())
         }
@@ -231,11 +227,9 @@ fn auth_problem(e: &AuthError) -> (StatusCode, &'static str, Cow<'static, str>) 
         ),
         AuthError::Suspended => (S::FORBIDDEN, "organization_inactive", "Organization is suspended".into()),
         AuthError::Deleted => (S::FORBIDDEN, "organization_deleted", "Organization is deleted".into()),
-        AuthError::WriteOnlyCredential => (
-            S::FORBIDDEN,
-            "write_only_credential",
-            "SDK keys can only write events; use a user token".into(),
-        ),
+        AuthError::WriteOnlyCredential => {
+            (S::FORBIDDEN, "write_only_credential", "SDK keys can only write events; use a user token".into())
+        }
         AuthError::MissingPermission(permission) => {
             (S::FORBIDDEN, "insufficient_permission", format!("The token lacks the {permission} permission").into())
         }
@@ -248,9 +242,7 @@ fn parse_problem(e: &ParseError) -> (StatusCode, &'static str, Cow<'static, str>
     match e {
         ParseError::InvalidJson(detail) => (S::BAD_REQUEST, "invalid_json", format!("Invalid JSON: {detail}").into()),
         ParseError::NotAnObject => (S::BAD_REQUEST, "invalid_body", "Expected one JSON object".into()),
-        ParseError::NotABatch => {
-            (S::BAD_REQUEST, "invalid_body", "Expected {\"events\":[...]} or a JSON array".into())
-        }
+        ParseError::NotABatch => (S::BAD_REQUEST, "invalid_body", "Expected {\"events\":[...]} or a JSON array".into()),
         ParseError::InvalidSentAt => {
             (S::BAD_REQUEST, "invalid_sent_at", "sent_at must be RFC 3339 or epoch milliseconds".into())
         }
@@ -286,7 +278,10 @@ mod tests {
     fn a_single_rejected_event_answers_with_its_own_code() {
         let one = EventsRejected(vec![(0, Rejection::new("missing_field", "device_id is required"))]);
         let p = Error::from(one).problem();
-        assert_eq!((p.status, p.code, p.message.as_ref()), (StatusCode::BAD_REQUEST, "missing_field", "device_id is required"));
+        assert_eq!(
+            (p.status, p.code, p.message.as_ref()),
+            (StatusCode::BAD_REQUEST, "missing_field", "device_id is required")
+        );
         let two = EventsRejected(vec![
             (0, Rejection::new("missing_field", "device_id is required")),
             (1, Rejection::new("invalid_json", "Invalid JSON")),

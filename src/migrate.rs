@@ -61,8 +61,17 @@ pub fn parse_version(v: &str) -> Vec<u32> {
     v.split('.').map(|p| p.trim().parse().unwrap_or(0)).collect()
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The server refused a statement (first line quoted).
+    #[error("{source} (in: {statement})")]
+    ClickHouse { statement: String, source: clickhouse::error::Error },
+    #[error("{migration}: {source}")]
+    Migration { migration: &'static str, source: Box<MigrateError> },
+}
+
 /// Applies what is missing; `progress` gets one line per step.
-pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) -> Result<Outcome, String> {
+pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) -> Result<Outcome, MigrateError> {
     let server = ClickHouseConfig { database: "default".into(), ..config.clone() };
     let root = client(&server).with_compression(clickhouse::Compression::None);
     let version = fetch_text(&root, "SELECT version()").await?;
@@ -99,7 +108,9 @@ pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) 
             }
         }
         for statement in m.statements() {
-            exec(&db, &statement).await.map_err(|e| format!("{}: {e}", m.name))?;
+            exec(&db, &statement)
+                .await
+                .map_err(|e| MigrateError::Migration { migration: m.name, source: Box::new(e) })?;
         }
         // The name is a compile-time constant file name: safe to quote inline.
         exec(&db, &format!("INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')", m.version, m.name))
@@ -114,18 +125,22 @@ fn join(v: &[u32]) -> String {
     v.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
 }
 
-async fn exec(client: &Client, sql: &str) -> Result<(), String> {
-    client.query_raw(sql).execute().await.map_err(|e| format!("{e} (in: {})", first_line(sql)))
+fn refused(sql: &str) -> impl FnOnce(clickhouse::error::Error) -> MigrateError + '_ {
+    move |source| MigrateError::ClickHouse { statement: first_line(sql).to_string(), source }
 }
 
-async fn fetch_text(client: &Client, sql: &str) -> Result<String, String> {
+async fn exec(client: &Client, sql: &str) -> Result<(), MigrateError> {
+    client.query_raw(sql).execute().await.map_err(refused(sql))
+}
+
+async fn fetch_text(client: &Client, sql: &str) -> Result<String, MigrateError> {
     let bytes = client
         .query_raw(sql)
         .fetch_bytes("TabSeparated")
-        .map_err(|e| e.to_string())?
+        .map_err(refused(sql))?
         .collect()
         .await
-        .map_err(|e| format!("{e} (in: {sql})"))?;
+        .map_err(refused(sql))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

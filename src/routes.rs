@@ -19,16 +19,16 @@ use hyper::header::ORIGIN;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::AuthError;
 use crate::auth::{Authenticator, Principal};
 use crate::config::{ConnConfig, IpNet};
 use crate::control::ControlState;
-use crate::auth::AuthError;
 use crate::error::Error;
-use crate::http::RouteError;
 use crate::event::parse::Shape;
 use crate::http::conn::Peer;
 use crate::http::cors::{Cors, Policy};
 use crate::http::response::{self, Body};
+use crate::http::RouteError;
 use crate::ingest::IngestState;
 use crate::metrics as m;
 use crate::tenant::Registry;
@@ -208,10 +208,9 @@ impl DataRouter {
             &self.trusted_proxies,
             route.label,
         );
-        let principal = self
-            .auth
-            .authenticate(&meta, &self.registry, now)
-            .inspect_err(|e| metrics::counter!(m::AUTH_FAILURES, "code" => Error::from(e.clone()).code()).increment(1))?;
+        let principal = self.auth.authenticate(&meta, &self.registry, now).inspect_err(|e| {
+            metrics::counter!(m::AUTH_FAILURES, "code" => Error::from(e.clone()).code()).increment(1)
+        })?;
         let allowed = match route.permission {
             Permission::Public => true,
             Permission::WriteEvents => principal.can_write_events(),

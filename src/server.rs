@@ -75,9 +75,20 @@ where
     })
 }
 
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("EDGE_SPOOL_DIR {}: {source}", dir.display())]
+    Spool { dir: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    JwtKeys(#[from] crate::auth::jwt::KeyFileError),
+    #[error("{setting} {addr}: {source}")]
+    Bind { setting: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+}
+
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
-    pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, String> {
+    pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, StartError> {
         let metrics = crate::metrics::install();
         registry.publish_gauge();
         let (spool, reader) = open_spool(&config)?;
@@ -90,12 +101,8 @@ impl Server {
         let admin_state = Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone() });
         crate::routes::register_series();
 
-        let data = TcpListener::bind(config.listen).await.map_err(|e| format!("EDGE_LISTEN {}: {e}", config.listen))?;
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|e| format!("EDGE_ADMIN_LISTEN {}: {e}", config.admin_listen))?;
-        let addr = data.local_addr().map_err(|e| e.to_string())?;
-        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+        let (data, addr) = bind("EDGE_LISTEN", config.listen).await?;
+        let (admin, admin_addr) = bind("EDGE_ADMIN_LISTEN", config.admin_listen).await?;
 
         let shutdown = CancellationToken::new();
         // Stops what must outlive the drain (probes, readiness, metrics, reloads).
@@ -164,6 +171,18 @@ impl Server {
     }
 }
 
+async fn bind(
+    setting: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), StartError> {
+    let bound = async {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
+    };
+    bound.await.map_err(|source| StartError::Bind { setting, addr, source })
+}
+
 /// `task`, logging `task stopped` under `name` when it ends.
 async fn named<F: Future<Output = ()>>(name: &'static str, task: F) {
     task.await;
@@ -171,7 +190,7 @@ async fn named<F: Future<Output = ()>>(name: &'static str, task: F) {
 }
 
 /// Opens (and recovers) the spool under the data directory.
-fn open_spool(config: &Config) -> Result<(Spool, SpoolReader), String> {
+fn open_spool(config: &Config) -> Result<(Spool, SpoolReader), StartError> {
     let spool_config = SpoolConfig {
         dir: config.data_dir.join("spool"),
         segment_bytes: config.spool_segment_bytes,
@@ -180,7 +199,7 @@ fn open_spool(config: &Config) -> Result<(Spool, SpoolReader), String> {
         ack: config.ack,
     };
     let (spool, reader, recovery) =
-        Spool::open(&spool_config).map_err(|e| format!("EDGE_SPOOL_DIR {}: {e}", spool_config.dir.display()))?;
+        Spool::open(&spool_config).map_err(|source| StartError::Spool { dir: spool_config.dir.clone(), source })?;
     if recovery.replay_records > 0 || recovery.damaged_regions > 0 || recovery.truncated_bytes > 0 {
         tracing::warn!(
             segments = recovery.segments,
@@ -201,7 +220,7 @@ fn data_router(
     registry: Arc<Registry>,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
-) -> Result<DataRouter, String> {
+) -> Result<DataRouter, StartError> {
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     Ok(DataRouter {
         auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone()),

@@ -9,7 +9,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -179,6 +179,29 @@ impl Snapshot {
     }
 }
 
+/// Why a set of organisations cannot be served: refused whole, the current set stays.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("duplicate organisation id {0}")]
+    DuplicateOrganization(String),
+    #[error("host {0:?} is claimed by two organisations")]
+    DuplicateHost(String),
+    #[error("duplicate SDK key {0:?}")]
+    DuplicateKey(KeyHash),
+    #[error("organisation {organization}: unknown tier {tier:?} (known: {known})")]
+    UnknownTier { organization: String, tier: String, known: String },
+    #[error("organisation {0:?}: id must be 1 to 64 characters")]
+    InvalidId(String),
+    #[error("organisation {organization}: key for {app} is not 64 hex digits")]
+    InvalidKeyHash { organization: String, app: String },
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    InFile { path: PathBuf, source: Box<LoadError> },
+}
+
 /// Builds a [`Snapshot`], refusing duplicates that would make routing ambiguous.
 #[derive(Default)]
 pub struct SnapshotBuilder {
@@ -186,26 +209,26 @@ pub struct SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
-    pub fn org(&mut self, org: Org) -> Result<Arc<Org>, String> {
+    pub fn org(&mut self, org: Org) -> Result<Arc<Org>, LoadError> {
         if self.snap.orgs.contains_key(org.id.as_str()) {
-            return Err(format!("duplicate organisation id {}", org.id));
+            return Err(LoadError::DuplicateOrganization(org.id.as_str().to_string()));
         }
         let org = Arc::new(org);
         let mut hosts = vec![org.subdomain.clone()];
         hosts.extend(org.custom_domain.clone());
         for host in hosts {
             if self.snap.by_host.insert(host.clone(), org.clone()).is_some() {
-                return Err(format!("host {host:?} is claimed by two organisations"));
+                return Err(LoadError::DuplicateHost(host));
             }
         }
         self.snap.orgs.insert(org.id.clone(), org.clone());
         Ok(org)
     }
 
-    pub fn key(&mut self, hash: KeyHash, org: &Arc<Org>, app_id: &str) -> Result<(), String> {
+    pub fn key(&mut self, hash: KeyHash, org: &Arc<Org>, app_id: &str) -> Result<(), LoadError> {
         let grant = KeyGrant { org: org.clone(), app_id: Arc::from(app_id) };
         if self.snap.keys.insert(hash, grant).is_some() {
-            return Err(format!("duplicate SDK key {hash:?}"));
+            return Err(LoadError::DuplicateKey(hash));
         }
         Ok(())
     }
@@ -283,29 +306,30 @@ fn default_status() -> OrgStatus {
 }
 
 /// Parses a tenants file (TOML). Errors name the organisation at fault.
-pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, String> {
+pub fn parse_tenants(text: &str, tiers: &TierTable) -> Result<Snapshot, LoadError> {
     let mut builder = SnapshotBuilder::default();
     parse_tenants_into(text, tiers, &mut builder)?;
     Ok(builder.build())
 }
 
 /// Adds the file's organisations to `builder` (beside the demo organisation of `--dev`).
-pub fn parse_tenants_into(text: &str, tiers: &TierTable, builder: &mut SnapshotBuilder) -> Result<(), String> {
-    let file: TenantsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_tenants_into(text: &str, tiers: &TierTable, builder: &mut SnapshotBuilder) -> Result<(), LoadError> {
+    let file: TenantsFile = toml::from_str(text)?;
     for entry in file.organizations {
-        let tier = tiers.get(&entry.tier).cloned().ok_or_else(|| {
+        let Some(tier) = tiers.get(&entry.tier).cloned() else {
             let known: Vec<_> = tiers.names().collect();
-            format!("organisation {}: unknown tier {:?} (known: {})", entry.id, entry.tier, known.join(", "))
-        })?;
+            return Err(LoadError::UnknownTier { organization: entry.id, tier: entry.tier, known: known.join(", ") });
+        };
         if entry.id.is_empty() || entry.id.len() > 64 {
-            return Err(format!("organisation {:?}: id must be 1 to 64 characters", entry.id));
+            return Err(LoadError::InvalidId(entry.id));
         }
         let mut org = Org::new(&entry.id, &entry.name, &entry.subdomain, tier, entry.status);
         org.custom_domain = entry.custom_domain.map(|d| d.to_ascii_lowercase());
         let org = builder.org(org)?;
         for key in entry.keys {
-            let hash = KeyHash::from_hex(&key.sha256)
-                .ok_or_else(|| format!("organisation {}: key for {} is not 64 hex digits", entry.id, key.app_id))?;
+            let Some(hash) = KeyHash::from_hex(&key.sha256) else {
+                return Err(LoadError::InvalidKeyHash { organization: entry.id, app: key.app_id });
+            };
             builder.key(hash, &org, &key.app_id)?;
         }
     }
@@ -313,9 +337,10 @@ pub fn parse_tenants_into(text: &str, tiers: &TierTable, builder: &mut SnapshotB
 }
 
 /// The tenants file's organisations added to `builder`.
-pub fn load_tenants_file(path: &Path, tiers: &TierTable, mut builder: SnapshotBuilder) -> Result<Snapshot, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_tenants_into(&text, tiers, &mut builder).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn load_tenants_file(path: &Path, tiers: &TierTable, mut builder: SnapshotBuilder) -> Result<Snapshot, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    parse_tenants_into(&text, tiers, &mut builder)
+        .map_err(|e| LoadError::InFile { path: path.into(), source: Box::new(e) })?;
     Ok(builder.build())
 }
 
@@ -367,9 +392,11 @@ mod tests {
             name = "B"
             subdomain = "same"
         "#;
-        assert!(parse_tenants(dup, &TierTable::default()).unwrap_err().contains("claimed by two"));
+        assert!(matches!(parse_tenants(dup, &TierTable::default()), Err(LoadError::DuplicateHost(h)) if h == "same"));
         let bad_tier = "[[organizations]]\nid='a'\nname='A'\nsubdomain='a'\ntier='platinum'\n";
-        assert!(parse_tenants(bad_tier, &TierTable::default()).unwrap_err().contains("unknown tier"));
+        let e = parse_tenants(bad_tier, &TierTable::default()).unwrap_err();
+        assert!(matches!(&e, LoadError::UnknownTier { tier, .. } if tier == "platinum"), "{e}");
+        assert!(e.to_string().contains("unknown tier"));
         let unknown_field = "[[organizations]]\nid='a'\nname='A'\nsubdomain='a'\ncolour='red'\n";
         assert!(parse_tenants(unknown_field, &TierTable::default()).is_err());
     }

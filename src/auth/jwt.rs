@@ -131,6 +131,15 @@ impl JwtError {
     }
 }
 
+/// Why the configured verification keys cannot be used (the edge does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("JWT_PUBLIC_KEYS: {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("JWT_PUBLIC_KEYS: key {0} is not an RSA, EC P-256 or Ed25519 public key")]
+    NotAPublicKey(usize),
+}
+
 struct Key {
     decoding: DecodingKey,
     validation: Validation,
@@ -148,7 +157,7 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn from_config(config: &JwtConfig, cache_capacity: usize) -> Result<Self, String> {
+    pub fn from_config(config: &JwtConfig, cache_capacity: usize) -> Result<Self, KeyFileError> {
         let mut keys = Vec::new();
         let validation = |alg: Algorithm| {
             let mut v = Validation::new(alg);
@@ -175,11 +184,9 @@ impl JwtVerifier {
         }
         if let Some(path) = &config.public_keys_file {
             let text =
-                std::fs::read_to_string(path).map_err(|e| format!("JWT_PUBLIC_KEYS: {}: {e}", path.display()))?;
+                std::fs::read_to_string(path).map_err(|source| KeyFileError::Read { path: path.clone(), source })?;
             for (i, pem) in split_pem_blocks(&text).enumerate() {
-                let (decoding, alg) = parse_public_key(pem.as_bytes()).ok_or_else(|| {
-                    format!("JWT_PUBLIC_KEYS: key {} is not an RSA, EC P-256 or Ed25519 public key", i + 1)
-                })?;
+                let (decoding, alg) = parse_public_key(pem.as_bytes()).ok_or(KeyFileError::NotAPublicKey(i + 1))?;
                 keys.push(Key { decoding, validation: validation(alg) });
             }
         }

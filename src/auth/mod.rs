@@ -172,9 +172,7 @@ impl Authenticator {
                 Principal { org, credential: Credential::Jwt(claims) }
             }
             (None, Some(key)) => {
-                let grant = snapshot
-                    .key(&KeyHash::of(key))
-                    .ok_or(AuthError::UnknownKey)?;
+                let grant = snapshot.key(&KeyHash::of(key)).ok_or(AuthError::UnknownKey)?;
                 Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } }
             }
             (None, None) => {
@@ -186,7 +184,8 @@ impl Authenticator {
             (Some(authority), true) => Some(authority),
             _ => selector::host(req.headers, req.authority)?,
         };
-        if let Err(claimed) = selector::check(org_header, host, &principal.org, &snapshot, self.base_domain.as_deref())
+        if let Err(selector::Mismatch { claimed }) =
+            selector::check(org_header, host, &principal.org, &snapshot, self.base_domain.as_deref())
         {
             self.audit("selector_mismatch", &principal, req, &claimed);
             return Err(AuthError::TenantMismatch);
@@ -262,10 +261,7 @@ struct Values<'h> {
 fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Values<'h>, AuthError> {
     let mut v = Values { first: None, repeated: false, differs: false };
     for raw in headers.get_all(name) {
-        let value = raw
-            .to_str()
-            .map_err(|_| AuthError::InvalidHeader(static_name(name)))?
-            .trim();
+        let value = raw.to_str().map_err(|_| AuthError::InvalidHeader(static_name(name)))?.trim();
         match v.first {
             _ if value.is_empty() => {}
             None => v.first = Some(value),
@@ -396,7 +392,10 @@ mod tests {
         // A selector alone is not a credential.
         assert_eq!(run(&f, &headers(&[("x-organization-id", "org_a")])).unwrap_err(), AuthError::MissingCredentials);
         assert_eq!(run(&f, &headers(&[("x-api-key", "edk_nope")])).unwrap_err(), AuthError::UnknownKey);
-        assert_eq!(run(&f, &headers(&[("authorization", "Basic abc")])).unwrap_err(), AuthError::MalformedAuthorization);
+        assert_eq!(
+            run(&f, &headers(&[("authorization", "Basic abc")])).unwrap_err(),
+            AuthError::MalformedAuthorization
+        );
         assert_eq!(
             run(&f, &headers(&[("authorization", "Bearer x.y.z")])).unwrap_err(),
             AuthError::Jwt(jwt::JwtError::Invalid)
@@ -455,10 +454,7 @@ mod tests {
     fn deleted_org_is_refused_at_once() {
         let f = fixture();
         let t = token("org_gone", &["events:write"]);
-        assert_eq!(
-            run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err(),
-            AuthError::Deleted
-        );
+        assert_eq!(run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err(), AuthError::Deleted);
     }
 
     #[test]

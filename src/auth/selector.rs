@@ -37,17 +37,24 @@ fn normalise(host: &str) -> &str {
     strip_port(host.trim()).trim_end_matches('.')
 }
 
-/// `Ok` when every selector present agrees with `org`; `Err(what was claimed)` otherwise.
+/// A selector that names another organisation than the credential; `claimed` is what it
+/// named, for the audit line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub claimed: String,
+}
+
+/// `Ok` when every selector present agrees with `org`.
 pub fn check(
     org_header: Option<&str>,
     host: Option<&str>,
     org: &Org,
     snapshot: &Snapshot,
     base_domain: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), Mismatch> {
     if let Some(claimed) = org_header {
         if claimed != org.id.as_str() {
-            return Err(claimed.to_string());
+            return Err(Mismatch { claimed: claimed.to_string() });
         }
     }
     let Some(host) = host else {
@@ -68,7 +75,7 @@ pub fn check(
         Some(name) => match snapshot.org_by_host(name) {
             Some(owner) if owner.id == org.id => Ok(()),
             // Unknown subdomain under our base, or someone else's: both are mismatches.
-            _ => Err(name.to_string()),
+            _ => Err(Mismatch { claimed: name.to_string() }),
         },
     }
 }

@@ -231,7 +231,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let tenants = {
         let (dev, file, tiers) = (dev.clone(), config.tenants_file.clone(), config.tiers.clone());
         // `--dev` with a tenants file serves both: the demo organisation and the file's.
-        move || -> Result<crate::tenant::Snapshot, String> {
+        move || -> Result<crate::tenant::Snapshot, crate::tenant::LoadError> {
             let builder = dev.as_ref().map(|d| d.builder()).unwrap_or_default();
             match &file {
                 Some(path) => load_tenants_file(path, &tiers, builder),
@@ -260,7 +260,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let reloadable = config.tenants_file.clone();
     let server = match Server::start(config, Arc::new(Registry::new(snapshot)), sink).await {
         Ok(s) => s,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e.to_string()),
     };
     if let Some((key, token)) = dev_banner {
         println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
@@ -281,7 +281,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 async fn reload_on_sighup(
     path: std::path::PathBuf,
     registry: Arc<Registry>,
-    tenants: impl Fn() -> Result<crate::tenant::Snapshot, String>,
+    tenants: impl Fn() -> Result<crate::tenant::Snapshot, crate::tenant::LoadError>,
 ) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;

@@ -15,7 +15,7 @@ mod reader;
 mod sections;
 
 use reader::Reader;
-pub use reader::{parse_duration, ConfigError};
+pub use reader::{parse_duration, ConfigError, ValueError};
 pub use sections::{AckMode, BatchConfig, BodyLimits, ClickHouseConfig, ConnConfig, IpNet, JwtConfig};
 
 /// Where the edge listens for SDK traffic unless told otherwise.

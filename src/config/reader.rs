@@ -18,6 +18,19 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+/// A setting's value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{0:?}: expected a duration like 500ms, 30s, 5m, 1h")]
+    NotADuration(String),
+    #[error("{raw:?}: unknown unit {unit:?} (use ms, s, m, h or d)")]
+    UnknownUnit { raw: String, unit: String },
+    #[error("{0:?}: not an IP address or CIDR")]
+    NotAnAddress(String),
+    #[error("{0:?}: bad prefix length")]
+    BadPrefix(String),
+}
+
 /// Collects errors while parsing so that all of them are reported together.
 pub(super) struct Reader<'a> {
     pub vars: &'a HashMap<String, String>,
@@ -58,7 +71,7 @@ impl Reader<'_> {
         match self.string(name) {
             None => default,
             Some(raw) => parse_duration(&raw).unwrap_or_else(|e| {
-                self.fail(name, e);
+                self.fail(name, e.to_string());
                 default
             }),
         }
@@ -70,18 +83,18 @@ impl Reader<'_> {
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, `7d`, or bare seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub fn parse_duration(raw: &str) -> Result<Duration, ValueError> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{raw:?}: expected a duration like 500ms, 30s, 5m, 1h"))?;
+    let n: u64 = digits.parse().map_err(|_| ValueError::NotADuration(raw.into()))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
         "d" => Duration::from_secs(n * 86400),
-        _ => return Err(format!("{raw:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => return Err(ValueError::UnknownUnit { raw: raw.into(), unit: unit.into() }),
     };
     Ok(d)
 }

@@ -82,14 +82,19 @@ impl IpNet {
 }
 
 impl FromStr for IpNet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = super::ValueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("{s:?}: not an IP address or CIDR"))?;
+        let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| super::ValueError::NotAnAddress(s.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{s:?}: bad prefix length"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| super::ValueError::BadPrefix(s.into()))?,
         };
         Ok(IpNet { addr, prefix })
     }
@@ -229,7 +234,7 @@ impl ConnConfig {
             }
             match item.parse::<IpNet>() {
                 Ok(net) => conn.trusted_proxies.push(net),
-                Err(e) => r.fail("EDGE_TRUSTED_PROXIES", e),
+                Err(e) => r.fail("EDGE_TRUSTED_PROXIES", e.to_string()),
             }
         }
         conn.proxy_protocol = match r.string("EDGE_PROXY_PROTOCOL").as_deref() {

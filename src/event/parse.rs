@@ -113,7 +113,9 @@ pub enum ParseError {
     /// Neither `{"events": [...]}` nor an array.
     NotABatch,
     InvalidSentAt,
-    TooManyEvents { limit: usize },
+    TooManyEvents {
+        limit: usize,
+    },
     EmptyBatch,
 }
 
@@ -127,8 +129,7 @@ pub fn parse_body<'b>(
     if shape == Shape::Ndjson {
         return parse_ndjson(body, max_events, buffers);
     }
-    let tape = simd_json::to_tape_with_buffers(body, buffers)
-        .map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    let tape = simd_json::to_tape_with_buffers(body, buffers).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
     let root = tape.as_value();
     if shape == Shape::Single {
         if !root.is_object() {
@@ -151,7 +152,11 @@ pub fn parse_body<'b>(
     Ok(ParsedBody { tapes: vec![Ok(tape)], batch: true, len, sent_at_ms })
 }
 
-fn parse_ndjson<'b>(body: &'b mut [u8], max_events: usize, buffers: &mut Buffers) -> Result<ParsedBody<'b>, ParseError> {
+fn parse_ndjson<'b>(
+    body: &'b mut [u8],
+    max_events: usize,
+    buffers: &mut Buffers,
+) -> Result<ParsedBody<'b>, ParseError> {
     let mut tapes = Vec::new();
     for line in body.split_mut(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {

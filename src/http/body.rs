@@ -26,9 +26,15 @@ pub enum BodyError {
     /// NDJSON sent to the single-event route.
     NdjsonNeedsBatchRoute,
     /// Over `limit` bytes on the wire, declared, or after decompression.
-    TooLarge { what: &'static str, limit: usize },
+    TooLarge {
+        what: &'static str,
+        limit: usize,
+    },
     Timeout,
-    Undecodable { encoding: &'static str, detail: String },
+    Undecodable {
+        encoding: &'static str,
+        detail: String,
+    },
     ReadFailed(String),
     /// The global body budget has no room.
     Overloaded,
@@ -175,7 +181,8 @@ fn inflate(
     let mut out = Vec::new();
     let mut chunk = [0u8; 32 << 10];
     loop {
-        let n = decoder.read(&mut chunk).map_err(|e| BodyError::Undecodable { encoding: name, detail: e.to_string() })?;
+        let n =
+            decoder.read(&mut chunk).map_err(|e| BodyError::Undecodable { encoding: name, detail: e.to_string() })?;
         if n == 0 {
             return Ok(out);
         }

@@ -22,9 +22,13 @@ use crate::config::IpNet;
 pub enum RouteError {
     NotFound,
     /// The route exists for `allow` only.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     /// A header value longer than the per-header bound.
-    HeaderTooLarge { max: usize },
+    HeaderTooLarge {
+        max: usize,
+    },
     /// A CORS preflight from an origin the route does not serve.
     OriginNotAllowed,
 }
