@@ -270,13 +270,9 @@ impl Stats {
 
     /// Per-day rows for `org` between `from` and `to` (days since the epoch, inclusive; at most
     /// [`MAX_DAYS`], counted back from `to`).
-    pub fn report(&self, org: &OrgId, from: u32, to: u32) -> StatsReport {
+    pub fn report(&self, org: &OrgId, from: u32, to: u32, today: u32) -> StatsReport {
         // No day past tomorrow holds events (they may be at most 24 h ahead).
-        let tomorrow =
-            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400)
-                as u32
-                + 1;
-        let to = to.min(tomorrow);
+        let to = to.min(today + 1);
         let from = from.max(to.saturating_sub(MAX_DAYS - 1));
         let mut merged = vec![0u8; HLL_REGISTERS];
         let mut report = StatsReport {
@@ -326,6 +322,9 @@ pub fn day_to_date(day: u32) -> String {
 mod tests {
     use super::*;
 
+    /// A "today" after every day the tests record.
+    const TODAY: u32 = 20_100;
+
     #[test]
     fn hll_is_accurate_enough() {
         let mut h = HyperLogLog::default();
@@ -362,12 +361,12 @@ mod tests {
             .collect();
         s.record(&org, &events);
         s.record(&other, &[EventSummary { day: 20_000, revenue_cents: 1, device_hash: 42, row_end: 0 }]);
-        let r = s.report(&org, 19_990, 20_010);
+        let r = s.report(&org, 19_990, 20_010, TODAY);
         assert_eq!(r.days.len(), 2);
         assert_eq!(r.days[0].date, "2024-10-04");
         assert_eq!((r.days[0].events, r.days[0].revenue, r.days[0].unique_devices), (3, 4.5, 3));
         assert_eq!((r.total_events, r.total_revenue, r.unique_devices), (6, 9.0, 3), "same devices on both days");
-        assert_eq!(s.report(&org, 20_001, 20_001).days.len(), 1);
+        assert_eq!(s.report(&org, 20_001, 20_001, TODAY).days.len(), 1);
     }
 
     #[test]
@@ -398,7 +397,7 @@ mod tests {
         for _ in 0..11 {
             s.record(&org, &[big]);
         }
-        let r = s.report(&org, 20_000, 20_000);
+        let r = s.report(&org, 20_000, 20_000, TODAY);
         assert!(r.total_revenue > 9.0e16, "{}", r.total_revenue);
         assert_eq!(r.total_revenue, i64::MAX as f64 / 100.0);
     }
@@ -413,7 +412,7 @@ mod tests {
             }
         }
         assert!(s.bytes() <= 1 << 20, "{} bytes", s.bytes());
-        let newest = s.report(&OrgId::new("org_1999"), 20_000, 20_029);
+        let newest = s.report(&OrgId::new("org_1999"), 20_000, 20_029, TODAY);
         assert_eq!(newest.days.last().unwrap().events, 1, "the newest days stay");
     }
 
@@ -424,7 +423,7 @@ mod tests {
         let e = [EventSummary { day: 20_000, revenue_cents: 250, device_hash: 1, row_end: 0 }; 3];
         s.record(&org, &e);
         s.forget(&org, &e[..2]);
-        let r = s.report(&org, 20_000, 20_000);
+        let r = s.report(&org, 20_000, 20_000, TODAY);
         assert_eq!((r.total_events, r.total_revenue), (1, 2.5));
     }
 }

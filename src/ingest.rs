@@ -12,13 +12,13 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::aggregates::Stats;
 use crate::auth::Principal;
+use crate::clock::Clock;
 use crate::config::ConnConfig;
 use crate::error::Error;
 use crate::event::parse::{parse_body, Shape};
@@ -53,6 +53,8 @@ pub struct IngestState {
     pub budget: Arc<MemoryBudget>,
     /// Body timeout and the early-answer drain.
     pub conn: ConnConfig,
+    /// Receive times (and so quota months and timestamp checks) come from it.
+    pub clock: Clock,
 }
 
 /// `principal` holds `events:write` (checked by the route table).
@@ -81,7 +83,7 @@ async fn ingest(
     body: &mut Option<Incoming>,
     shape: Shape,
 ) -> Result<Response<Body>, Error> {
-    let received = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let received = state.clock.now();
     let now_secs = received.as_secs() as i64;
     let shape = match (shape, body::media_type(&parts.headers)?) {
         (Shape::Batch | Shape::Ndjson, MediaType::Ndjson) => Shape::Ndjson,

@@ -36,6 +36,7 @@
 pub mod aggregates;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod dev;

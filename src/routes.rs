@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::ORIGIN;
@@ -199,7 +199,6 @@ impl DataRouter {
 
     /// Authenticates the caller and checks the route's permission.
     fn authorize(&self, route: &Route, req: &Request<Incoming>, peer: &Peer) -> Result<Principal, AuthError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let meta = crate::http::request_meta(
             req.uri(),
             req.version(),
@@ -208,7 +207,7 @@ impl DataRouter {
             &self.trusted_proxies,
             route.label,
         );
-        let principal = self.auth.authenticate(&meta, &self.registry, now).inspect_err(|e| {
+        let principal = self.auth.authenticate(&meta, &self.registry).inspect_err(|e| {
             metrics::counter!(m::AUTH_FAILURES, "code" => Error::from(e.clone()).code()).increment(1)
         })?;
         let allowed = match route.permission {

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::aggregates::Stats;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::ControlState;
 use crate::event::validate::Validator;
@@ -88,16 +89,21 @@ pub enum StartError {
 
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
-    pub async fn start(config: Config, registry: Arc<Registry>, sink: Sink) -> Result<Server, StartError> {
+    pub async fn start(
+        config: Config,
+        registry: Arc<Registry>,
+        sink: Sink,
+        clock: Clock,
+    ) -> Result<Server, StartError> {
         let metrics = crate::metrics::install();
         registry.publish_gauge();
-        let (spool, reader) = open_spool(&config)?;
+        let (spool, reader) = open_spool(&config, &clock)?;
         let sink = Arc::new(sink);
         let pipeline = Arc::new(Pipeline::new(spool));
         let stats = Arc::new(Stats::new(config.stats_max_bytes));
         let readiness = Arc::new(Readiness::default());
         readiness.sink_ready.store(sink.ready().await, Ordering::Release);
-        let router = Arc::new(data_router(&config, registry.clone(), pipeline.clone(), stats.clone())?);
+        let router = Arc::new(data_router(&config, registry.clone(), pipeline.clone(), stats.clone(), &clock)?);
         let admin_state = Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone() });
         crate::routes::register_series();
 
@@ -108,7 +114,7 @@ impl Server {
         // Stops what must outlive the drain (probes, readiness, metrics, reloads).
         let last = CancellationToken::new();
         let background = TaskTracker::new();
-        let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader };
+        let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader, clock };
         let shipper = spawn_named("shipper", shipper.run(config.drain_timeout));
         background.spawn(named("sink-watcher", watch_sink(readiness.clone(), sink.clone(), last.clone())));
         background.spawn(named("metrics-upkeep", crate::metrics::upkeep(metrics, last.clone())));
@@ -190,13 +196,14 @@ async fn named<F: Future<Output = ()>>(name: &'static str, task: F) {
 }
 
 /// Opens (and recovers) the spool under the data directory.
-fn open_spool(config: &Config) -> Result<(Spool, SpoolReader), StartError> {
+fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), StartError> {
     let spool_config = SpoolConfig {
         dir: config.data_dir.join("spool"),
         segment_bytes: config.spool_segment_bytes,
         max_bytes: config.spool_max_bytes,
         max_queued_bytes: config.spool_max_queued_bytes,
         ack: config.ack,
+        clock: clock.clone(),
     };
     let (spool, reader, recovery) =
         Spool::open(&spool_config).map_err(|source| StartError::Spool { dir: spool_config.dir.clone(), source })?;
@@ -220,23 +227,25 @@ fn data_router(
     registry: Arc<Registry>,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
+    clock: &Clock,
 ) -> Result<DataRouter, StartError> {
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     Ok(DataRouter {
-        auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone()),
+        auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone(), clock.clone()),
         registry,
         trusted_proxies: config.trusted_proxies.clone(),
         cors: Cors::new(&config.cors_origins),
         conn: config.conn.clone(),
         ingest: IngestState {
-            limiter: Limiter::new(),
+            limiter: Limiter::new(clock.clone()),
             validator: Validator::new(config.body.clone()),
             pipeline,
             stats: stats.clone(),
             budget: MemoryBudget::new(config.max_inflight_body_bytes),
             conn: config.conn.clone(),
+            clock: clock.clone(),
         },
-        control: ControlState { stats },
+        control: ControlState { stats, clock: clock.clone() },
     })
 }
 

@@ -13,7 +13,7 @@
 //! moves on. Memory holds one block at a time, whatever ClickHouse does.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::config::BatchConfig;
 use crate::metrics as m;
@@ -24,6 +24,8 @@ pub struct Shipper {
     pub config: BatchConfig,
     pub sink: Arc<Sink>,
     pub reader: SpoolReader,
+    /// For the age of the oldest unshipped record.
+    pub clock: crate::clock::Clock,
 }
 
 impl Shipper {
@@ -106,10 +108,10 @@ impl Shipper {
     }
 
     fn publish_lag(&self) {
-        let age = self.reader.oldest_unshipped_ms().map_or(0.0, |written| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-            now.saturating_sub(written) as f64 / 1000.0
-        });
+        let age = self
+            .reader
+            .oldest_unshipped_ms()
+            .map_or(0.0, |written| self.clock.unix_millis().saturating_sub(written) as f64 / 1000.0);
         metrics::gauge!(m::SPOOL_OLDEST_AGE).set(age);
     }
 }
@@ -171,6 +173,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_queued_bytes: 1 << 20,
             ack: AckMode::Durable,
+            clock: Default::default(),
         }
     }
 
@@ -183,7 +186,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, reader, _) = Spool::open(&config(dir.path())).unwrap();
         let sink = Arc::new(Sink::Memory(MemorySink::default()));
-        let shipper = Shipper { config: batch_config(), sink: sink.clone(), reader };
+        let shipper = Shipper { config: batch_config(), sink: sink.clone(), reader, clock: Default::default() };
         let task = tokio::spawn(shipper.run(Duration::from_secs(5)));
         for i in 0..200 {
             spool.append(block(if i % 2 == 0 { "b" } else { "a" }, 3)).await.unwrap();
@@ -214,7 +217,9 @@ mod tests {
         let dead = dir.path().join("dead-letter");
         let sink =
             Arc::new(Sink::Memory(MemorySink { refuse: true, dead_letters: Some(dead.clone()), ..Default::default() }));
-        let task = tokio::spawn(Shipper { config: batch_config(), sink, reader }.run(Duration::from_secs(5)));
+        let task = tokio::spawn(
+            Shipper { config: batch_config(), sink, reader, clock: Default::default() }.run(Duration::from_secs(5)),
+        );
         for _ in 0..10 {
             spool.append(block("a", 2)).await.unwrap();
         }

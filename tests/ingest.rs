@@ -262,6 +262,7 @@ async fn rate_limit_and_quota_by_tier() {
             ("EDGE_TIER_STARTER_EVENTS_PER_SEC", "5".into()),
             ("EDGE_TIER_STARTER_EVENTS_PER_MONTH", "12".into()),
         ],
+        clock: edge::clock::Clock::manual(std::time::SystemTime::now()),
         ..Default::default()
     };
     let Some(h) = Harness::start(opts).await else {
@@ -279,8 +280,8 @@ async fn rate_limit_and_quota_by_tier() {
     // Other organisations are not affected by bravo's limit.
     assert_eq!(h.post("/v1/events", &h.acme.key).json(&event("a")).send().await.unwrap().status(), 202);
 
-    // After the wait, two more fit: 12 this month, the quota.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // After the wait (the server's clock moved, no sleeping), two more fit: 12 this month, the quota.
+    h.clock.advance(Duration::from_millis(600));
     assert_eq!(
         h.post("/v1/events/batch", &h.bravo.key)
             .json(&json!([event("q1"), event("q2")]))
@@ -298,8 +299,13 @@ async fn rate_limit_and_quota_by_tier() {
     let metrics = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("edge_rate_limited_total{tier=\"starter\"} 1"), "{metrics}");
     assert!(metrics.contains("edge_quota_exceeded_total{tier=\"starter\"} 1"));
+
+    // The quota is per calendar month: a month on, bravo may send again.
+    h.clock.advance(Duration::from_secs(32 * 86_400));
+    let r = h.post("/v1/events", &h.bravo.key).json(&event("next-month")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
     let ch = h.stop().await.unwrap();
-    assert_eq!(ch.count("organization_id = 'org_bravo'").await, 12);
+    assert_eq!(ch.count("organization_id = 'org_bravo'").await, 13, "12 last month, 1 this month");
     ch.drop().await;
 }
 
@@ -355,6 +361,7 @@ async fn clickhouse_outage_is_visible_and_bounded() {
             ("EDGE_DRAIN_TIMEOUT", "1s".into()),
         ],
         clickhouse: false,
+        ..Default::default()
     };
     let h = Harness::start(opts).await.unwrap();
     assert_eq!(h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap().status(), 503);

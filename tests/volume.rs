@@ -86,7 +86,13 @@ async fn shutdown_ships_what_is_batched() {
     };
     let events: Vec<_> = (0..50).map(|i| event(&format!("drain-{i}"))).collect();
     assert_eq!(h.post("/v1/events/batch", &h.acme.key).json(&events).send().await.unwrap().status(), 202);
-    assert_eq!(h.server.stats.report(&edge::tenant::OrgId::new("org_acme"), 0, u32::MAX).total_events, 50);
+    assert_eq!(
+        h.server
+            .stats
+            .report(&edge::tenant::OrgId::new("org_acme"), 0, u32::MAX, edge::clock::Clock::system().today())
+            .total_events,
+        50
+    );
     let started = Instant::now();
     let ch = h.stop().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));

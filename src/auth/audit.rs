@@ -9,7 +9,9 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use ahash::HashMap;
 
@@ -29,6 +31,7 @@ pub fn truncated(s: &str) -> std::borrow::Cow<'_, str> {
 /// Per-address counters over fixed one-minute windows.
 pub struct AddressWindows {
     per_minute: u32,
+    clock: Clock,
     state: Mutex<Windows>,
 }
 
@@ -39,13 +42,13 @@ struct Windows {
 }
 
 impl AddressWindows {
-    pub fn new(per_minute: u32) -> Self {
-        AddressWindows { per_minute, state: Mutex::new(Windows::default()) }
+    pub fn new(per_minute: u32, clock: Clock) -> Self {
+        AddressWindows { per_minute, clock, state: Mutex::new(Windows::default()) }
     }
 
     /// Counts one hit; `true` while the address is within its allowance this minute.
     pub fn hit(&self, addr: IpAddr) -> bool {
-        let minute = now_secs() / 60;
+        let minute = self.clock.unix_secs() / 60;
         let mut w = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if w.minute != minute || w.hits.len() >= MAX_ADDRESSES {
             w.minute = minute;
@@ -58,19 +61,15 @@ impl AddressWindows {
 
     /// Has the address used up its allowance this minute (without counting a hit)?
     pub fn exceeded(&self, addr: IpAddr) -> bool {
-        let minute = now_secs() / 60;
+        let minute = self.clock.unix_secs() / 60;
         let w = self.state.lock().unwrap_or_else(|e| e.into_inner());
         w.minute == minute && w.hits.get(&addr).is_some_and(|&n| n >= self.per_minute)
     }
 
     /// Until the current window ends.
     pub fn retry_after(&self) -> Duration {
-        Duration::from_secs(60 - now_secs() % 60)
+        Duration::from_secs(60 - self.clock.unix_secs() % 60)
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Writes audit lines on the `audit` target, rate-limited per client address.
@@ -91,8 +90,8 @@ pub struct AuditEvent<'a> {
 }
 
 impl Auditor {
-    pub fn new(lines_per_minute: u32) -> Self {
-        Auditor { windows: AddressWindows::new(lines_per_minute), suppressed: AtomicU64::new(0) }
+    pub fn new(lines_per_minute: u32, clock: Clock) -> Self {
+        Auditor { windows: AddressWindows::new(lines_per_minute, clock), suppressed: AtomicU64::new(0) }
     }
 
     pub fn record(&self, e: AuditEvent<'_>) {
@@ -120,6 +119,7 @@ impl Auditor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn echoes_are_truncated_on_char_boundaries() {
@@ -132,13 +132,16 @@ mod tests {
 
     #[test]
     fn windows_cap_each_address() {
-        let w = AddressWindows::new(3);
+        let clock = Clock::manual(SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000));
+        let w = AddressWindows::new(3, clock.clone());
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         assert!((0..3).all(|_| w.hit(a)));
         assert!(w.exceeded(a) && !w.exceeded(b));
         assert!(!w.hit(a));
         assert!(w.hit(b), "another address has its own allowance");
-        assert!(w.retry_after() <= Duration::from_secs(60));
+        assert_eq!(w.retry_after(), Duration::from_secs(20), "1_780_000_000 is 40 s into its minute");
+        clock.advance(w.retry_after());
+        assert!(w.hit(a), "the next minute starts afresh");
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION};
 
+use crate::clock::Clock;
 use crate::tenant::{KeyHash, Org, OrgStatus, Registry};
 use audit::{AddressWindows, AuditEvent, Auditor};
 use jwt::{Claims, JwtVerifier};
@@ -133,6 +134,8 @@ pub struct Authenticator {
     audit: Auditor,
     /// Wrong guesses of the operator token, per client address.
     operator_guesses: AddressWindows,
+    /// Token times are checked against it, never against jsonwebtoken's reading of the system clock.
+    clock: Clock,
 }
 
 /// Wrong operator-token guesses allowed per client address and minute.
@@ -141,19 +144,20 @@ const OPERATOR_GUESSES_PER_MINUTE: u32 = 10;
 const AUDIT_LINES_PER_MINUTE: u32 = 20;
 
 impl Authenticator {
-    pub fn new(jwt: JwtVerifier, operator_token: Option<&str>, base_domain: Option<String>) -> Self {
+    pub fn new(jwt: JwtVerifier, operator_token: Option<&str>, base_domain: Option<String>, clock: Clock) -> Self {
         Authenticator {
             jwt,
             operator_token: operator_token.map(KeyHash::of),
             base_domain,
-            audit: Auditor::new(AUDIT_LINES_PER_MINUTE),
-            operator_guesses: AddressWindows::new(OPERATOR_GUESSES_PER_MINUTE),
+            audit: Auditor::new(AUDIT_LINES_PER_MINUTE, clock.clone()),
+            operator_guesses: AddressWindows::new(OPERATOR_GUESSES_PER_MINUTE, clock.clone()),
+            clock,
         }
     }
 
     /// Resolves the caller. Ambiguous credentials (two keys, a key and a token) are refused,
     /// not chosen between; every selector present must agree with the credential.
-    pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry, now: u64) -> Result<Principal, AuthError> {
+    pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry) -> Result<Principal, AuthError> {
         let snapshot = registry.snapshot();
         let org_header = selector_header(req.headers, &ORG_HEADER)?;
         let bearer = bearer_token(req.headers)?;
@@ -167,7 +171,7 @@ impl Authenticator {
                 if let Some(principal) = self.operator(bearer, org_header, req, &snapshot)? {
                     return check_status(principal);
                 }
-                let claims = self.jwt.verify(bearer, now).map_err(AuthError::Jwt)?;
+                let claims = self.jwt.verify(bearer, self.clock.unix_secs()).map_err(AuthError::Jwt)?;
                 let org = snapshot.org(&claims.organization_id).cloned().ok_or(AuthError::UnknownOrganization)?;
                 Principal { org, credential: Credential::Jwt(claims) }
             }
@@ -327,11 +331,15 @@ mod tests {
 
     struct Fixture {
         auth: Authenticator,
+        clock: Clock,
         registry: Registry,
         key_a: SdkKey,
     }
 
+    const START: u64 = 1_800_000_000;
+
     fn fixture() -> Fixture {
+        let clock = Clock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(START));
         let mut b = SnapshotBuilder::default();
         let starter = crate::plan::TierTable::default().get("starter").unwrap().clone();
         let a = b.org(Org::new("org_a", "A", "acme", starter.clone(), OrgStatus::Active)).unwrap();
@@ -347,7 +355,8 @@ mod tests {
         )
         .unwrap();
         Fixture {
-            auth: Authenticator::new(jwt, Some(OPERATOR), Some("edge.example".into())),
+            auth: Authenticator::new(jwt, Some(OPERATOR), Some("edge.example".into()), clock.clone()),
+            clock,
             registry: Registry::new(b.build()),
             key_a,
         }
@@ -373,7 +382,7 @@ mod tests {
             client: [192, 0, 2, 1].into(),
             route: "test",
         };
-        f.auth.authenticate(&req, &f.registry, 1_800_000_000)
+        f.auth.authenticate(&req, &f.registry)
     }
 
     #[test]
@@ -465,5 +474,21 @@ mod tests {
         assert!(matches!(p.credential, Credential::Operator));
         assert_eq!(p.org.id.as_str(), "org_b");
         assert_eq!(run(&f, &headers(&[("authorization", &bearer)])).unwrap_err(), AuthError::OrganizationRequired);
+    }
+
+    #[test]
+    fn token_times_follow_the_injected_clock_cached_or_not() {
+        let f = fixture();
+        let t = jwt::issue_hs256(&Claims::new("u", "org_a", &["events:write"], START, 60), SECRET);
+        let bearer = headers(&[("authorization", &format!("Bearer {t}"))]);
+        assert!(run(&f, &bearer).is_ok(), "verified, and now cached");
+        f.clock.advance(std::time::Duration::from_secs(60 + 30)); // exp + leeway: still valid
+        assert!(run(&f, &bearer).is_ok());
+        f.clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(run(&f, &bearer).unwrap_err(), AuthError::Jwt(jwt::JwtError::Expired));
+        let mut later = Claims::new("u", "org_a", &["events:write"], f.clock.unix_secs(), 7200);
+        later.nbf = Some(f.clock.unix_secs() + 3600);
+        let early = headers(&[("authorization", &format!("Bearer {}", jwt::issue_hs256(&later, SECRET)))]);
+        assert_eq!(run(&f, &early).unwrap_err(), AuthError::Jwt(jwt::JwtError::NotYetValid));
     }
 }

@@ -7,7 +7,6 @@ mod spool;
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -217,8 +216,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
         }
         let secret = config.jwt.hs256_secret.clone().unwrap_or_default();
-        dev_banner =
-            Some((SdkKey::from_string(dev.key.expose().to_string()), crate::dev::demo_token(&secret, now_secs())));
+        dev_banner = Some((
+            SdkKey::from_string(dev.key.expose().to_string()),
+            crate::dev::demo_token(&secret, crate::clock::Clock::system().unix_secs()),
+        ));
         Some(Arc::new(dev))
     } else {
         None
@@ -258,10 +259,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.data_dir.display()),
     };
     let reloadable = config.tenants_file.clone();
-    let server = match Server::start(config, Arc::new(Registry::new(snapshot)), sink).await {
-        Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
-    };
+    let server =
+        match Server::start(config, Arc::new(Registry::new(snapshot)), sink, crate::clock::Clock::system()).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
     if let Some((key, token)) = dev_banner {
         println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
     }
@@ -357,7 +359,7 @@ fn token_issue(
         Ok(d) => d,
         Err(e) => return fail(&format!("--ttl: {e}")),
     };
-    let now = now_secs();
+    let now = crate::clock::Clock::system().unix_secs();
     let perms: Vec<&str> = permissions.iter().map(String::as_str).collect();
     let claims = Claims {
         email,
@@ -369,10 +371,6 @@ fn token_issue(
     };
     println!("{}", issue_hs256(&claims, secret.as_bytes()));
     ExitCode::SUCCESS
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Each connection is a file descriptor; many systems start processes at a soft

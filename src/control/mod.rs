@@ -21,4 +21,6 @@ pub enum ControlError {
 /// What the control-plane handlers may touch (the PostgreSQL pool joins it).
 pub struct ControlState {
     pub stats: Arc<crate::aggregates::Stats>,
+    /// "Today" for default date ranges.
+    pub clock: crate::clock::Clock,
 }

@@ -3,8 +3,6 @@
 //! another's: the organisation comes from the credential). Defaults to the
 //! last 30 days. SDK keys are write-only and get 403.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
@@ -16,8 +14,7 @@ const DEFAULT_DAYS: u32 = 30;
 
 /// `principal` holds `events:read` (checked by the route table).
 pub fn handle(state: &ControlState, principal: &Principal, req: &Parts) -> Result<Response<Body>, ControlError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let today = (now / 86_400) as u32;
+    let today = state.clock.today();
     let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
     let mut to = today;
     for (key, value) in req.uri.query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
@@ -30,7 +27,7 @@ pub fn handle(state: &ControlState, principal: &Principal, req: &Parts) -> Resul
     if from > to {
         return Err(ControlError::InvalidRange);
     }
-    let report = state.stats.report(&principal.org.id, from, to);
+    let report = state.stats.report(&principal.org.id, from, to, today);
     Ok(response::json(StatusCode::OK, serde_json::to_vec(&report).unwrap_or_default()))
 }
 

@@ -22,9 +22,10 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::clock::Clock;
 use crate::plan::Tier;
 use crate::tenant::{Org, OrgId};
-use rate::{Bucket, Epoch, RateDecision};
+use rate::{Bucket, RateDecision};
 
 /// Why events are refused: a value, not an answer ([`crate::error`] makes the 429 and 402).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,20 +46,15 @@ struct OrgCounters {
 }
 
 pub struct Limiter {
-    epoch: Epoch,
+    /// Rate buckets run on its monotonic time; quota months come from the caller's receive time.
+    clock: Clock,
     /// Counters inline in the map: a lookup lands on them, no reference count or second line.
     orgs: DashMap<OrgId, OrgCounters, ahash::RandomState>,
 }
 
 impl Limiter {
-    pub fn new() -> Self {
-        Limiter { epoch: Epoch::default(), orgs: DashMap::default() }
-    }
-}
-
-impl Default for Limiter {
-    fn default() -> Self {
-        Self::new()
+    pub fn new(clock: Clock) -> Self {
+        Limiter { clock, orgs: DashMap::default() }
     }
 }
 
@@ -109,7 +105,7 @@ impl OrgLimits<'_> {
     pub fn check_rate(&self, n: u64) -> Result<(), LimitError> {
         let tier = self.tier;
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
-        let now = self.limiter.epoch.now_ns();
+        let now = self.limiter.clock.monotonic_ns();
         match self.limiter.with_counters(self.org, |c| c.bucket.check(now, n, tier.events_per_second, burst)) {
             RateDecision::Allow => Ok(()),
             RateDecision::Limit { retry_after } => {
@@ -186,7 +182,7 @@ mod tests {
     fn quota_reservations_never_overshoot() {
         let mut tiers = TierTable::default();
         tiers.tiers_mut().next().unwrap().events_per_month = 100;
-        let l = Limiter::new();
+        let l = Limiter::new(Clock::system());
         let o = org_on(&tiers);
         let now = 1_780_000_000;
         assert_eq!(l.org(&o).reserve(99, now), 99);
@@ -206,7 +202,7 @@ mod tests {
     fn parallel_reservations_stop_at_the_limit() {
         let mut tiers = TierTable::default();
         tiers.tiers_mut().next().unwrap().events_per_month = 1_000;
-        let l = std::sync::Arc::new(Limiter::new());
+        let l = std::sync::Arc::new(Limiter::new(Clock::system()));
         let o = org_on(&tiers);
         let granted: u64 = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
@@ -221,18 +217,23 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_reports_tier_limit() {
+    fn rate_limit_reports_tier_limit_and_refills_as_time_moves() {
         let mut tiers = TierTable::default();
         tiers.tiers_mut().next().unwrap().events_per_second = 5;
-        let l = Limiter::new();
+        let clock = Clock::manual(std::time::SystemTime::now());
+        let l = Limiter::new(clock.clone());
         let o = org_on(&tiers);
         assert_eq!(l.org(&o).check_rate(10), Ok(()));
-        match l.org(&o).check_rate(1) {
+        let wait = match l.org(&o).check_rate(1) {
             Err(LimitError::RateLimited { limit_per_sec, retry_after, tier }) => {
                 assert_eq!((limit_per_sec, tier), (5, o.tier.name));
-                assert!(retry_after > Duration::ZERO);
+                retry_after
             }
             other => panic!("{other:?}"),
-        }
+        };
+        clock.advance(wait - Duration::from_nanos(1));
+        assert!(l.org(&o).check_rate(1).is_err(), "not a nanosecond early");
+        clock.advance(Duration::from_nanos(1));
+        assert_eq!(l.org(&o).check_rate(1), Ok(()));
     }
 }

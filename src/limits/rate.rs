@@ -1,7 +1,7 @@
 //! Per-organisation ingestion rate limit: a lock-free GCRA token bucket.
 //!
 //! Each organisation's bucket is one `AtomicU64` (its "theoretical arrival
-//! time" in nanoseconds since the limiter started) updated by compare-and-swap,
+//! time" in nanoseconds of the limiter's monotonic clock) updated by compare-and-swap,
 //! so cores never take a lock on the per-request path and contend only when
 //! they serve the same organisation at the same instant.
 //!
@@ -13,7 +13,7 @@
 //! Limits are per node for now; fleet-wide limits sync these buckets through Redis.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The outcome of a check: a value, not an error (the handler decides the response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum RateDecision {
 /// One organisation's bucket.
 #[derive(Debug, Default)]
 pub struct Bucket {
-    /// Nanoseconds (since `RateLimiter::epoch`) at which the bucket is full again.
+    /// Nanoseconds (of the limiter's monotonic clock) at which the bucket is full again.
     tat: AtomicU64,
 }
 
@@ -54,22 +54,6 @@ impl Bucket {
                 Err(current) => tat = current,
             }
         }
-    }
-}
-
-/// Clock shared by all buckets of a limiter.
-#[derive(Debug, Clone, Copy)]
-pub struct Epoch(Instant);
-
-impl Default for Epoch {
-    fn default() -> Self {
-        Epoch(Instant::now())
-    }
-}
-
-impl Epoch {
-    pub fn now_ns(&self) -> u64 {
-        self.0.elapsed().as_nanos() as u64
     }
 }
 

@@ -50,6 +50,8 @@ pub struct SpoolConfig {
     /// Bytes waiting in memory for the writer; past it appends are refused (503).
     pub max_queued_bytes: u64,
     pub ack: AckMode,
+    /// Stamps each record's write time (the shipper reports the oldest unshipped age from it).
+    pub clock: crate::clock::Clock,
 }
 
 /// Where the writer is: segment and end offset of the last completed write.
@@ -124,10 +126,11 @@ impl Spool {
             let dir = config.dir.clone();
             let shared = shared.clone();
             let segment_bytes = config.segment_bytes;
+            let clock = config.clock.clone();
             let file = create_segment(&dir, write_seq)?;
             std::thread::Builder::new()
                 .name("spool-writer".into())
-                .spawn(move || writer::run(Writer { rx, file, dir, head, segment_bytes, shared, head_tx }))?
+                .spawn(move || writer::run(Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock }))?
         };
         let reader = SpoolReader {
             dir: config.dir.clone(),
@@ -243,6 +246,7 @@ mod tests {
             max_bytes,
             max_queued_bytes: 1 << 20,
             ack: AckMode::Durable,
+            clock: Default::default(),
         }
     }
 

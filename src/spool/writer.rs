@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
@@ -38,18 +38,18 @@ pub(super) struct Writer {
     pub shared: Arc<Shared>,
     /// Tells the reader how far the written (and synced) data goes.
     pub head_tx: watch::Sender<Position>,
+    pub clock: crate::clock::Clock,
 }
 
 /// Group commit: takes every append queued while the previous sync ran, writes them with one
 /// `write` and one `fdatasync`, then acknowledges each. Runs until the channel closes.
 pub(super) fn run(writer: Writer) {
-    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx } = writer;
+    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock } = writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
-    let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     while let Ok(first) = rx.recv() {
         buf.clear();
-        let written_ms = now_ms();
+        let written_ms = clock.unix_millis();
         let mut rows = 0u64;
         let mut records = 0u64;
         let mut dequeued = 0u64;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge::clock::Clock;
 use edge::config::{ClickHouseConfig, Config};
 use edge::server::Server;
 use edge::sink::clickhouse::ClickHouseSink;
@@ -47,16 +48,19 @@ pub struct Harness {
     pub frozen: Tenant,
     /// The spool and local state of this server; removed with the harness.
     pub dir: tempfile::TempDir,
+    /// The server's clock: manual when the test asked for one, so the test can move it.
+    pub clock: Clock,
 }
 
 pub struct Options {
     pub vars: Vec<(&'static str, String)>,
     pub clickhouse: bool,
+    pub clock: Clock,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { vars: Vec::new(), clickhouse: true }
+        Options { vars: Vec::new(), clickhouse: true, clock: Clock::system() }
     }
 }
 
@@ -104,7 +108,7 @@ impl Harness {
             Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.data_dir.clone())),
             None => Sink::Memory(Default::default()),
         };
-        let server = Server::start(config, registry, sink).await.expect("server starts");
+        let server = Server::start(config, registry, sink, options.clock.clone()).await.expect("server starts");
         Some(Harness {
             base: format!("http://{}", server.addr),
             admin: format!("http://{}", server.admin_addr),
@@ -115,6 +119,7 @@ impl Harness {
             bravo: Tenant { id: "org_bravo", key: bravo },
             frozen: Tenant { id: "org_frozen", key: frozen },
             dir,
+            clock: options.clock,
         })
     }
 
