@@ -6,7 +6,7 @@
 //!
 //! - [`server`]: binds the listeners, builds each surface's state once, runs the drain on shutdown.
 //! - [`http`]: plumbing: connections with per-phase timers, bounded bodies and their memory
-//!   budget, CORS, the one place errors become responses, the client address.
+//!   budget, CORS, response bodies, the client address.
 //! - [`routes`]: the route table (method, path, metric label, permission, CORS policy, handler)
 //!   and the dispatcher that authenticates and checks permissions for every route.
 //! - [`auth`]: credential (JWT, SDK key, operator token) + selectors → the caller's [`tenant::Org`].
@@ -22,13 +22,17 @@
 //! - [`aggregates`]: in-process per-tenant daily aggregates, bounded in bytes.
 //! - [`control`]: the control-plane API and its state (stats now; the PostgreSQL pool next).
 //! - [`migrate`]: `edge migrate`: versioned, idempotent ClickHouse DDL gated on `version()`.
+//! - [`error`]: every stage's error type (none holds an HTTP type) and the one mapping of each
+//!   to status, `code`, message, body fields and `Retry-After`.
+//! - [`clock`]: the one time source, injected; tests move a manual clock instead of sleeping.
 //! - [`metrics`]: Prometheus names and the recorder.
 //! - [`config`]: plain configuration data and its parsing from the environment.
 //! - [`cli`]: the `edge` command line.
 //! - [`dev`]: the embedded default of `edge serve --dev`.
 //!
 //! Where the next pieces go: control-plane routes are rows in [`routes::DATA`] with handlers in
-//! [`control`] and the PostgreSQL pool in [`control::ControlState`]; the registry feed calls
+//! [`control`] and the PostgreSQL pool in [`control::ControlState`], their failures (not found,
+//! conflict, row-security denial, pool) variants of [`control::ControlError`]; the registry feed calls
 //! [`tenant::Registry::replace`]; the Redis sync of limits sits beside [`limits`]' counters;
 //! vendor wire formats are routes whose handlers feed [`event`]. No top-level module imports
 //! another in a cycle (`scripts/module-cycles`, run in CI).
