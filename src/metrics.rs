@@ -34,6 +34,8 @@ pub const AUDIT_SUPPRESSED: &str = "edge_audit_suppressed_total";
 pub const STATS_EVICTIONS: &str = "edge_stats_evictions_total";
 pub const CONNECTIONS_REFUSED: &str = "edge_connections_refused_total";
 pub const ACCEPT_ERRORS: &str = "edge_accept_errors_total";
+pub const REGISTRY_AGE: &str = "edge_registry_age_seconds";
+pub const REGISTRY_FEED_ERRORS: &str = "edge_registry_feed_errors_total";
 
 /// Every metric the edge exports (the dashboard test checks queries against this).
 pub const ALL: &[&str] = &[
@@ -61,6 +63,8 @@ pub const ALL: &[&str] = &[
     ACCEPT_ERRORS,
     STATS_EVICTIONS,
     AUDIT_SUPPRESSED,
+    REGISTRY_AGE,
+    REGISTRY_FEED_ERRORS,
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
@@ -117,6 +121,11 @@ fn describe() {
     describe_counter!(STATS_EVICTIONS, "Times the in-process daily aggregates evicted old days to stay in bounds");
     describe_counter!(CONNECTIONS_REFUSED, "Connections refused at once because the listener is at its cap");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener");
+    describe_gauge!(REGISTRY_AGE, Unit::Seconds, "Time since the registry was last known current with PostgreSQL");
+    describe_counter!(
+        REGISTRY_FEED_ERRORS,
+        "Interruptions of the registry feed from PostgreSQL (each reconnect counts)"
+    );
     // Series that only appear on rare events are created now so dashboards see zeros.
     metrics::counter!(REDIS_SYNC_ERRORS).absolute(0);
     metrics::counter!(CH_INSERT_ERRORS).absolute(0);
@@ -131,6 +140,8 @@ fn describe() {
     metrics::counter!(STATS_EVICTIONS).absolute(0);
     metrics::counter!(OVERLOADED).absolute(0);
     metrics::gauge!(TENANTS).set(0.0);
+    metrics::gauge!(REGISTRY_AGE).set(0.0);
+    metrics::counter!(REGISTRY_FEED_ERRORS).absolute(0);
     // Labelled series too, for every label value the edge can produce: alerts on
     // `rate(...)` need the series before its first increment.
     for reason in REJECTION_REASONS {

@@ -13,8 +13,8 @@
 //! 4. `shipper` sees the writer gone and ships what remains within `drain_timeout`;
 //!    the rest stays in the spool for the next start;
 //! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep` and the tasks added with
-//!    [`Server::spawn`] (the SIGHUP reloader; next the registry listener and the
-//!    Redis sync) end; only then does [`Server::wait`] return.
+//!    [`Server::spawn`] (the SIGHUP reloader or the PostgreSQL registry feed; next
+//!    the Redis sync) end; only then does [`Server::wait`] return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +32,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::control::db::Db;
 use crate::control::ControlState;
 use crate::event::validate::Validator;
 use crate::http::budget::MemoryBudget;
@@ -87,14 +88,20 @@ pub enum StartError {
     Bind { setting: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
 }
 
+/// What a server is built from besides its configuration.
+pub struct Sources {
+    /// Organisations and keys; kept current by a feed ([`Server::spawn`]) or a reload.
+    pub registry: Arc<Registry>,
+    pub sink: Sink,
+    pub clock: Clock,
+    /// The control plane's pool, when `DATABASE_URL` is set.
+    pub db: Option<Db>,
+}
+
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
-    pub async fn start(
-        config: Config,
-        registry: Arc<Registry>,
-        sink: Sink,
-        clock: Clock,
-    ) -> Result<Server, StartError> {
+    pub async fn start(config: Config, sources: Sources) -> Result<Server, StartError> {
+        let Sources { registry, sink, clock, db } = sources;
         let metrics = crate::metrics::install();
         registry.publish_gauge();
         let (spool, reader) = open_spool(&config, &clock)?;
@@ -103,7 +110,7 @@ impl Server {
         let stats = Arc::new(Stats::new(config.stats_max_bytes));
         let readiness = Arc::new(Readiness::default());
         readiness.sink_ready.store(sink.ready().await, Ordering::Release);
-        let router = Arc::new(data_router(&config, registry.clone(), pipeline.clone(), stats.clone(), &clock)?);
+        let router = Arc::new(data_router(&config, registry.clone(), pipeline.clone(), stats.clone(), &clock, db)?);
         let admin_state = Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone() });
         crate::routes::register_series();
 
@@ -228,6 +235,7 @@ fn data_router(
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
     clock: &Clock,
+    db: Option<Db>,
 ) -> Result<DataRouter, StartError> {
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     Ok(DataRouter {
@@ -245,7 +253,7 @@ fn data_router(
             conn: config.conn.clone(),
             clock: clock.clone(),
         },
-        control: ControlState { stats, clock: clock.clone() },
+        control: ControlState { stats, clock: clock.clone(), db },
     })
 }
 

@@ -132,6 +132,12 @@ impl KeyHash {
     pub fn of(key: &str) -> Self {
         KeyHash(Sha256::digest(key.as_bytes()).into())
     }
+    pub fn from_bytes(sha256: [u8; 32]) -> Self {
+        KeyHash(sha256)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).ok()?;

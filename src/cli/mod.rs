@@ -2,21 +2,17 @@
 //! both go through [`Config::from_vars`], so every bad setting is reported at
 //! once, one line each, before anything starts.
 
+mod serve;
 mod spool;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::jwt::{issue_hs256, Claims};
 use crate::config::{parse_duration, Config};
-use crate::server::Server;
-use crate::sink::clickhouse::ClickHouseSink;
-use crate::sink::local::LocalSink;
-use crate::sink::Sink;
-use crate::tenant::{load_tenants_file, Registry, SdkKey};
+use crate::tenant::SdkKey;
 
 #[derive(Parser)]
 #[command(
@@ -141,8 +137,8 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Migrate => runtime.block_on(migrate()),
+        Command::Serve(args) => runtime.block_on(serve::serve(args)),
+        Command::Migrate => runtime.block_on(serve::migrate()),
         Command::Token(TokenCommand::Issue { org, user, ttl, permissions, email, role, app }) => {
             token_issue(org, user, &ttl, permissions, email, role, app)
         }
@@ -200,148 +196,6 @@ fn load_config(vars: &HashMap<String, String>) -> Result<Config, ExitCode> {
     })
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
-    raise_open_file_limit();
-    let mut config = match load_config(&settings(&args)) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let mut dev_banner = None;
-    let dev = if args.dev {
-        let dev = match crate::dev::setup(&config.data_dir, &config.tiers) {
-            Ok(d) => d,
-            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.data_dir.display())),
-        };
-        if config.jwt.hs256_secret.is_none() {
-            config.jwt.hs256_secret = Some(dev.jwt_secret.clone());
-        }
-        let secret = config.jwt.hs256_secret.clone().unwrap_or_default();
-        dev_banner = Some((
-            SdkKey::from_string(dev.key.expose().to_string()),
-            crate::dev::demo_token(&secret, crate::clock::Clock::system().unix_secs()),
-        ));
-        Some(Arc::new(dev))
-    } else {
-        None
-    };
-    if dev.is_none() && config.tenants_file.is_none() {
-        return fail(
-            "no tenants: set EDGE_TENANTS_FILE (the PostgreSQL control plane is not available yet), or run with --dev",
-        );
-    }
-    let tenants = {
-        let (dev, file, tiers) = (dev.clone(), config.tenants_file.clone(), config.tiers.clone());
-        // `--dev` with a tenants file serves both: the demo organisation and the file's.
-        move || -> Result<crate::tenant::Snapshot, crate::tenant::LoadError> {
-            let builder = dev.as_ref().map(|d| d.builder()).unwrap_or_default();
-            match &file {
-                Some(path) => load_tenants_file(path, &tiers, builder),
-                None => Ok(builder.build()),
-            }
-        }
-    };
-    let snapshot = match tenants() {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("invalid configuration: EDGE_TENANTS_FILE: {e}")),
-    };
-    let sink = match (&config.clickhouse, args.dev) {
-        (Some(ch), _) => Sink::ClickHouse(ClickHouseSink::new(ch, config.data_dir.clone())),
-        (None, true) => match LocalSink::open(config.data_dir.clone(), config.local_store_max_bytes) {
-            Ok(s) => Sink::Local(s),
-            Err(e) => return fail(&format!("EDGE_SPOOL_DIR {}: {e}", config.data_dir.display())),
-        },
-        (None, false) => return fail("invalid configuration: CLICKHOUSE_URL: required (or run with --dev)"),
-    };
-    let sink_name = match &sink {
-        Sink::ClickHouse(_) => {
-            format!("ClickHouse at {}", config.clickhouse.as_ref().map(|c| c.url.as_str()).unwrap_or(""))
-        }
-        _ => format!("{}/local (set CLICKHOUSE_URL to ship to ClickHouse)", config.data_dir.display()),
-    };
-    let reloadable = config.tenants_file.clone();
-    let server =
-        match Server::start(config, Arc::new(Registry::new(snapshot)), sink, crate::clock::Clock::system()).await {
-            Ok(s) => s,
-            Err(e) => return fail(&e.to_string()),
-        };
-    if let Some((key, token)) = dev_banner {
-        println!("{}", crate::dev::banner(server.addr, server.admin_addr, &key, &token, &sink_name));
-    }
-    if let Some(path) = reloadable {
-        server.spawn("tenants-reloader", reload_on_sighup(path, server.registry.clone(), tenants));
-    }
-    wait_for_signal().await;
-    tracing::info!("shutting down: draining connections and flushing batches");
-    server.shutdown();
-    server.wait().await;
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
-}
-
-/// SIGHUP re-reads the tenants file and swaps the registry atomically; a bad file
-/// is logged and the current tenants stay in force.
-async fn reload_on_sighup(
-    path: std::path::PathBuf,
-    registry: Arc<Registry>,
-    tenants: impl Fn() -> Result<crate::tenant::Snapshot, crate::tenant::LoadError>,
-) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match tenants() {
-            Ok(snapshot) => {
-                let count = snapshot.org_count();
-                registry.replace(snapshot);
-                tracing::info!(organizations = count, file = %path.display(), "tenants reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "tenants reload failed; keeping the current tenants")
-            }
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-async fn migrate() -> ExitCode {
-    let vars: HashMap<String, String> = std::env::vars().collect();
-    let config = match load_config(&vars) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if config.database_url.is_some() {
-        eprintln!("edge: DATABASE_URL is set, but PostgreSQL migrations are not available yet; skipping them");
-    }
-    let Some(ch) = &config.clickhouse else {
-        return fail("invalid configuration: CLICKHOUSE_URL: required for migrate");
-    };
-    match crate::migrate::run_clickhouse(ch, |line| eprintln!("migrate: {line}")).await {
-        Ok(outcome) => {
-            println!(
-                "clickhouse: {} applied, {} already applied, {} skipped",
-                outcome.applied.len(),
-                outcome.already,
-                outcome.skipped.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&format!("migrate: {e}")),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn token_issue(
     org: String,
@@ -371,19 +225,4 @@ fn token_issue(
     };
     println!("{}", issue_hs256(&claims, secret.as_bytes()));
     ExitCode::SUCCESS
-}
-
-/// Each connection is a file descriptor; many systems start processes at a soft
-/// limit of 1024. Raise it to the hard limit, as servers commonly do.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!("could not raise the open-file limit; connections are capped by it");
-            }
-        }
-    }
 }

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use crate::plan::TierTable;
 
+mod postgres;
 mod reader;
 mod sections;
 
+pub use postgres::PostgresConfig;
 use reader::Reader;
 pub use reader::{parse_duration, ConfigError, ValueError};
 pub use sections::{AckMode, BatchConfig, BodyLimits, ClickHouseConfig, ConnConfig, IpNet, JwtConfig};
@@ -49,7 +51,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub clickhouse: Option<ClickHouseConfig>,
-    pub database_url: Option<String>,
+    /// The control plane (`DATABASE_URL`); without it organisations come from the tenants file.
+    pub postgres: Option<PostgresConfig>,
     pub redis_url: Option<String>,
     pub jwt: JwtConfig,
     pub base_domain: Option<String>,
@@ -123,7 +126,7 @@ impl Config {
             listen,
             admin_listen,
             clickhouse,
-            database_url: r.string("DATABASE_URL"),
+            postgres: PostgresConfig::read(&mut r),
             redis_url: r.string("REDIS_URL"),
             jwt,
             base_domain: r.string("EDGE_BASE_DOMAIN").map(|d| d.trim_start_matches('.').to_ascii_lowercase()),

@@ -1,9 +1,12 @@
 //! The control plane: the `/api/v1` API for people and tools, not SDKs.
 //!
-//! Today: per-tenant event statistics from the in-process aggregates. The
-//! PostgreSQL-backed organisations, users, apps, keys and audit log (with
-//! Row-Level Security) land here and feed [`crate::tenant::Registry`].
+//! Per-tenant event statistics ([`stats`]); the PostgreSQL pool and the one
+//! helper that opens a tenant transaction ([`db`]); the feed that keeps the
+//! in-memory [`crate::tenant::Registry`] current from PostgreSQL ([`feed`]).
+//! The organisations, users, apps, keys and audit-log routes land here.
 
+pub mod db;
+pub mod feed;
 pub mod stats;
 
 use std::sync::Arc;
@@ -23,4 +26,6 @@ pub struct ControlState {
     pub stats: Arc<crate::aggregates::Stats>,
     /// "Today" for default date ranges.
     pub clock: crate::clock::Clock,
+    /// The PostgreSQL pool, when `DATABASE_URL` is set.
+    pub db: Option<db::Db>,
 }

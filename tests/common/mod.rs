@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use edge::clock::Clock;
 use edge::config::{ClickHouseConfig, Config};
-use edge::server::Server;
+use edge::server::{Server, Sources};
 use edge::sink::clickhouse::ClickHouseSink;
 use edge::sink::Sink;
 use edge::tenant::{Org, OrgStatus, Registry, SdkKey, SnapshotBuilder};
@@ -18,6 +18,20 @@ pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub const OPERATOR_TOKEN: &str = "integration-operator-token-0123456789";
 
 /// The ClickHouse URL, or `None` (test skipped) unless `EDGE_REQUIRE_SERVICES=1`, which CI sets.
+/// The superuser URL of the PostgreSQL `scripts/services` runs (`None`: test skipped).
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("EDGE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("EDGE_TEST_DATABASE_URL is not set; run scripts/test (it starts the services)")
+        }
+        _ => {
+            eprintln!("skipped: EDGE_TEST_DATABASE_URL not set (scripts/test sets it)");
+            None
+        }
+    }
+}
+
 pub fn clickhouse_url() -> Option<String> {
     match std::env::var("EDGE_TEST_CLICKHOUSE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
@@ -108,7 +122,8 @@ impl Harness {
             Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.data_dir.clone())),
             None => Sink::Memory(Default::default()),
         };
-        let server = Server::start(config, registry, sink, options.clock.clone()).await.expect("server starts");
+        let sources = Sources { registry, sink, clock: options.clock.clone(), db: None };
+        let server = Server::start(config, sources).await.expect("server starts");
         Some(Harness {
             base: format!("http://{}", server.addr),
             admin: format!("http://{}", server.admin_addr),

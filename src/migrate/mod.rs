@@ -1,6 +1,7 @@
-//! `edge migrate`: versioned, idempotent ClickHouse DDL.
+//! `edge migrate`: versioned, idempotent DDL for ClickHouse (here) and for the
+//! control plane's PostgreSQL ([`postgres`]).
 //!
-//! Migrations are `migrations/clickhouse/NNN_name.sql`, compiled into the
+//! Migrations are `migrations/{clickhouse,postgres}/NNN_name.sql`, compiled into the
 //! binary so `edge migrate` needs no source tree. Applied versions are
 //! recorded in `schema_migrations`; a migration whose first line says
 //! `-- min_version: X.Y` runs only on servers at least that new and is not
@@ -19,15 +20,21 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+pub mod postgres;
+
 macro_rules! migration {
-    ($version:literal, $file:literal) => {
-        Migration { version: $version, name: $file, sql: include_str!(concat!("../migrations/clickhouse/", $file)) }
+    ($dir:literal, $version:literal, $file:literal) => {
+        Migration { version: $version, name: $file, sql: include_str!(concat!("../../migrations/", $dir, "/", $file)) }
     };
 }
+pub(crate) use migration;
 
 /// Every ClickHouse migration in order (a test checks this matches the directory).
-pub const CLICKHOUSE: &[Migration] =
-    &[migration!(1, "001_events.sql"), migration!(2, "002_events_daily.sql"), migration!(3, "003_low_cardinality.sql")];
+pub const CLICKHOUSE: &[Migration] = &[
+    migration!("clickhouse", 1, "001_events.sql"),
+    migration!("clickhouse", 2, "002_events_daily.sql"),
+    migration!("clickhouse", 3, "003_low_cardinality.sql"),
+];
 
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -63,6 +70,14 @@ pub fn parse_version(v: &str) -> Vec<u32> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
+    #[error("postgres: {context}: {message}")]
+    Postgres { context: &'static str, message: String },
+    #[error("postgres: timed out {0}")]
+    Timeout(&'static str),
+    #[error(
+        "EDGE_DB_SERVICE_ROLE {0:?} is a superuser or the migrating role itself; name a role for the service alone"
+    )]
+    UnsafeServiceRole(String),
     /// The server refused a statement (first line quoted).
     #[error("{source} (in: {statement})")]
     ClickHouse { statement: String, source: clickhouse::error::Error },
@@ -153,19 +168,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn list_matches_directory() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/clickhouse");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let listed: Vec<&str> = CLICKHOUSE.iter().map(|m| m.name).collect();
-        assert_eq!(files, listed);
-        for (i, m) in CLICKHOUSE.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1);
-            assert!(m.name.starts_with(&format!("{:03}_", m.version)));
+    fn lists_match_directories() {
+        for (dir, list) in [("clickhouse", CLICKHOUSE), ("postgres", postgres::POSTGRES)] {
+            let path = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut files: Vec<String> = std::fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".sql"))
+                .collect();
+            files.sort();
+            let listed: Vec<&str> = list.iter().map(|m| m.name).collect();
+            assert_eq!(files, listed);
+            for (i, m) in list.iter().enumerate() {
+                assert_eq!(m.version as usize, i + 1);
+                assert!(m.name.starts_with(&format!("{:03}_", m.version)));
+            }
         }
     }
 

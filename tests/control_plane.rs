@@ -1,0 +1,359 @@
+//! The control plane on a real PostgreSQL: migrations and roles, Row-Level Security as the
+//! service role sees it, the tenant transaction through a small pool, and the registry feed.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge::clock::Clock;
+use edge::config::PostgresConfig;
+use edge::control::db::{Db, DbError, RoleError, TENANT_TABLES};
+use edge::control::feed::{self, Feed, FeedStatus, FEED_APPLICATION_NAME};
+use edge::plan::TierTable;
+use edge::tenant::{Registry, SdkKey, SnapshotBuilder};
+use tokio_postgres::{Client, NoTls};
+
+/// Roles are cluster-wide: migrations of the tests' databases run one at a time.
+static MIGRATIONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A fresh database, migrated, with its own service role.
+struct Pg {
+    name: String,
+    base: String,
+    owner: Client,
+    owner_config: PostgresConfig,
+    service_config: PostgresConfig,
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("postgres connects");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+impl Pg {
+    async fn fresh() -> Option<Pg> {
+        let base = common::postgres_url()?;
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        let name = format!("edge_t{}", &suffix[20..]);
+        let role = format!("svc_{}", &suffix[20..]);
+        connect(&base).await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        let host = prefix.rsplit_once('@').map_or(prefix.trim_start_matches("postgres://"), |(_, h)| h);
+        let owner_config = PostgresConfig {
+            url: format!("{prefix}/{name}"),
+            pool_size: 4,
+            timeout: Duration::from_secs(5),
+            service_role: role.clone(),
+            service_password: Some("service-password".into()),
+            registry_poll: Duration::from_secs(1),
+        };
+        {
+            let _one_at_a_time = MIGRATIONS.lock().await;
+            edge::migrate::postgres::run_postgres(&owner_config, |_| {}).await.expect("migrations apply");
+        }
+        let service_config =
+            PostgresConfig { url: format!("postgres://{role}:service-password@{host}/{name}"), ..owner_config.clone() };
+        let owner = connect(&owner_config.url).await;
+        Some(Pg { name, base, owner, owner_config, service_config })
+    }
+
+    fn service_db(&self) -> Db {
+        Db::new(&self.service_config).unwrap()
+    }
+
+    /// Two organisations with a row in every tenant table, written as the owner (a superuser).
+    async fn seed(&self, orgs: &[&str]) {
+        for (i, org) in orgs.iter().enumerate() {
+            let key = SdkKey::generate();
+            self.owner
+                .batch_execute(&format!(
+                    "INSERT INTO organizations (id, name, subdomain, tier) VALUES ('{org}', 'Org {i}', 'sub{i}', 'starter');
+                     INSERT INTO users (organization_id, id, email, password_hash, role)
+                       VALUES ('{org}', 'usr_{i}', 'user{i}@example.com', 'secret-hash-{i}', 'super_admin');
+                     INSERT INTO apps (organization_id, id, name) VALUES ('{org}', 'app_{i}', 'App of {org}');
+                     INSERT INTO api_keys (organization_id, id, app_id, key_hash, prefix)
+                       VALUES ('{org}', 'key_{i}', 'app_{i}', '\\x{}', 'edk_');
+                     INSERT INTO tenant_branding (organization_id, primary_color, custom_domain)
+                       VALUES ('{org}', '#102030', 'events.org{i}.example');
+                     INSERT INTO tenant_usage (organization_id, metric_date, events_count) VALUES ('{org}', '2026-11-01', 5);
+                     INSERT INTO audit_log (organization_id, actor, action) VALUES ('{org}', 'test', 'seeded');",
+                    key.hash().to_hex()
+                ))
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn drop(self) {
+        drop(self.owner);
+        let admin = connect(&self.base).await;
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_the_service_role_cannot_step_around_rls() {
+    let Some(pg) = Pg::fresh().await else { return };
+    let again = {
+        let _one_at_a_time = MIGRATIONS.lock().await;
+        edge::migrate::postgres::run_postgres(&pg.owner_config, |_| {}).await.unwrap()
+    };
+    assert_eq!((again.applied.len(), again.already), (0, edge::migrate::postgres::POSTGRES.len()));
+
+    let row = pg
+        .owner
+        .query_one(
+            "SELECT rolsuper, rolbypassrls, rolcanlogin, \
+                    (SELECT count(*) FROM pg_class WHERE relowner = r.oid), pg_has_role(r.oid, 'edge_app', 'USAGE') \
+             FROM pg_roles r WHERE rolname = $1",
+            &[&pg.service_config.service_role],
+        )
+        .await
+        .unwrap();
+    let (superuser, bypass, login, owned, app): (bool, bool, bool, i64, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!((superuser, bypass, login, owned, app), (false, false, true, 0, true));
+
+    // Every tenant table: RLS enabled and forced, with the tenant policy.
+    for table in TENANT_TABLES {
+        let row = pg
+            .owner
+            .query_one(
+                "SELECT relrowsecurity, relforcerowsecurity, \
+                        (SELECT count(*) FROM pg_policies WHERE tablename = $1 AND policyname = 'tenant_isolation') \
+                 FROM pg_class WHERE relname = $1 AND relnamespace = 'public'::regnamespace",
+                &[table],
+            )
+            .await
+            .unwrap();
+        let (enabled, forced, policies): (bool, bool, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((enabled, forced, policies), (true, true, 1), "{table}");
+    }
+
+    pg.service_db().check_service_role().await.expect("the service role is safe");
+    let as_owner = Db::new(&pg.owner_config).unwrap().check_service_role().await;
+    assert!(matches!(&as_owner, Err(RoleError::Unsafe { why, .. }) if why.contains("superuser")), "{as_owner:?}");
+
+    // The service role cannot lift the policies or become the functions' owner.
+    let service = connect(&pg.service_config.url).await;
+    for attempt in [
+        "ALTER TABLE organizations DISABLE ROW LEVEL SECURITY",
+        "SET ROLE edge_definer",
+        "DROP POLICY tenant_isolation ON users",
+        "SELECT edge_private.registry_changed()",
+    ] {
+        assert!(service.batch_execute(attempt).await.is_err(), "{attempt} must fail");
+    }
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn with_no_tenant_set_every_tenant_table_shows_zero_rows_and_takes_none() {
+    let Some(pg) = Pg::fresh().await else { return };
+    pg.seed(&["org_a", "org_b"]).await;
+    let service = connect(&pg.service_config.url).await;
+    for table in TENANT_TABLES {
+        let n: i64 = service.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{table} without a tenant");
+    }
+    let e = service.batch_execute("INSERT INTO apps (organization_id, id, name) VALUES ('org_a', 'app_x', 'x')").await;
+    assert_eq!(DbError::from(e.unwrap_err()), DbError::RowSecurity);
+
+    // In org_a's transaction: org_a's rows only, and nothing can be written for org_b.
+    let db = pg.service_db();
+    let tx = db.tenant("org_a").await.unwrap();
+    for table in TENANT_TABLES {
+        let column = if *table == "organizations" { "id" } else { "organization_id" };
+        let rows = tx.query(&format!("SELECT DISTINCT {column} FROM {table}"), &[]).await.unwrap();
+        let seen: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(seen, vec!["org_a".to_string()], "{table}");
+    }
+    let e = tx.execute("INSERT INTO apps (organization_id, id, name) VALUES ('org_b', 'app_y', 'y')", &[]).await;
+    assert_eq!(e, Err(DbError::RowSecurity));
+    drop(tx);
+    let tx = db.tenant("org_a").await.unwrap();
+    assert_eq!(tx.execute("UPDATE apps SET name = 'taken' WHERE organization_id = 'org_b'", &[]).await, Ok(0));
+    assert_eq!(tx.execute("DELETE FROM users WHERE organization_id = 'org_b'", &[]).await, Ok(0));
+    // Moving a row to another tenant fails WITH CHECK.
+    let moved = tx.execute("UPDATE apps SET organization_id = 'org_b' WHERE id = 'app_0'", &[]).await;
+    assert!(moved.is_err(), "{moved:?}");
+    drop(tx);
+
+    // The cross-tenant functions: every organisation, only the columns their callers need.
+    let orgs = db.cross_tenant("SELECT * FROM edge_private.registry_organizations()", &[]).await.unwrap();
+    assert_eq!(orgs.len(), 2);
+    let columns: Vec<&str> = orgs[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(columns, ["id", "subdomain", "custom_domain", "tier", "status"]);
+    let keys = db.cross_tenant("SELECT * FROM edge_private.registry_keys()", &[]).await.unwrap();
+    let columns: Vec<&str> = keys[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!((keys.len(), columns), (2, vec!["organization_id", "app_id", "key_hash"]));
+    let login = db.cross_tenant("SELECT * FROM edge_private.login_lookup($1)", &[&"USER1@example.com"]).await.unwrap();
+    let columns: Vec<&str> = login[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(columns, ["organization_id", "user_id", "password_hash", "role"]);
+    assert_eq!((login.len(), login[0].get::<_, String>(0)), (1, "org_b".to_string()));
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_four_keeps_sixty_four_concurrent_tenants_apart() {
+    let Some(pg) = Pg::fresh().await else { return };
+    let orgs: Vec<String> = (0..64).map(|i| format!("org_{i:02}")).collect();
+    for (i, org) in orgs.iter().enumerate() {
+        pg.owner
+            .batch_execute(&format!(
+                "INSERT INTO organizations (id, name, subdomain) VALUES ('{org}', '{org}', 's{i}');
+                 INSERT INTO apps (organization_id, id, name) VALUES ('{org}', 'app_{i}', '{org}');"
+            ))
+            .await
+            .unwrap();
+    }
+    let db = pg.service_db();
+    let tasks: Vec<_> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, org)| {
+            let (db, org) = (db.clone(), org.clone());
+            tokio::spawn(async move {
+                for round in 0..5 {
+                    let tx = db.tenant(&org).await.unwrap();
+                    // A pause inside the transaction, so that the 64 overlap on 4 connections.
+                    let rows = tx
+                        .query(
+                            "SELECT organization_id, name, current_setting('app.current_tenant') \
+                             FROM apps, pg_sleep(0.002)",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(rows.len(), 1, "{org} sees one app");
+                    let (owner, name, tenant): (String, String, String) =
+                        (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+                    assert_eq!(
+                        (owner.as_str(), name.as_str(), tenant.as_str()),
+                        (org.as_str(), org.as_str(), org.as_str())
+                    );
+                    // Some transactions are abandoned: their connections must not come back dirty.
+                    if (i + round) % 3 == 0 {
+                        drop(tx);
+                    } else {
+                        tx.commit().await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("no tenant saw another's rows");
+    }
+    // Outside any transaction the setting is gone from every pooled connection.
+    for _ in 0..4 {
+        let rows = db.cross_tenant("SELECT id FROM edge_private.registry_organizations() LIMIT 1", &[]).await.unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+    pg.drop().await;
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_follows_postgres_within_a_second_and_resyncs_after_losing_its_listener() {
+    let Some(pg) = Pg::fresh().await else { return };
+    pg.seed(&["org_a"]).await;
+    let db = pg.service_db();
+    let tiers = TierTable::default();
+    let (snapshot, version) = feed::load(&db, &tiers, SnapshotBuilder::default()).await.unwrap();
+    assert_eq!(snapshot.org_count(), 1);
+    let registry = Arc::new(Registry::new(snapshot));
+    let status = Arc::new(FeedStatus::default());
+    let feed = Feed {
+        db: db.clone(),
+        config: pg.service_config.clone(),
+        tiers,
+        registry: registry.clone(),
+        base: Arc::new(SnapshotBuilder::default),
+        status,
+        clock: Clock::system(),
+        version,
+    };
+    let running = tokio::spawn(feed.run());
+    // Wait for the listener to be connected.
+    let listening = async {
+        loop {
+            let n: i64 = pg
+                .owner
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&FEED_APPLICATION_NAME],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), listening).await.expect("the feed listens");
+
+    // A new organisation with a key: served within a second.
+    let key = SdkKey::generate();
+    pg.owner
+        .batch_execute(&format!(
+            "INSERT INTO organizations (id, name, subdomain, tier) VALUES ('org_new', 'New', 'new', 'growth');
+             INSERT INTO apps (organization_id, id, name) VALUES ('org_new', 'app_new', 'New app');
+             INSERT INTO api_keys (organization_id, id, app_id, key_hash, prefix)
+               VALUES ('org_new', 'key_new', 'app_new', '\\x{}', 'edk_');",
+            key.hash().to_hex()
+        ))
+        .await
+        .unwrap();
+    let hash = key.hash();
+    let added = wait_until("new key", Duration::from_secs(1), || registry.snapshot().key(&hash).is_some()).await;
+
+    // Revoked: refused within a second.
+    pg.owner.batch_execute("UPDATE api_keys SET revoked_at = now() WHERE id = 'key_new'").await.unwrap();
+    let revoked = wait_until("revocation", Duration::from_secs(1), || registry.snapshot().key(&hash).is_none()).await;
+
+    // Suspended and re-tiered.
+    pg.owner
+        .batch_execute("UPDATE organizations SET status = 'suspended', tier = 'enterprise' WHERE id = 'org_a'")
+        .await
+        .unwrap();
+    let suspended = wait_until("suspension", Duration::from_secs(1), || {
+        registry
+            .snapshot()
+            .org("org_a")
+            .is_some_and(|o| o.status == edge::tenant::OrgStatus::Suspended && o.tier.name == "enterprise")
+    })
+    .await;
+
+    // The listener connection is killed: the feed reconnects and resyncs, so a change made
+    // while it was away still arrives.
+    pg.owner
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&FEED_APPLICATION_NAME],
+        )
+        .await
+        .unwrap();
+    pg.owner.batch_execute("UPDATE organizations SET status = 'active' WHERE id = 'org_a'").await.unwrap();
+    let resynced = wait_until("resync after reconnect", Duration::from_secs(5), || {
+        registry.snapshot().org("org_a").is_some_and(|o| o.status == edge::tenant::OrgStatus::Active)
+    })
+    .await;
+    eprintln!("propagation: added {added:?}, revoked {revoked:?}, suspended {suspended:?}; after a killed listener {resynced:?}");
+    running.abort();
+    pg.drop().await;
+}
