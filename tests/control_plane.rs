@@ -66,7 +66,8 @@ impl Pg {
     }
 
     /// Two organisations with a row in every tenant table, written as the owner (a superuser).
-    async fn seed(&self, orgs: &[&str]) {
+    async fn seed(&self, orgs: &[&str]) -> Vec<SdkKey> {
+        let mut keys = Vec::new();
         for (i, org) in orgs.iter().enumerate() {
             let key = SdkKey::generate();
             self.owner
@@ -85,7 +86,33 @@ impl Pg {
                 ))
                 .await
                 .unwrap();
+            keys.push(key);
         }
+        keys
+    }
+
+    /// Until `n` registry feeds listen on this database (a change before that is only seen by
+    /// the version poll). A feed's first statement is its LISTEN: any statement means it ran.
+    async fn wait_for_listeners(&self, n: i64) {
+        let listening = async {
+            loop {
+                let seen: i64 = self
+                    .owner
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = $2 \
+                         AND query <> ''",
+                        &[&FEED_APPLICATION_NAME, &self.name],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if seen >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), listening).await.expect("the feeds listen");
     }
 
     async fn drop(self) {
@@ -355,5 +382,90 @@ async fn the_registry_follows_postgres_within_a_second_and_resyncs_after_losing_
     .await;
     eprintln!("propagation: added {added:?}, revoked {revoked:?}, suspended {suspended:?}; after a killed listener {resynced:?}");
     running.abort();
+    pg.drop().await;
+}
+
+/// `edge serve --dev` on this database as the service role.
+fn edge_on(pg: &Pg, dir: &std::path::Path) -> common::EdgeProcess {
+    common::EdgeProcess::spawn_with(
+        &["--dev"],
+        &[("DATABASE_URL", pg.service_config.url.clone()), ("EDGE_SPOOL_DIR", dir.display().to_string())],
+    )
+}
+
+async fn status_of(http: &reqwest::Client, edge: &common::EdgeProcess, key: &SdkKey) -> u16 {
+    http.post(format!("http://{}/v1/events", edge.addr))
+        .header("x-api-key", key.expose())
+        .json(&common::event("d1"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edge_processes_enforce_a_revocation_and_a_suspension_within_a_second() {
+    let Some(pg) = Pg::fresh().await else { return };
+    let keys = pg.seed(&["org_a", "org_b"]).await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let edges = [edge_on(&pg, dirs[0].path()), edge_on(&pg, dirs[1].path())];
+    pg.wait_for_listeners(2).await;
+    let http = reqwest::Client::new();
+    for edge in &edges {
+        assert_eq!(status_of(&http, edge, &keys[0]).await, 202);
+        assert_eq!(status_of(&http, edge, &keys[1]).await, 202);
+    }
+
+    async fn until_both(http: &reqwest::Client, edges: &[common::EdgeProcess], key: &SdkKey, want: u16) -> Duration {
+        let started = Instant::now();
+        for edge in edges {
+            while status_of(http, edge, key).await != want {
+                assert!(started.elapsed() < Duration::from_secs(1), "not {want} within 1 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        started.elapsed()
+    }
+    pg.owner.batch_execute("UPDATE api_keys SET revoked_at = now() WHERE organization_id = 'org_a'").await.unwrap();
+    let revoked = until_both(&http, &edges, &keys[0], 401).await;
+    pg.owner.batch_execute("UPDATE organizations SET status = 'suspended' WHERE id = 'org_b'").await.unwrap();
+    let suspended = until_both(&http, &edges, &keys[1], 403).await;
+    eprintln!("two edge processes: revocation enforced by both in {revoked:?}, suspension in {suspended:?}");
+    drop(edges);
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn serve_refuses_the_owner_role_and_migrate_needs_only_database_url() {
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["serve", "--dev"])
+        .env("DATABASE_URL", &pg.owner_config.url)
+        .env("EDGE_SPOOL_DIR", dir.path())
+        .env("EDGE_LISTEN", "127.0.0.1:0")
+        .env("EDGE_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is a superuser") && stderr.contains("EDGE_DB_SERVICE_ROLE"), "{stderr}");
+
+    // `edge migrate` with DATABASE_URL alone (no CLICKHOUSE_URL): already applied here.
+    let out = {
+        let _one_at_a_time = MIGRATIONS.lock().await;
+        std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+            .arg("migrate")
+            .env_remove("CLICKHOUSE_URL")
+            .env("DATABASE_URL", &pg.owner_config.url)
+            .env("EDGE_DB_SERVICE_ROLE", &pg.owner_config.service_role)
+            .env("EDGE_DB_SERVICE_PASSWORD", "service-password")
+            .output()
+            .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("postgres: 0 applied, 1 already applied"), "{stdout}");
     pg.drop().await;
 }

@@ -231,9 +231,15 @@ pub struct EdgeProcess {
 impl EdgeProcess {
     /// Starts `edge serve` with `envs` on a port chosen by the OS; returns once it listens.
     pub fn spawn(envs: &[(&str, String)]) -> EdgeProcess {
+        Self::spawn_with(&[], envs)
+    }
+
+    /// `edge serve ARGS…` with `envs`.
+    pub fn spawn_with(args: &[&str], envs: &[(&str, String)]) -> EdgeProcess {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge"));
         cmd.arg("serve")
+            .args(args)
             .env("EDGE_LISTEN", "127.0.0.1:0")
             .env("EDGE_ADMIN_LISTEN", "127.0.0.1:0")
             .env("NO_COLOR", "1")
