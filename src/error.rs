@@ -16,6 +16,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 pub use crate::auth::AuthError;
+pub use crate::control::db::DbError;
 pub use crate::control::ControlError;
 pub use crate::event::parse::ParseError;
 pub use crate::event::EventsRejected;
@@ -77,7 +78,7 @@ impl Error {
         let (status, code, message) = self.problem_parts();
         let mut p = Problem::new(status, code, message);
         match self {
-            Error::Route(RouteError::MethodNotAllowed { allow }) => p.allow = Some(allow),
+            Error::Route(RouteError::MethodNotAllowed { allow }) => p.allow = Some(allow.clone()),
             Error::Body(BodyError::TooLarge { limit, .. }) | Error::Parse(ParseError::TooManyEvents { limit }) => {
                 p.field("limit", *limit);
             }
@@ -96,6 +97,21 @@ impl Error {
             }
             Error::Spool(SpoolError::Full) => p.retry_after(SPOOL_FULL_RETRY_AFTER),
             Error::Spool(SpoolError::Io(_) | SpoolError::Closed) => p.retry_after(MOMENTARY_RETRY_AFTER),
+            Error::Control(ControlError::Body(BodyError::TooLarge { limit, .. })) => {
+                p.field("limit", *limit);
+            }
+            Error::Control(ControlError::Body(BodyError::Overloaded) | ControlError::Db(DbError::Unavailable(_))) => {
+                p.retry_after(MOMENTARY_RETRY_AFTER)
+            }
+            Error::Control(ControlError::Invalid { field, .. }) => {
+                p.field("field", *field);
+            }
+            Error::Control(ControlError::TierLimit { what, limit, tier }) => {
+                p.field("tier", *tier)
+                    .field("limit", *limit)
+                    .field("resource", *what)
+                    .field("upgrade_url", "/billing/upgrade");
+            }
             _ => {}
         }
         p
@@ -141,12 +157,7 @@ impl Error {
             Error::Spool(SpoolError::Io(_) | SpoolError::Closed) => {
                 fixed(S::SERVICE_UNAVAILABLE, "spool_unavailable", "The edge could not store the events; retry")
             }
-            Error::Control(e) => match e {
-                ControlError::InvalidDate { field } => {
-                    (S::BAD_REQUEST, "invalid_date", format!("{field} must be YYYY-MM-DD").into())
-                }
-                ControlError::InvalidRange => fixed(S::BAD_REQUEST, "invalid_range", "from is after to"),
-            },
+            Error::Control(e) => control_problem(e),
         }
     }
 }
@@ -182,6 +193,48 @@ fn body_problem(e: &BodyError) -> (StatusCode, &'static str, Cow<'static, str>) 
             "overloaded",
             "The edge is holding as many request bytes as it may; retry shortly".into(),
         ),
+    }
+}
+
+fn control_problem(e: &ControlError) -> (StatusCode, &'static str, Cow<'static, str>) {
+    use StatusCode as S;
+    match e {
+        ControlError::InvalidDate { field } => {
+            (S::BAD_REQUEST, "invalid_date", format!("{field} must be YYYY-MM-DD").into())
+        }
+        ControlError::InvalidRange => (S::BAD_REQUEST, "invalid_range", "from is after to".into()),
+        ControlError::Body(e) => body_problem(e),
+        ControlError::InvalidJson(detail) => {
+            (S::BAD_REQUEST, "invalid_json", format!("The body is not the JSON this route takes: {detail}").into())
+        }
+        ControlError::Invalid { field, reason } => {
+            (S::UNPROCESSABLE_ENTITY, "validation_failed", format!("{field} {reason}").into())
+        }
+        ControlError::NotFound(what) => (S::NOT_FOUND, "not_found", format!("No such {what}").into()),
+        ControlError::Conflict(what) => (S::CONFLICT, "conflict", format!("This {what} is already in use").into()),
+        ControlError::TierLimit { what, limit, tier } => (
+            S::PAYMENT_REQUIRED,
+            "tier_limit",
+            format!("The {tier} tier allows {limit} {what}; upgrade for more").into(),
+        ),
+        ControlError::Unavailable => (
+            S::SERVICE_UNAVAILABLE,
+            "control_plane_unavailable",
+            "The control plane needs PostgreSQL: set DATABASE_URL".into(),
+        ),
+        ControlError::Db(DbError::Unavailable(_)) => {
+            (S::SERVICE_UNAVAILABLE, "database_unavailable", "PostgreSQL did not answer; retry shortly".into())
+        }
+        ControlError::Db(DbError::Conflict { .. }) => (S::CONFLICT, "conflict", "This value is already in use".into()),
+        ControlError::Db(DbError::RowSecurity) => {
+            (S::FORBIDDEN, "forbidden", "The row belongs to another organisation".into())
+        }
+        ControlError::Db(DbError::Invalid(_)) => {
+            (S::UNPROCESSABLE_ENTITY, "validation_failed", "A value is out of range or malformed".into())
+        }
+        ControlError::Db(DbError::Other(_)) => {
+            (S::INTERNAL_SERVER_ERROR, "internal_error", "The control plane failed; this is logged".into())
+        }
     }
 }
 
@@ -229,6 +282,9 @@ fn auth_problem(e: &AuthError) -> (StatusCode, &'static str, Cow<'static, str>) 
         AuthError::Deleted => (S::FORBIDDEN, "organization_deleted", "Organization is deleted".into()),
         AuthError::WriteOnlyCredential => {
             (S::FORBIDDEN, "write_only_credential", "SDK keys can only write events; use a user token".into())
+        }
+        AuthError::OperatorOnly => {
+            (S::FORBIDDEN, "operator_only", "Only the platform operator's token may do this".into())
         }
         AuthError::MissingPermission(permission) => {
             (S::FORBIDDEN, "insufficient_permission", format!("The token lacks the {permission} permission").into())
@@ -293,7 +349,7 @@ mod tests {
     fn every_stage_maps_to_a_client_or_availability_status() {
         let errors: Vec<Error> = vec![
             RouteError::NotFound.into(),
-            RouteError::MethodNotAllowed { allow: "POST" }.into(),
+            RouteError::MethodNotAllowed { allow: "POST".into() }.into(),
             BodyError::Timeout.into(),
             BodyError::Overloaded.into(),
             AuthError::Jwt(crate::auth::jwt::JwtError::Expired).into(),

@@ -238,6 +238,7 @@ fn data_router(
     db: Option<Db>,
 ) -> Result<DataRouter, StartError> {
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
+    let budget = MemoryBudget::new(config.max_inflight_body_bytes);
     Ok(DataRouter {
         auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone(), clock.clone()),
         registry,
@@ -249,11 +250,19 @@ fn data_router(
             validator: Validator::new(config.body.clone()),
             pipeline,
             stats: stats.clone(),
-            budget: MemoryBudget::new(config.max_inflight_body_bytes),
+            budget: budget.clone(),
             conn: config.conn.clone(),
             clock: clock.clone(),
         },
-        control: ControlState { stats, clock: clock.clone(), db },
+        control: ControlState {
+            stats,
+            clock: clock.clone(),
+            db,
+            tiers: config.tiers.clone(),
+            budget,
+            conn: config.conn.clone(),
+        },
+        signup_open: config.signup_open,
     })
 }
 

@@ -469,3 +469,181 @@ async fn serve_refuses_the_owner_role_and_migrate_needs_only_database_url() {
     assert!(stdout.contains("postgres: 0 applied, 1 already applied"), "{stdout}");
     pg.drop().await;
 }
+
+/// An edge on this database with the test secret and operator token.
+fn api_edge(pg: &Pg, dir: &std::path::Path, extra: &[(&str, String)]) -> common::EdgeProcess {
+    let mut envs = vec![
+        ("DATABASE_URL", pg.service_config.url.clone()),
+        ("EDGE_SPOOL_DIR", dir.display().to_string()),
+        ("JWT_SECRET", common::JWT_SECRET.to_string()),
+        ("EDGE_ADMIN_TOKEN", common::OPERATOR_TOKEN.to_string()),
+    ];
+    envs.extend(extra.iter().cloned());
+    common::EdgeProcess::spawn_with(&["--dev"], &envs)
+}
+
+fn user_token(org: &str, permissions: &[&str]) -> String {
+    let now = Clock::system().unix_secs();
+    edge::auth::jwt::issue_hs256(
+        &edge::auth::jwt::Claims::new("usr_test", org, permissions, now, 600),
+        common::JWT_SECRET.as_bytes(),
+    )
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = bearer {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn event(&self, key: &str) -> u16 {
+        let r = self.http.post(format!("{}/v1/events", self.base)).header("x-api-key", key).json(&common::event("d"));
+        r.send().await.unwrap().status().as_u16()
+    }
+
+    /// Polls until an event with `key` is answered `want` (the registry feed caught up). The
+    /// one-second bound is the propagation tests'; here, beside other tests hashing passwords
+    /// in a debug build, a slower feed is not this test's subject.
+    async fn event_becomes(&self, key: &str, want: u16) -> Duration {
+        let started = Instant::now();
+        while self.event(key).await != want {
+            assert!(started.elapsed() < Duration::from_secs(5), "{want} not within 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_apps_and_keys_through_the_api_with_tenants_kept_apart() {
+    use reqwest::Method;
+    use serde_json::json;
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let edge = api_edge(&pg, dir.path(), &[]);
+    pg.wait_for_listeners(1).await;
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    let signup = |sub: &str| {
+        json!({"name": format!("Org {sub}"), "subdomain": sub, "admin_email": format!("admin@{sub}.example"),
+               "admin_password": "a long enough password"})
+    };
+
+    // Sign-up is the operator's unless EDGE_SIGNUP=open.
+    let (status, body) = api.call(Method::POST, "/api/v1/organizations", None, Some(signup("acme"))).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("operator_only")), "{body}");
+    let (status, a) =
+        api.call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(signup("acme"))).await;
+    assert_eq!(status, 201, "{a}");
+    let org_a = a["organization"]["id"].as_str().unwrap().to_string();
+    let key_a = a["sdk_key"]["key"].as_str().unwrap().to_string();
+    let propagated = api.event_becomes(&key_a, 202).await;
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(signup("acme"))).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "{body}");
+    assert!(!body.to_string().contains(&org_a), "a conflict does not say whose");
+    let (status, b) =
+        api.call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(signup("bravo"))).await;
+    assert_eq!(status, 201, "{b}");
+    let org_b = b["organization"]["id"].as_str().unwrap().to_string();
+    // The rolled-back sign-up left nothing: one acme, one bravo.
+    let n: i64 = pg.owner.query_one("SELECT count(*) FROM organizations", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+
+    let admin_a = user_token(&org_a, &["*"]);
+    let admin_b = user_token(&org_b, &["*"]);
+    let (status, org) = api.call(Method::GET, "/api/v1/organization", Some(&admin_a), None).await;
+    assert_eq!((status, org["id"].as_str(), org["subdomain"].as_str()), (200, Some(org_a.as_str()), Some("acme")));
+
+    // Starter: two apps (the default one and one more), then 402 with the limit.
+    let (status, app) = api.call(Method::POST, "/api/v1/apps", Some(&admin_a), Some(json!({"name": "iOS"}))).await;
+    assert_eq!(status, 201, "{app}");
+    let (status, body) = api.call(Method::POST, "/api/v1/apps", Some(&admin_a), Some(json!({"name": "Web"}))).await;
+    assert_eq!((status, body["code"].as_str(), body["limit"].as_u64()), (402, Some("tier_limit"), Some(2)), "{body}");
+    // Pages of one, by cursor.
+    let (_, first) = api.call(Method::GET, "/api/v1/apps?limit=1", Some(&admin_a), None).await;
+    let cursor = first["next_cursor"].as_str().expect("a second page").to_string();
+    let (_, second) =
+        api.call(Method::GET, &format!("/api/v1/apps?limit=1&cursor={cursor}"), Some(&admin_a), None).await;
+    assert_eq!((first["data"].as_array().unwrap().len(), second["data"].as_array().unwrap().len()), (1, 1));
+    assert!(second["next_cursor"].is_null());
+    assert_ne!(first["data"][0]["id"], second["data"][0]["id"]);
+
+    // A key for the new app: works at once, revoked: refused within a second.
+    let app_id = app["id"].as_str().unwrap();
+    let (status, key) = api.call(Method::POST, &format!("/api/v1/apps/{app_id}/keys"), Some(&admin_a), None).await;
+    assert_eq!(status, 201, "{key}");
+    let (key_id, secret) = (key["id"].as_str().unwrap(), key["key"].as_str().unwrap());
+    api.event_becomes(secret, 202).await;
+
+    // bravo's admin cannot see or revoke acme's app or key: not found, and the key still works.
+    let keys_path = format!("/api/v1/apps/{app_id}/keys");
+    let (status, body) = api.call(Method::GET, &keys_path, Some(&admin_b), None).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, _) = api.call(Method::DELETE, &format!("{keys_path}/{key_id}"), Some(&admin_b), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(api.event(secret).await, 202);
+    // Nor can a token of bravo that names acme in X-Organization-ID.
+    let r = api.http.get(format!("{}/api/v1/apps", api.base)).bearer_auth(&admin_b).header("x-organization-id", &org_a);
+    assert_eq!(r.send().await.unwrap().status(), 403);
+
+    let (status, revoked) = api.call(Method::DELETE, &format!("{keys_path}/{key_id}"), Some(&admin_a), None).await;
+    assert_eq!(status, 200, "{revoked}");
+    let refused = api.event_becomes(secret, 401).await;
+    let (_, listed) = api.call(Method::GET, &keys_path, Some(&admin_a), None).await;
+    assert!(listed["data"][0]["revoked_at"].is_string());
+    assert!(listed.to_string().find(secret).is_none(), "secrets are shown once");
+
+    // Permissions: a viewer reads apps but creates none; an SDK key is write-only.
+    let viewer = user_token(&org_a, &["org:read", "apps:read"]);
+    assert_eq!(api.call(Method::GET, "/api/v1/apps", Some(&viewer), None).await.0, 200);
+    let (status, body) = api.call(Method::POST, "/api/v1/apps", Some(&viewer), Some(json!({"name": "x"}))).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("insufficient_permission")));
+    let r = api.http.get(format!("{}/api/v1/apps", api.base)).header("x-api-key", &key_a);
+    assert_eq!(r.send().await.unwrap().status(), 403);
+
+    // Unknown fields, bad JSON and bad values are 4xx with codes, never 500.
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/apps", Some(&admin_b), Some(json!({"name": "x", "owner": "org_a"}))).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_json")));
+    let (status, body) = api.call(Method::POST, "/api/v1/apps", Some(&admin_b), Some(json!({"name": ""}))).await;
+    assert_eq!((status, body["code"].as_str(), body["field"].as_str()), (422, Some("validation_failed"), Some("name")));
+    let (status, _) = api.call(Method::PUT, "/api/v1/apps", Some(&admin_b), None).await;
+    assert_eq!(status, 405);
+    let audit: i64 =
+        pg.owner.query_one("SELECT count(*) FROM audit_log WHERE action LIKE 'key_%'", &[]).await.unwrap().get(0);
+    assert_eq!(audit, 2, "key created and revoked are audited");
+    eprintln!("api: sign-up key served after {propagated:?}, revoked key refused after {refused:?}");
+    drop(edge);
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn without_database_url_the_control_plane_answers_503_naming_it() {
+    let opts = common::Options { clickhouse: false, ..Default::default() };
+    let Some(h) = common::Harness::start(opts).await else { return };
+    let token = h.token("org_acme", &["*"]);
+    let r = h.http.get(format!("{}/api/v1/apps", h.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "control_plane_unavailable");
+    assert!(body["message"].as_str().unwrap().contains("DATABASE_URL"));
+}

@@ -57,6 +57,8 @@ pub enum AuthError {
     WriteOnlyCredential,
     /// The token lacks this permission.
     MissingPermission(&'static str),
+    /// Only the platform operator's token may do this.
+    OperatorOnly,
 }
 
 /// Who is calling, for which organisation.
@@ -78,19 +80,13 @@ pub enum Credential {
 }
 
 impl Principal {
-    pub fn can_write_events(&self) -> bool {
+    /// Whether the credential holds `permission`: an SDK key only `events:write`, the operator
+    /// everything, a token what its claims list.
+    pub fn has(&self, permission: &str) -> bool {
         match &self.credential {
-            Credential::SdkKey { .. } | Credential::Operator => true,
-            Credential::Jwt(claims) => claims.has_permission("events:write"),
-        }
-    }
-
-    /// Reading events (stats) needs a user with `events:read`, or the operator; SDK keys are write-only.
-    pub fn can_read_events(&self) -> bool {
-        match &self.credential {
-            Credential::SdkKey { .. } => false,
+            Credential::SdkKey { .. } => permission == "events:write",
             Credential::Operator => true,
-            Credential::Jwt(claims) => claims.has_permission("events:read"),
+            Credential::Jwt(claims) => claims.has_permission(permission),
         }
     }
 
@@ -103,7 +99,8 @@ impl Principal {
         }
     }
 
-    fn actor(&self) -> String {
+    /// How audit rows name the caller.
+    pub fn actor(&self) -> String {
         match &self.credential {
             Credential::SdkKey { app_id } => format!("sdk_key:{app_id}"),
             Credential::Jwt(c) => format!("user:{}", c.user_id),
@@ -197,6 +194,29 @@ impl Authenticator {
         check_status(principal)
     }
 
+    /// Requests that only the platform operator may make and that name no organisation (an
+    /// operator-only sign-up): the operator token, or an error (guesses throttled and audited).
+    pub fn platform_operator(&self, req: &RequestMeta<'_>) -> Result<(), AuthError> {
+        if credential_header(req.headers, &API_KEY_HEADER)?.is_some() {
+            return Err(AuthError::OperatorOnly);
+        }
+        let bearer = bearer_token(req.headers)?.ok_or(AuthError::OperatorOnly)?;
+        match self.operator_token_checked(bearer, "", req)? {
+            true => {
+                self.audit.record(AuditEvent {
+                    action: "operator_act",
+                    client: req.client,
+                    organization_id: "",
+                    actor: "operator",
+                    claimed: "",
+                    route: req.route,
+                });
+                Ok(())
+            }
+            false => Err(AuthError::OperatorOnly),
+        }
+    }
+
     /// The operator token, or `None` when `bearer` is not it (it may be a JWT). Guesses are
     /// throttled and audited per client address; while throttled even the right token waits.
     fn operator(
@@ -206,12 +226,30 @@ impl Authenticator {
         req: &RequestMeta<'_>,
         snapshot: &crate::tenant::Snapshot,
     ) -> Result<Option<Principal>, AuthError> {
-        let Some(operator) = self.operator_token else { return Ok(None) };
+        if !self.operator_token_checked(bearer, org_header.unwrap_or(""), req)? {
+            return Ok(None);
+        }
+        let id = org_header.ok_or(AuthError::OrganizationRequired)?;
+        let org = snapshot.org(id).cloned().ok_or(AuthError::UnknownOrganization)?;
+        let principal = Principal { org, credential: Credential::Operator };
+        self.audit("operator_act", &principal, req, id);
+        Ok(Some(principal))
+    }
+
+    /// `Ok(true)` for the operator token, `Ok(false)` for what can only be a JWT; any other
+    /// bearer is a wrong guess, throttled per client address and audited under `claimed_org`.
+    fn operator_token_checked(
+        &self,
+        bearer: &str,
+        claimed_org: &str,
+        req: &RequestMeta<'_>,
+    ) -> Result<bool, AuthError> {
+        let Some(operator) = self.operator_token else { return Ok(false) };
         let is_operator = operator == KeyHash::of(bearer);
         // A JWT has three dot-separated parts: it goes to JWT verification, without touching the
         // per-address throttle's lock. Anything else can only be a try at the operator token.
         if !is_operator && bearer.bytes().filter(|&b| b == b'.').count() == 2 {
-            return Ok(None);
+            return Ok(false);
         }
         if self.operator_guesses.exceeded(req.client) {
             return Err(AuthError::TooManyAttempts { retry_after: self.operator_guesses.retry_after() });
@@ -221,18 +259,14 @@ impl Authenticator {
             self.audit.record(AuditEvent {
                 action: "operator_token_rejected",
                 client: req.client,
-                organization_id: org_header.unwrap_or(""),
+                organization_id: claimed_org,
                 actor: "unknown",
                 claimed: "",
                 route: req.route,
             });
             return Err(AuthError::Jwt(jwt::JwtError::Invalid));
         }
-        let id = org_header.ok_or(AuthError::OrganizationRequired)?;
-        let org = snapshot.org(id).cloned().ok_or(AuthError::UnknownOrganization)?;
-        let principal = Principal { org, credential: Credential::Operator };
-        self.audit("operator_act", &principal, req, id);
-        Ok(Some(principal))
+        Ok(true)
     }
 
     fn audit(&self, action: &'static str, principal: &Principal, req: &RequestMeta<'_>, claimed: &str) {
@@ -391,7 +425,7 @@ mod tests {
         let p = run(&f, &headers(&[("x-api-key", f.key_a.expose())])).unwrap();
         assert_eq!(p.org.id.as_str(), "org_a");
         assert_eq!(p.app_id(), Some("app_a"));
-        assert!(p.can_write_events() && !p.can_read_events());
+        assert!(p.has("events:write") && !p.has("events:read"));
     }
 
     #[test]
@@ -449,9 +483,9 @@ mod tests {
         let t = token("org_b", &["events:read"]);
         let p = run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap();
         assert_eq!(p.org.id.as_str(), "org_b");
-        assert!(!p.can_write_events() && p.can_read_events());
+        assert!(!p.has("events:write") && p.has("events:read"));
         let t = token("org_b", &["events:write"]);
-        assert!(!run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap().can_read_events());
+        assert!(!run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap().has("events:read"));
         let t = token("org_unknown", &["events:write"]);
         assert_eq!(
             run(&f, &headers(&[("authorization", &format!("Bearer {t}"))])).unwrap_err(),

@@ -53,6 +53,9 @@ pub struct Config {
     pub clickhouse: Option<ClickHouseConfig>,
     /// The control plane (`DATABASE_URL`); without it organisations come from the tenants file.
     pub postgres: Option<PostgresConfig>,
+    /// `EDGE_SIGNUP=open`: anyone may create an organisation; `operator` (default): only the
+    /// platform operator's token.
+    pub signup_open: bool,
     pub redis_url: Option<String>,
     pub jwt: JwtConfig,
     pub base_domain: Option<String>,
@@ -127,6 +130,14 @@ impl Config {
             admin_listen,
             clickhouse,
             postgres: PostgresConfig::read(&mut r),
+            signup_open: match r.string("EDGE_SIGNUP").as_deref() {
+                None | Some("operator") => false,
+                Some("open") => true,
+                Some(other) => {
+                    r.fail("EDGE_SIGNUP", format!("{other:?}: expected open or operator"));
+                    false
+                }
+            },
             redis_url: r.string("REDIS_URL"),
             jwt,
             base_domain: r.string("EDGE_BASE_DOMAIN").map(|d| d.trim_start_matches('.').to_ascii_lowercase()),

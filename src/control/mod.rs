@@ -1,31 +1,229 @@
 //! The control plane: the `/api/v1` API for people and tools, not SDKs.
 //!
-//! Per-tenant event statistics ([`stats`]); the PostgreSQL pool and the one
-//! helper that opens a tenant transaction ([`db`]); the feed that keeps the
-//! in-memory [`crate::tenant::Registry`] current from PostgreSQL ([`feed`]).
-//! The organisations, users, apps, keys and audit-log routes land here.
+//! Per-tenant event statistics ([`stats`]); organisations and sign-up
+//! ([`orgs`]); apps and their SDK keys ([`apps`]); the PostgreSQL pool and the
+//! one helper that opens a tenant transaction ([`db`]); the feed that keeps
+//! the in-memory [`crate::tenant::Registry`] current from PostgreSQL
+//! ([`feed`]). The route table ([`crate::routes`]) has authenticated the
+//! caller and checked the route's permission; handlers get the caller and the
+//! path's parameters, and reach PostgreSQL only through [`db::Db::tenant`] for
+//! the caller's own organisation.
 
+pub mod apps;
 pub mod db;
 pub mod feed;
+mod ids;
+pub mod orgs;
+mod password;
+pub mod roles;
 pub mod stats;
 
 use std::sync::Arc;
 
-/// Why a control-plane request is refused. The PostgreSQL-backed routes add their not-found,
-/// conflict, unprocessable, row-security and pool failures here as variants.
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::auth::Principal;
+use crate::clock::Clock;
+use crate::config::ConnConfig;
+use crate::http::body::{self, BodyError};
+use crate::http::budget::MemoryBudget;
+use crate::http::response::{self, Body};
+use crate::plan::TierTable;
+use db::{Db, DbError};
+
+/// Control-plane request bodies are small JSON objects.
+const MAX_BODY_BYTES: usize = 64 << 10;
+
+/// The control plane's routes, as the route table names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Stats,
+    Signup,
+    GetOrganization,
+    ListApps,
+    CreateApp,
+    ListKeys,
+    CreateKey,
+    RevokeKey,
+}
+
+/// Who is calling a control-plane route, as the route table established it.
+pub enum Caller {
+    /// No credential (open sign-up, login).
+    Anonymous,
+    /// The operator token, naming no organisation (operator-only sign-up).
+    PlatformOperator,
+    /// A credential of one organisation (or the operator acting on it).
+    Tenant(Principal),
+}
+
+/// Why a control-plane request is refused; [`crate::error`] maps each to its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlError {
     /// A query parameter that is not a `YYYY-MM-DD` date.
-    InvalidDate { field: &'static str },
+    InvalidDate {
+        field: &'static str,
+    },
     /// `from` is after `to`.
     InvalidRange,
+    /// The request body could not be read.
+    Body(BodyError),
+    /// The body is not the JSON object the route takes.
+    InvalidJson(String),
+    /// A field is missing or unacceptable.
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+    /// No such object in the caller's organisation (another's is never "found").
+    NotFound(&'static str),
+    /// Taken already, somewhere: never says by whom.
+    Conflict(&'static str),
+    /// The tier allows no more of these.
+    TierLimit {
+        what: &'static str,
+        limit: u32,
+        tier: &'static str,
+    },
+    /// No `DATABASE_URL`: the control plane is not configured on this node.
+    Unavailable,
+    Db(DbError),
 }
 
-/// What the control-plane handlers may touch (the PostgreSQL pool joins it).
+impl From<DbError> for ControlError {
+    fn from(e: DbError) -> Self {
+        ControlError::Db(e)
+    }
+}
+
+impl From<BodyError> for ControlError {
+    fn from(e: BodyError) -> Self {
+        ControlError::Body(e)
+    }
+}
+
+/// What the control-plane handlers may touch.
 pub struct ControlState {
     pub stats: Arc<crate::aggregates::Stats>,
     /// "Today" for default date ranges.
-    pub clock: crate::clock::Clock,
+    pub clock: Clock,
     /// The PostgreSQL pool, when `DATABASE_URL` is set.
-    pub db: Option<db::Db>,
+    pub db: Option<Db>,
+    pub tiers: TierTable,
+    /// Request bodies are charged to the same budget as ingestion's.
+    pub budget: Arc<MemoryBudget>,
+    pub conn: ConnConfig,
+}
+
+impl ControlState {
+    fn db(&self) -> Result<&Db, ControlError> {
+        self.db.as_ref().ok_or(ControlError::Unavailable)
+    }
+}
+
+/// Runs `endpoint` for `caller` with the path's `params`.
+pub async fn handle(
+    state: &ControlState,
+    endpoint: Endpoint,
+    caller: Caller,
+    req: Request<Incoming>,
+    params: Vec<String>,
+) -> Result<Response<Body>, ControlError> {
+    let answer = route(state, endpoint, caller, req, params).await;
+    if let Err(ControlError::Db(DbError::Other(e))) = &answer {
+        tracing::error!(error = %e, ?endpoint, "control plane statement failed");
+    }
+    answer
+}
+
+async fn route(
+    state: &ControlState,
+    endpoint: Endpoint,
+    caller: Caller,
+    req: Request<Incoming>,
+    params: Vec<String>,
+) -> Result<Response<Body>, ControlError> {
+    let (parts, incoming) = req.into_parts();
+    let body = read_body(state, &parts, incoming).await?;
+    let (tenant, operator) = match &caller {
+        Caller::Anonymous => (None, false),
+        Caller::PlatformOperator => (None, true),
+        Caller::Tenant(p) => (Some(p), matches!(p.credential, crate::auth::Credential::Operator)),
+    };
+    let caller = || tenant.expect("the route table authenticates every tenant route");
+    let param = |i: usize| params.get(i).map(String::as_str).unwrap_or("");
+    match endpoint {
+        Endpoint::Stats => stats::handle(state, caller(), &parts),
+        Endpoint::Signup => orgs::signup(state, operator, json(&body)?).await,
+        Endpoint::GetOrganization => orgs::get(state, caller()).await,
+        Endpoint::ListApps => apps::list(state, caller(), &parts).await,
+        Endpoint::CreateApp => apps::create(state, caller(), json(&body)?).await,
+        Endpoint::ListKeys => apps::list_keys(state, caller(), param(0), &parts).await,
+        Endpoint::CreateKey => apps::create_key(state, caller(), param(0)).await,
+        Endpoint::RevokeKey => apps::revoke_key(state, caller(), param(0), param(1)).await,
+    }
+}
+
+/// The whole body, bounded and charged to the budget; what a route does not read is drained.
+async fn read_body(
+    state: &ControlState,
+    parts: &hyper::http::request::Parts,
+    mut incoming: Incoming,
+) -> Result<Vec<u8>, ControlError> {
+    let mut lease = state.budget.lease();
+    let read =
+        body::read(&parts.headers, &mut incoming, MAX_BODY_BYTES, "body", &mut lease, state.conn.body_timeout).await;
+    if read.is_err() {
+        body::drain_unread(parts.version, incoming, &state.conn).await;
+    }
+    Ok(read?)
+}
+
+fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| ControlError::InvalidJson(e.to_string()))
+}
+
+fn reply(status: StatusCode, value: serde_json::Value) -> Result<Response<Body>, ControlError> {
+    Ok(response::json(status, serde_json::to_vec(&value).unwrap_or_default()))
+}
+
+/// `?limit=N&cursor=ID`: at most 100 a page (default 50), after the id `cursor`.
+struct Page {
+    limit: i64,
+    after: String,
+}
+
+impl Page {
+    fn of(parts: &hyper::http::request::Parts) -> Result<Page, ControlError> {
+        let mut page = Page { limit: 50, after: String::new() };
+        for (key, value) in parts.uri.query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
+            match key {
+                "limit" => {
+                    page.limit = value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or(ControlError::Invalid { field: "limit", reason: "must be 1 to 100" })?;
+                }
+                "cursor" if value.len() <= 128 => page.after = value.to_string(),
+                "cursor" => return Err(ControlError::Invalid { field: "cursor", reason: "is not a cursor" }),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    /// The page's items and the cursor of the next page (`null` on the last), from a query
+    /// that fetched `limit + 1` rows ordered by id.
+    fn finish(&self, mut items: Vec<(String, serde_json::Value)>) -> serde_json::Value {
+        let more = items.len() as i64 > self.limit;
+        items.truncate(self.limit as usize);
+        let next = if more { items.last().map(|(id, _)| id.clone()) } else { None };
+        serde_json::json!({
+            "data": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "next_cursor": next,
+        })
+    }
 }

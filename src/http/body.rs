@@ -19,7 +19,7 @@ use super::budget::{push, Lease};
 use crate::config::ConnConfig;
 
 /// Why a body could not be read.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
     UnsupportedEncoding,
     UnsupportedMediaType,

@@ -53,19 +53,17 @@ impl Cors {
     }
 
     /// Answers an `OPTIONS` preflight for a route that allows `methods`.
-    pub fn preflight(
-        &self,
-        policy: Policy,
-        methods: &'static str,
-        headers: &HeaderMap,
-    ) -> Result<Response<Body>, RouteError> {
+    pub fn preflight(&self, policy: Policy, methods: &str, headers: &HeaderMap) -> Result<Response<Body>, RouteError> {
         let Some(allow) = self.allow(policy, headers.get(ORIGIN)) else {
             return Err(RouteError::OriginNotAllowed);
         };
         let mut r = response::empty(StatusCode::NO_CONTENT);
         let h = r.headers_mut();
         h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-        h.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(methods));
+        h.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_str(methods).unwrap_or(HeaderValue::from_static("GET")),
+        );
         h.insert(ACCESS_CONTROL_ALLOW_HEADERS, REQUEST_HEADERS);
         h.insert(ACCESS_CONTROL_MAX_AGE, MAX_AGE);
         if policy == Policy::Configured {

@@ -21,9 +21,9 @@ use crate::config::IpNet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
     NotFound,
-    /// The route exists for `allow` only.
+    /// The path exists for the methods in `allow` only.
     MethodNotAllowed {
-        allow: &'static str,
+        allow: String,
     },
     /// A header value longer than the per-header bound.
     HeaderTooLarge {

@@ -51,7 +51,7 @@ pub struct Problem {
     /// Whole seconds for the `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
     /// The `Allow` header of a 405.
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
     /// Extra top-level fields of the JSON body, in order.
     pub fields: Vec<(&'static str, Value)>,
 }
@@ -86,8 +86,8 @@ pub fn problem(p: &Problem) -> Response<Body> {
     if let Some(secs) = p.retry_after {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let Some(allow) = p.allow {
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    if let Some(allow) = p.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        r.headers_mut().insert(ALLOW, allow);
     }
     r
 }
@@ -144,7 +144,7 @@ mod tests {
             (Some("growth"), Some(10_000), Some(2))
         );
         let mut p = Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed");
-        p.allow = Some("POST");
+        p.allow = Some("POST".into());
         let r = problem(&p);
         assert_eq!(r.headers()[ALLOW], "POST");
         assert!(body_of(r).await.get("allow").is_none());

@@ -20,9 +20,9 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::AuthError;
-use crate::auth::{Authenticator, Principal};
+use crate::auth::Authenticator;
 use crate::config::{ConnConfig, IpNet};
-use crate::control::ControlState;
+use crate::control::{Caller, ControlState};
 use crate::error::Error;
 use crate::event::parse::Shape;
 use crate::http::conn::Peer;
@@ -33,80 +33,10 @@ use crate::ingest::IngestState;
 use crate::metrics as m;
 use crate::tenant::Registry;
 
-/// What a route's caller must hold (checked by the dispatcher, after authentication).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    /// No credential: probes and metrics.
-    Public,
-    /// `events:write`: SDK keys, users with the permission, the operator.
-    WriteEvents,
-    /// `events:read`: users with the permission, the operator (never SDK keys).
-    ReadEvents,
-}
+mod table;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handler {
-    Events,
-    Batch,
-    Stats,
-    Healthz,
-    Readyz,
-    Metrics,
-}
-
-pub struct Route {
-    pub path: &'static str,
-    pub method: Method,
-    /// Metric label (`edge_http_requests_total{route}`); also its series slot, by position.
-    pub label: &'static str,
-    pub permission: Permission,
-    pub cors: Policy,
-    handler: Handler,
-    /// Where the label's metric series are kept (one slot per label, below [`m::MAX_ROUTES`]).
-    slot: usize,
-}
-
-const fn route(
-    slot: usize,
-    path: &'static str,
-    method: Method,
-    permission: Permission,
-    cors: Policy,
-    handler: Handler,
-) -> Route {
-    Route { path, method, label: path, permission, cors, handler, slot }
-}
-
-/// Data listener: SDK traffic and the control-plane API.
-pub static DATA: [Route; 4] = [
-    route(0, "/v1/events", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Events),
-    route(1, "/v1/events/batch", Method::POST, Permission::WriteEvents, Policy::AnyOrigin, Handler::Batch),
-    route(2, "/api/v1/stats/events", Method::GET, Permission::ReadEvents, Policy::Configured, Handler::Stats),
-    route(3, "/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
-];
-
-/// Admin listener: probes and metrics (loopback by default). `/healthz` shares its slot.
-pub static ADMIN: [Route; 3] = [
-    route(4, "/metrics", Method::GET, Permission::Public, Policy::None, Handler::Metrics),
-    route(3, "/healthz", Method::GET, Permission::Public, Policy::None, Handler::Healthz),
-    route(5, "/readyz", Method::GET, Permission::Public, Policy::None, Handler::Readyz),
-];
-
-/// Label and slot of requests that match no route.
-const OTHER: &str = "other";
-const OTHER_SLOT: usize = m::MAX_ROUTES - 1;
-
-/// Every metric label with its series slot.
-pub fn labels() -> Vec<(usize, &'static str)> {
-    let mut labels: Vec<(usize, &'static str)> = Vec::new();
-    for r in DATA.iter().chain(ADMIN.iter()) {
-        if !labels.contains(&(r.slot, r.label)) {
-            labels.push((r.slot, r.label));
-        }
-    }
-    labels.push((OTHER_SLOT, OTHER));
-    labels
-}
+pub use table::{labels, Permission, Route, ADMIN, DATA};
+use table::{Handler, OTHER, OTHER_SLOT};
 
 /// Set while shutting down, and the last background view of the sink: `/readyz` reports both.
 #[derive(Default)]
@@ -129,6 +59,8 @@ pub struct DataRouter {
     pub conn: ConnConfig,
     pub ingest: IngestState,
     pub control: ControlState,
+    /// `EDGE_SIGNUP=open`: anyone may create an organisation (otherwise the operator only).
+    pub signup_open: bool,
 }
 
 impl DataRouter {
@@ -138,10 +70,9 @@ impl DataRouter {
         peer: Peer,
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let started = Instant::now();
-        let path = req.uri().path();
-        let found = DATA.iter().find(|r| r.path == path);
-        let (slot, label) = found.map_or((OTHER_SLOT, OTHER), |r| (r.slot, r.label));
-        let policy = found.map_or(Policy::None, |r| r.cors);
+        let found = table::find(&DATA, req.uri().path());
+        let (slot, label) = found.as_ref().map_or((OTHER_SLOT, OTHER), |m| (m.first().slot, m.first().label));
+        let policy = found.as_ref().map_or(Policy::None, |m| m.first().cors);
         // Kept for the CORS headers: the request itself goes to its handler.
         let origin = req.headers().get(ORIGIN).cloned();
         let result = match found {
@@ -150,16 +81,18 @@ impl DataRouter {
                 self.answer_early(req, Err(e.into())).await
             }
             None => self.answer_early(req, Err(RouteError::NotFound.into())).await,
-            Some(r) if req.method() == Method::OPTIONS && r.cors != Policy::None => {
-                let allowed = if r.method == Method::GET { "GET, OPTIONS" } else { "POST, OPTIONS" };
-                let preflight = self.cors.preflight(r.cors, allowed, req.headers()).map_err(Error::from);
-                self.answer_early(req, preflight).await
-            }
-            Some(r) if req.method() != r.method => {
-                let allow = if r.method == Method::GET { "GET" } else { "POST" };
-                self.answer_early(req, Err(RouteError::MethodNotAllowed { allow }.into())).await
-            }
-            Some(r) => self.dispatch(r, req, &peer).await,
+            Some(m) => match m.row(req.method()) {
+                Some(route) => self.dispatch(route, req, &peer, m.params).await,
+                None if req.method() == Method::OPTIONS && policy != Policy::None => {
+                    let allowed = format!("{}, OPTIONS", m.methods());
+                    let preflight = self.cors.preflight(policy, &allowed, req.headers()).map_err(Error::from);
+                    self.answer_early(req, preflight).await
+                }
+                None => {
+                    let e = RouteError::MethodNotAllowed { allow: m.methods() };
+                    self.answer_early(req, Err(e.into())).await
+                }
+            },
         };
         let mut response = result.unwrap_or_else(Error::into_response);
         self.cors.decorate(policy, origin.as_ref(), &mut response);
@@ -172,56 +105,50 @@ impl DataRouter {
         route: &'static Route,
         req: Request<Incoming>,
         peer: &Peer,
+        params: Vec<String>,
     ) -> Result<Response<Body>, Error> {
-        if route.permission == Permission::Public {
-            return match route.handler {
-                Handler::Healthz => Ok(response::text(StatusCode::OK, "ok\n")),
-                _ => self.answer_early(req, Err(RouteError::NotFound.into())).await,
-            };
-        }
-        let principal = match self.authorize(route, &req, peer) {
-            Ok(p) => p,
+        let caller = match self.authorize(route, &req, peer) {
+            Ok(caller) => caller,
             Err(e) => return self.answer_early(req, Err(e.into())).await,
         };
-        match route.handler {
-            Handler::Events => crate::ingest::handle(&self.ingest, principal, req, Shape::Single).await,
-            Handler::Batch => crate::ingest::handle(&self.ingest, principal, req, Shape::Batch).await,
-            Handler::Stats => {
-                let (parts, body) = req.into_parts();
-                let result = crate::control::stats::handle(&self.control, &principal, &parts).map_err(Error::from);
-                self.answer_early(Request::from_parts(parts, body), result).await
+        match (route.handler, caller) {
+            (Handler::Healthz, _) => self.answer_early(req, Ok(response::text(StatusCode::OK, "ok\n"))).await,
+            (Handler::Events, Caller::Tenant(p)) => crate::ingest::handle(&self.ingest, p, req, Shape::Single).await,
+            (Handler::Batch, Caller::Tenant(p)) => crate::ingest::handle(&self.ingest, p, req, Shape::Batch).await,
+            (Handler::Control(endpoint), caller) => {
+                Ok(crate::control::handle(&self.control, endpoint, caller, req, params).await?)
             }
-            Handler::Healthz | Handler::Readyz | Handler::Metrics => {
-                self.answer_early(req, Err(RouteError::NotFound.into())).await
-            }
+            _ => self.answer_early(req, Err(RouteError::NotFound.into())).await,
         }
     }
 
-    /// Authenticates the caller and checks the route's permission.
-    fn authorize(&self, route: &Route, req: &Request<Incoming>, peer: &Peer) -> Result<Principal, AuthError> {
-        let meta = crate::http::request_meta(
-            req.uri(),
-            req.version(),
-            req.headers(),
-            peer,
-            &self.trusted_proxies,
-            route.label,
-        );
-        let principal = self.auth.authenticate(&meta, &self.registry).inspect_err(|e| {
-            metrics::counter!(m::AUTH_FAILURES, "code" => Error::from(e.clone()).code()).increment(1)
-        })?;
-        let allowed = match route.permission {
-            Permission::Public => true,
-            Permission::WriteEvents => principal.can_write_events(),
-            Permission::ReadEvents => principal.can_read_events(),
+    /// Authenticates the caller as the route requires and checks its permission.
+    fn authorize(&self, route: &Route, req: &Request<Incoming>, peer: &Peer) -> Result<Caller, AuthError> {
+        let meta = || {
+            crate::http::request_meta(req.uri(), req.version(), req.headers(), peer, &self.trusted_proxies, route.label)
         };
-        if allowed {
-            return Ok(principal);
+        let counted = |e: AuthError| {
+            metrics::counter!(m::AUTH_FAILURES, "code" => Error::from(e.clone()).code()).increment(1);
+            e
+        };
+        let needed = match route.permission {
+            Permission::Public | Permission::Open => return Ok(Caller::Anonymous),
+            // Open sign-up takes anonymous callers; a credential, if sent, must be the operator's.
+            Permission::Signup if self.signup_open && !has_credential(req.headers()) => {
+                return Ok(Caller::Anonymous);
+            }
+            Permission::Signup => {
+                return self.auth.platform_operator(&meta()).map(|()| Caller::PlatformOperator).map_err(counted);
+            }
+            Permission::Needs(permission) => permission,
+        };
+        let principal = self.auth.authenticate(&meta(), &self.registry).map_err(counted)?;
+        if principal.has(needed) {
+            return Ok(Caller::Tenant(principal));
         }
-        Err(match (&principal.credential, route.permission) {
-            (crate::auth::Credential::SdkKey { .. }, Permission::ReadEvents) => AuthError::WriteOnlyCredential,
-            (_, Permission::ReadEvents) => AuthError::MissingPermission("events:read"),
-            _ => AuthError::MissingPermission("events:write"),
+        Err(match principal.credential {
+            crate::auth::Credential::SdkKey { .. } => AuthError::WriteOnlyCredential,
+            _ => AuthError::MissingPermission(needed),
         })
     }
 
@@ -248,7 +175,7 @@ pub async fn serve_admin(
     let (slot, label) = found.map_or((OTHER_SLOT, OTHER), |r| (r.slot, r.label));
     let result = match found {
         None => Err(RouteError::NotFound),
-        Some(r) if req.method() != r.method => Err(RouteError::MethodNotAllowed { allow: "GET" }),
+        Some(r) if req.method() != r.method => Err(RouteError::MethodNotAllowed { allow: "GET".into() }),
         Some(r) => Ok(match r.handler {
             Handler::Metrics => response::metrics(state.metrics.render()),
             Handler::Readyz => readiness(&state.readiness),
@@ -280,6 +207,10 @@ pub fn register_series() {
     for (slot, label) in labels() {
         m::register_route(slot, label);
     }
+}
+
+fn has_credential(headers: &HeaderMap) -> bool {
+    headers.contains_key(hyper::header::AUTHORIZATION) || headers.contains_key(crate::auth::API_KEY_HEADER)
 }
 
 /// A header value longer than the per-header bound: refused before anything reads, logs or

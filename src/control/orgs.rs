@@ -1,0 +1,179 @@
+//! `POST /api/v1/organizations` (sign-up) and `GET /api/v1/organization`.
+//!
+//! Sign-up creates, in one transaction, the organisation, its `super_admin`
+//! user (argon2id), a default app and that app's first SDK key, whose secret
+//! is in the answer and nowhere else (PostgreSQL keeps its SHA-256). Any
+//! failure rolls back all of it. A subdomain or email already in use anywhere
+//! is a 409 that does not say whose. Open sign-ups get the `starter` tier;
+//! the operator may choose any tier.
+
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::db::DbError;
+use super::{ids, password, reply, ControlError, ControlState};
+use crate::auth::Principal;
+use crate::http::response::Body;
+use crate::tenant::SdkKey;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signup {
+    name: String,
+    subdomain: String,
+    admin_email: String,
+    admin_password: String,
+    tier: Option<String>,
+}
+
+/// Subdomains that name the platform, not a tenant.
+const RESERVED_SUBDOMAINS: &[&str] = &["www", "api", "app", "admin", "dashboard", "edge", "status", "mail"];
+
+/// `operator`: the platform operator's token made the request.
+pub async fn signup(state: &ControlState, operator: bool, req: Signup) -> Result<Response<Body>, ControlError> {
+    let db = state.db()?;
+    let tier = match (&req.tier, operator) {
+        (None, _) => "starter",
+        (Some(t), true) => state.tiers.get(t).map(|t| t.name).ok_or(invalid("tier", "is not a tier"))?,
+        (Some(t), false) if t == "starter" => "starter",
+        (Some(_), false) => return Err(invalid("tier", "only the platform operator chooses another tier")),
+    };
+    validate_name(&req.name)?;
+    let subdomain = req.subdomain.trim().to_ascii_lowercase();
+    if !is_subdomain(&subdomain) || RESERVED_SUBDOMAINS.contains(&subdomain.as_str()) {
+        return Err(invalid("subdomain", "must be 1 to 63 lower-case letters, digits or inner hyphens, not reserved"));
+    }
+    validate_email(&req.admin_email)?;
+    validate_password(&req.admin_password)?;
+    // Hashed before the transaction: no pooled connection waits on argon2.
+    let password_hash = password::hash(req.admin_password).await;
+
+    let (org_id, user_id, app_id, key_id) =
+        (ids::new_id("org"), ids::new_id("usr"), ids::new_id("app"), ids::new_id("key"));
+    let key = SdkKey::generate();
+    let prefix = &key.expose()[..12];
+    let tx = db.tenant(&org_id).await?;
+    let created = async {
+        tx.execute(
+            "INSERT INTO organizations (id, name, subdomain, tier) VALUES ($1, $2, $3, $4)",
+            &[&org_id, &req.name, &subdomain, &tier],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO users (organization_id, id, email, password_hash, role) VALUES ($1, $2, $3, $4, 'super_admin')",
+            &[&org_id, &user_id, &req.admin_email, &password_hash],
+        )
+        .await?;
+        tx.execute("INSERT INTO apps (organization_id, id, name) VALUES ($1, $2, 'Default app')", &[&org_id, &app_id])
+            .await?;
+        tx.execute(
+            "INSERT INTO api_keys (organization_id, id, app_id, key_hash, prefix) VALUES ($1, $2, $3, $4, $5)",
+            &[&org_id, &key_id, &app_id, &key.hash().as_bytes().as_slice(), &prefix],
+        )
+        .await?;
+        let actor = if operator { "operator".to_string() } else { format!("user:{user_id}") };
+        tx.execute(
+            "INSERT INTO audit_log (organization_id, actor, action, target) VALUES ($1, $2, 'organization_created', $1)",
+            &[&org_id, &actor],
+        )
+        .await?;
+        Ok::<(), DbError>(())
+    }
+    .await;
+    match created {
+        Err(DbError::Conflict { constraint }) => {
+            let what = if constraint.contains("subdomain") { "subdomain" } else { "email" };
+            return Err(ControlError::Conflict(what));
+        }
+        other => other?,
+    }
+    tx.commit().await?;
+    reply(
+        StatusCode::CREATED,
+        json!({
+            "organization": {"id": org_id, "name": req.name, "subdomain": subdomain, "tier": tier, "status": "active"},
+            "user": {"id": user_id, "email": req.admin_email, "role": "super_admin"},
+            "app": {"id": app_id, "name": "Default app"},
+            "sdk_key": {"id": key_id, "app_id": app_id, "key": key.expose(), "prefix": prefix},
+        }),
+    )
+}
+
+/// The caller's organisation as PostgreSQL has it.
+pub async fn get(state: &ControlState, caller: &Principal) -> Result<Response<Body>, ControlError> {
+    let org = caller.org.id.as_str();
+    let tx = state.db()?.tenant(org).await?;
+    let row = tx
+        .query_opt(
+            "SELECT o.id, o.name, o.subdomain, o.tier, o.status, o.created_at::text, b.custom_domain \
+             FROM organizations o LEFT JOIN tenant_branding b ON b.organization_id = o.id WHERE o.id = $1",
+            &[&org],
+        )
+        .await?
+        .ok_or(ControlError::NotFound("organization"))?;
+    tx.commit().await?;
+    let get = |i: usize| row.get::<_, Option<String>>(i);
+    reply(
+        StatusCode::OK,
+        json!({
+            "id": get(0), "name": get(1), "subdomain": get(2), "tier": get(3), "status": get(4),
+            "created_at": get(5), "custom_domain": get(6),
+        }),
+    )
+}
+
+fn invalid(field: &'static str, reason: &'static str) -> ControlError {
+    ControlError::Invalid { field, reason }
+}
+
+pub(super) fn validate_name(name: &str) -> Result<(), ControlError> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > 255 || name.chars().any(char::is_control) {
+        return Err(invalid("name", "must be 1 to 255 characters, no control characters"));
+    }
+    Ok(())
+}
+
+fn is_subdomain(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+pub(super) fn validate_email(email: &str) -> Result<(), ControlError> {
+    let ok = (3..=254).contains(&email.len())
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(invalid("email", "is not an email address"));
+    }
+    Ok(())
+}
+
+pub(super) fn validate_password(p: &str) -> Result<(), ControlError> {
+    if p.len() < password::MIN_BYTES || p.len() > password::MAX_BYTES {
+        return Err(invalid("password", "must be 12 to 256 bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subdomains_and_emails() {
+        assert!(is_subdomain("acme-2") && is_subdomain("a"));
+        assert!(!is_subdomain("-acme") && !is_subdomain("acme-") && !is_subdomain("Acme") && !is_subdomain("a.b"));
+        assert!(!is_subdomain(&"a".repeat(64)));
+        assert!(validate_email("ann@acme.example").is_ok());
+        assert!(validate_email("ann@acme").is_err() && validate_email("@acme.example").is_err());
+        assert!(validate_email("ann @acme.example").is_err());
+        assert!(validate_password("short").is_err() && validate_password(&"x".repeat(257)).is_err());
+        assert!(validate_name("Acme").is_ok() && validate_name(" ").is_err() && validate_name("a\u{0}b").is_err());
+    }
+}
