@@ -103,6 +103,7 @@ impl Error {
             Error::Control(ControlError::Body(BodyError::Overloaded) | ControlError::Db(DbError::Unavailable(_))) => {
                 p.retry_after(MOMENTARY_RETRY_AFTER)
             }
+            Error::Control(ControlError::TooManyAttempts { retry_after }) => p.retry_after(*retry_after),
             Error::Control(ControlError::Invalid { field, .. }) => {
                 p.field("field", *field);
             }
@@ -222,6 +223,20 @@ fn control_problem(e: &ControlError) -> (StatusCode, &'static str, Cow<'static, 
             "control_plane_unavailable",
             "The control plane needs PostgreSQL: set DATABASE_URL".into(),
         ),
+        ControlError::InvalidCredentials => {
+            (S::UNAUTHORIZED, "invalid_credentials", "The email, password or token is not valid".into())
+        }
+        ControlError::TooManyAttempts { .. } => (
+            S::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "Too many failed logins for this account or address; retry later".into(),
+        ),
+        ControlError::OrganizationInactive => {
+            (S::FORBIDDEN, "organization_inactive", "The organization is suspended or deleted".into())
+        }
+        ControlError::LoginUnavailable => {
+            (S::SERVICE_UNAVAILABLE, "login_unavailable", "Logins need a signing key: set JWT_SECRET".into())
+        }
         ControlError::Db(DbError::Unavailable(_)) => {
             (S::SERVICE_UNAVAILABLE, "database_unavailable", "PostgreSQL did not answer; retry shortly".into())
         }

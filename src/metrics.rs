@@ -36,6 +36,7 @@ pub const CONNECTIONS_REFUSED: &str = "edge_connections_refused_total";
 pub const ACCEPT_ERRORS: &str = "edge_accept_errors_total";
 pub const REGISTRY_AGE: &str = "edge_registry_age_seconds";
 pub const REGISTRY_FEED_ERRORS: &str = "edge_registry_feed_errors_total";
+pub const AUDIT_DROPPED: &str = "edge_audit_dropped_total";
 
 /// Every metric the edge exports (the dashboard test checks queries against this).
 pub const ALL: &[&str] = &[
@@ -65,6 +66,7 @@ pub const ALL: &[&str] = &[
     AUDIT_SUPPRESSED,
     REGISTRY_AGE,
     REGISTRY_FEED_ERRORS,
+    AUDIT_DROPPED,
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
@@ -142,6 +144,7 @@ fn describe() {
     metrics::gauge!(TENANTS).set(0.0);
     metrics::gauge!(REGISTRY_AGE).set(0.0);
     metrics::counter!(REGISTRY_FEED_ERRORS).absolute(0);
+    metrics::counter!(AUDIT_DROPPED).absolute(0);
     // Labelled series too, for every label value the edge can produce: alerts on
     // `rate(...)` need the series before its first increment.
     for reason in REJECTION_REASONS {
@@ -207,7 +210,7 @@ fn request_counter(label: &'static str, status: usize) -> Counter {
 
 /// Series slots for route labels (the route table's, in `crate::routes`, plus `other`): a
 /// fixed set, so label cardinality is bounded.
-pub const MAX_ROUTES: usize = 16;
+pub const MAX_ROUTES: usize = 40;
 const STATUSES: [&str; 17] = [
     "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204",
     "431",

@@ -12,7 +12,8 @@
 //! 3. `spool-writer` writes and syncs what is queued, then ends (the spool is closed);
 //! 4. `shipper` sees the writer gone and ships what remains within `drain_timeout`;
 //!    the rest stays in the spool for the next start;
-//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep` and the tasks added with
+//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep`, `audit-writer` (with
+//!    PostgreSQL: writes what is queued) and the tasks added with
 //!    [`Server::spawn`] (the SIGHUP reloader or the PostgreSQL registry feed; next
 //!    the Redis sync) end; only then does [`Server::wait`] return.
 
@@ -32,7 +33,9 @@ use crate::auth::jwt::JwtVerifier;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::control::audit_log::AuditLog;
 use crate::control::db::Db;
+use crate::control::throttle::LoginThrottle;
 use crate::control::ControlState;
 use crate::event::validate::Validator;
 use crate::http::budget::MemoryBudget;
@@ -110,7 +113,15 @@ impl Server {
         let stats = Arc::new(Stats::new(config.stats_max_bytes));
         let readiness = Arc::new(Readiness::default());
         readiness.sink_ready.store(sink.ready().await, Ordering::Release);
-        let router = Arc::new(data_router(&config, registry.clone(), pipeline.clone(), stats.clone(), &clock, db)?);
+        let (audit, audit_writer) = match db.clone() {
+            Some(db) => {
+                let (log, writer) = AuditLog::new(db);
+                (log, Some(writer))
+            }
+            None => (AuditLog::disabled(), None),
+        };
+        let surfaces = Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit };
+        let router = Arc::new(data_router(&config, registry.clone(), surfaces, &clock)?);
         let admin_state = Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone() });
         crate::routes::register_series();
 
@@ -125,6 +136,9 @@ impl Server {
         let shipper = spawn_named("shipper", shipper.run(config.drain_timeout));
         background.spawn(named("sink-watcher", watch_sink(readiness.clone(), sink.clone(), last.clone())));
         background.spawn(named("metrics-upkeep", crate::metrics::upkeep(metrics, last.clone())));
+        if let Some(writer) = audit_writer {
+            background.spawn(named("audit-writer", writer.run(last.clone())));
+        }
         let conn_config = Arc::new(config.conn.clone());
         let (data_cap, admin_cap) =
             crate::http::conn::fit_to_descriptors(config.max_connections, config.admin_max_connections);
@@ -229,14 +243,21 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
 
 /// The data listener's router with each surface's state: the ingest and control handlers get
 /// what they use, and nothing else.
+/// What the data surfaces share with the rest of the server.
+struct Surfaces {
+    pipeline: Arc<Pipeline>,
+    stats: Arc<Stats>,
+    db: Option<Db>,
+    audit: AuditLog,
+}
+
 fn data_router(
     config: &Config,
     registry: Arc<Registry>,
-    pipeline: Arc<Pipeline>,
-    stats: Arc<Stats>,
+    surfaces: Surfaces,
     clock: &Clock,
-    db: Option<Db>,
 ) -> Result<DataRouter, StartError> {
+    let Surfaces { pipeline, stats, db, audit } = surfaces;
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     let budget = MemoryBudget::new(config.max_inflight_body_bytes);
     Ok(DataRouter {
@@ -261,6 +282,10 @@ fn data_router(
             tiers: config.tiers.clone(),
             budget,
             conn: config.conn.clone(),
+            login: config.login.clone(),
+            logins: LoginThrottle::new(&config.login, clock.clone()),
+            audit,
+            signing_secret: config.jwt.hs256_secret.clone(),
         },
         signup_open: config.signup_open,
     })

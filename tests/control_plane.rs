@@ -81,8 +81,11 @@ impl Pg {
                      INSERT INTO tenant_branding (organization_id, primary_color, custom_domain)
                        VALUES ('{org}', '#102030', 'events.org{i}.example');
                      INSERT INTO tenant_usage (organization_id, metric_date, events_count) VALUES ('{org}', '2026-11-01', 5);
-                     INSERT INTO audit_log (organization_id, actor, action) VALUES ('{org}', 'test', 'seeded');",
-                    key.hash().to_hex()
+                     INSERT INTO audit_log (organization_id, actor, action) VALUES ('{org}', 'test', 'seeded');
+                     INSERT INTO refresh_tokens (organization_id, id, user_id, token_hash, expires_at)
+                       VALUES ('{org}', 'rt_{i}', 'usr_{i}', '\\x{}', now() + interval '1 day');",
+                    key.hash().to_hex(),
+                    SdkKey::generate().hash().to_hex()
                 ))
                 .await
                 .unwrap();
@@ -466,7 +469,7 @@ async fn serve_refuses_the_owner_role_and_migrate_needs_only_database_url() {
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("postgres: 0 applied, 1 already applied"), "{stdout}");
+    assert!(stdout.contains("postgres: 0 applied, 2 already applied"), "{stdout}");
     pg.drop().await;
 }
 
@@ -646,4 +649,146 @@ async fn without_database_url_the_control_plane_answers_503_naming_it() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["code"], "control_plane_unavailable");
     assert!(body["message"].as_str().unwrap().contains("DATABASE_URL"));
+}
+
+/// Signs up `sub` through the operator; returns the organisation's id.
+async fn sign_up(api: &Api, sub: &str, password: &str) -> String {
+    let body = serde_json::json!({"name": sub, "subdomain": sub, "admin_email": format!("admin@{sub}.example"),
+                                  "admin_password": password});
+    let (status, created) =
+        api.call(reqwest::Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    created["organization"]["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_refresh_rotation_logout_and_lockout() {
+    use reqwest::Method;
+    use serde_json::json;
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let edge = api_edge(&pg, dir.path(), &[("EDGE_LOGIN_MAX_FAILURES", "4".into())]);
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    let org = sign_up(&api, "acme", "the right password").await;
+    let login = |email: &str, password: &str| json!({"email": email, "password": password});
+
+    // Wrong password and unknown email: one answer.
+    let (s1, wrong) =
+        api.call(Method::POST, "/api/v1/auth/login", None, Some(login("admin@acme.example", "not the password"))).await;
+    let (s2, unknown) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("nobody@acme.example", "not the password")))
+        .await;
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong["code"], "invalid_credentials");
+
+    let (status, session) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("ADMIN@acme.example", "the right password")))
+        .await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(
+        (session["user"]["role"].as_str(), session["user"]["organization_id"].as_str()),
+        (Some("super_admin"), Some(org.as_str()))
+    );
+    let access = session["access_token"].as_str().unwrap();
+    let (status, me) = api.call(Method::GET, "/api/v1/organization", Some(access), None).await;
+    assert_eq!((status, me["id"].as_str()), (200, Some(org.as_str())));
+
+    // Refresh rotates; the old refresh token used again ends every session of the user.
+    let first = session["refresh_token"].as_str().unwrap().to_string();
+    let (status, rotated) =
+        api.call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": first}))).await;
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(first, second);
+    let (status, _) = api.call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": first}))).await;
+    assert_eq!(status, 401, "a rotated token is refused");
+    let (status, _) =
+        api.call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": second}))).await;
+    assert_eq!(status, 401, "and its reuse revoked the newer one too");
+
+    // Logout revokes the refresh token it is given.
+    let (_, session) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("admin@acme.example", "the right password")))
+        .await;
+    let token = session["refresh_token"].as_str().unwrap().to_string();
+    assert_eq!(api.call(Method::POST, "/api/v1/auth/logout", None, Some(json!({"refresh_token": token}))).await.0, 200);
+    assert_eq!(
+        api.call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": token}))).await.0,
+        401
+    );
+    // A refresh token naming another organisation finds nothing there.
+    let forged = format!("org_other.{}", token.rsplit_once('.').unwrap().1);
+    assert_eq!(
+        api.call(Method::POST, "/api/v1/auth/refresh", None, Some(json!({"refresh_token": forged}))).await.0,
+        401
+    );
+
+    // Four failures lock the account: then even the right password gets 429 + Retry-After.
+    for _ in 0..4 {
+        api.call(Method::POST, "/api/v1/auth/login", None, Some(login("admin@acme.example", "guess guess guess")))
+            .await;
+    }
+    let r = api
+        .http
+        .post(format!("{}/api/v1/auth/login", api.base))
+        .json(&login("admin@acme.example", "the right password"));
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 800 && retry <= 900, "{retry}");
+
+    // Failures are audited: in the organisation's log for its account, under '' for unknown ones.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed: i64 = pg
+        .owner
+        .query_one("SELECT count(*) FROM audit_log WHERE organization_id = $1 AND action = 'login_failed'", &[&org])
+        .await
+        .unwrap()
+        .get(0);
+    let unscoped: i64 = pg
+        .owner
+        .query_one("SELECT count(*) FROM audit_log WHERE organization_id = '' AND action = 'login_failed'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((failed, unscoped), (5, 1));
+    drop(edge);
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_accounts_and_wrong_passwords_take_the_same_time() {
+    use reqwest::Method;
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let limits =
+        [("EDGE_LOGIN_MAX_FAILURES", "100000".into()), ("EDGE_LOGIN_MAX_FAILURES_PER_ADDRESS", "100000".into())];
+    let edge = api_edge(&pg, dir.path(), &limits);
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    sign_up(&api, "timing", "the right password").await;
+    let attempt = |email: &'static str| {
+        let api = &api;
+        async move {
+            let body = serde_json::json!({"email": email, "password": "a wrong password"});
+            let started = Instant::now();
+            let (status, _) = api.call(Method::POST, "/api/v1/auth/login", None, Some(body)).await;
+            assert_eq!(status, 401);
+            started.elapsed()
+        }
+    };
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    // Interleaved, so that drift on this machine hits both alike.
+    for _ in 0..200 {
+        known.push(attempt("admin@timing.example").await);
+        unknown.push(attempt("nobody@timing.example").await);
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[100].as_secs_f64(), unknown[100].as_secs_f64());
+    let ratio = k.max(u) / k.min(u);
+    eprintln!("login medians over 200 tries each: wrong password {k:.4} s, unknown account {u:.4} s, ratio {ratio:.3}");
+    assert!(ratio < 1.05, "medians differ by {:.1} %", (ratio - 1.0) * 100.0);
+    drop(edge);
+    pg.drop().await;
 }

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use crate::plan::TierTable;
 
-mod postgres;
+mod control;
 mod reader;
 mod sections;
 
-pub use postgres::PostgresConfig;
+pub use control::{LoginConfig, PostgresConfig};
 use reader::Reader;
 pub use reader::{parse_duration, ConfigError, ValueError};
 pub use sections::{AckMode, BatchConfig, BodyLimits, ClickHouseConfig, ConnConfig, IpNet, JwtConfig};
@@ -56,6 +56,7 @@ pub struct Config {
     /// `EDGE_SIGNUP=open`: anyone may create an organisation; `operator` (default): only the
     /// platform operator's token.
     pub signup_open: bool,
+    pub login: LoginConfig,
     pub redis_url: Option<String>,
     pub jwt: JwtConfig,
     pub base_domain: Option<String>,
@@ -130,6 +131,7 @@ impl Config {
             admin_listen,
             clickhouse,
             postgres: PostgresConfig::read(&mut r),
+            login: LoginConfig::read(&mut r),
             signup_open: match r.string("EDGE_SIGNUP").as_deref() {
                 None | Some("operator") => false,
                 Some("open") => true,

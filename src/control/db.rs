@@ -19,7 +19,7 @@ use crate::config::PostgresConfig;
 
 /// Every table that holds one tenant's rows; each has RLS enabled and forced.
 pub const TENANT_TABLES: &[&str] =
-    &["organizations", "users", "apps", "api_keys", "tenant_branding", "tenant_usage", "audit_log"];
+    &["organizations", "users", "apps", "api_keys", "tenant_branding", "tenant_usage", "audit_log", "refresh_tokens"];
 
 /// Why a statement failed, by what the caller can do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

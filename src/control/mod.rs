@@ -10,14 +10,18 @@
 //! the caller's own organisation.
 
 pub mod apps;
+pub mod audit_log;
 pub mod db;
 pub mod feed;
 mod ids;
 pub mod orgs;
 mod password;
 pub mod roles;
+pub mod sessions;
 pub mod stats;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -26,7 +30,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::Principal;
 use crate::clock::Clock;
-use crate::config::ConnConfig;
+use crate::config::{ConnConfig, LoginConfig};
 use crate::http::body::{self, BodyError};
 use crate::http::budget::MemoryBudget;
 use crate::http::response::{self, Body};
@@ -47,6 +51,9 @@ pub enum Endpoint {
     ListKeys,
     CreateKey,
     RevokeKey,
+    Login,
+    Refresh,
+    Logout,
 }
 
 /// Who is calling a control-plane route, as the route table established it.
@@ -89,6 +96,16 @@ pub enum ControlError {
     },
     /// No `DATABASE_URL`: the control plane is not configured on this node.
     Unavailable,
+    /// Unknown email, wrong password, or an unusable refresh token: one answer for all.
+    InvalidCredentials,
+    /// Too many failed logins for the account or the address.
+    TooManyAttempts {
+        retry_after: std::time::Duration,
+    },
+    /// The organisation is suspended or deleted.
+    OrganizationInactive,
+    /// No `JWT_SECRET` to sign access tokens with.
+    LoginUnavailable,
     Db(DbError),
 }
 
@@ -115,6 +132,11 @@ pub struct ControlState {
     /// Request bodies are charged to the same budget as ingestion's.
     pub budget: Arc<MemoryBudget>,
     pub conn: ConnConfig,
+    pub login: LoginConfig,
+    pub logins: throttle::LoginThrottle,
+    pub audit: audit_log::AuditLog,
+    /// `JWT_SECRET`: signs the access tokens logins hand out.
+    pub signing_secret: Option<Vec<u8>>,
 }
 
 impl ControlState {
@@ -123,15 +145,22 @@ impl ControlState {
     }
 }
 
-/// Runs `endpoint` for `caller` with the path's `params`.
+/// Who made a request and from where: the caller as the route table established it, and the
+/// client address (see [`crate::http::client_ip`]) that throttles and audit rows use.
+pub struct Origin {
+    pub caller: Caller,
+    pub client: IpAddr,
+}
+
+/// Runs `endpoint` for `origin` with the path's `params`.
 pub async fn handle(
     state: &ControlState,
     endpoint: Endpoint,
-    caller: Caller,
+    origin: Origin,
     req: Request<Incoming>,
     params: Vec<String>,
 ) -> Result<Response<Body>, ControlError> {
-    let answer = route(state, endpoint, caller, req, params).await;
+    let answer = route(state, endpoint, origin, req, params).await;
     if let Err(ControlError::Db(DbError::Other(e))) = &answer {
         tracing::error!(error = %e, ?endpoint, "control plane statement failed");
     }
@@ -141,10 +170,11 @@ pub async fn handle(
 async fn route(
     state: &ControlState,
     endpoint: Endpoint,
-    caller: Caller,
+    origin: Origin,
     req: Request<Incoming>,
     params: Vec<String>,
 ) -> Result<Response<Body>, ControlError> {
+    let Origin { caller, client } = origin;
     let (parts, incoming) = req.into_parts();
     let body = read_body(state, &parts, incoming).await?;
     let (tenant, operator) = match &caller {
@@ -163,6 +193,9 @@ async fn route(
         Endpoint::ListKeys => apps::list_keys(state, caller(), param(0), &parts).await,
         Endpoint::CreateKey => apps::create_key(state, caller(), param(0)).await,
         Endpoint::RevokeKey => apps::revoke_key(state, caller(), param(0), param(1)).await,
+        Endpoint::Login => sessions::login(state, client, json(&body)?).await,
+        Endpoint::Refresh => sessions::refresh(state, client, json(&body)?).await,
+        Endpoint::Logout => sessions::logout(state, client, json(&body)?).await,
     }
 }
 

@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::AuthError;
 use crate::auth::Authenticator;
 use crate::config::{ConnConfig, IpNet};
-use crate::control::{Caller, ControlState};
+use crate::control::{Caller, ControlState, Origin};
 use crate::error::Error;
 use crate::event::parse::Shape;
 use crate::http::conn::Peer;
@@ -116,7 +116,9 @@ impl DataRouter {
             (Handler::Events, Caller::Tenant(p)) => crate::ingest::handle(&self.ingest, p, req, Shape::Single).await,
             (Handler::Batch, Caller::Tenant(p)) => crate::ingest::handle(&self.ingest, p, req, Shape::Batch).await,
             (Handler::Control(endpoint), caller) => {
-                Ok(crate::control::handle(&self.control, endpoint, caller, req, params).await?)
+                let client = crate::http::client_ip(req.headers(), peer, &self.trusted_proxies);
+                let origin = Origin { caller, client };
+                Ok(crate::control::handle(&self.control, endpoint, origin, req, params).await?)
             }
             _ => self.answer_early(req, Err(RouteError::NotFound.into())).await,
         }

@@ -63,10 +63,10 @@ const fn control(slot: usize, path: &'static str, method: Method, permission: Pe
     route(slot, path, method, permission, Policy::Configured, Handler::Control(endpoint))
 }
 
-use Permission::{Needs, Public};
+use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 11] = [
+pub static DATA: [Route; 14] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
@@ -78,6 +78,9 @@ pub static DATA: [Route; 11] = [
     control(9, "/api/v1/apps/{app_id}/keys", Method::GET, Needs("apps:read"), Endpoint::ListKeys),
     control(9, "/api/v1/apps/{app_id}/keys", Method::POST, Needs("keys:write"), Endpoint::CreateKey),
     control(10, "/api/v1/apps/{app_id}/keys/{key_id}", Method::DELETE, Needs("keys:write"), Endpoint::RevokeKey),
+    control(11, "/api/v1/auth/login", Method::POST, Open, Endpoint::Login),
+    control(12, "/api/v1/auth/refresh", Method::POST, Open, Endpoint::Refresh),
+    control(13, "/api/v1/auth/logout", Method::POST, Open, Endpoint::Logout),
 ];
 
 /// Admin listener: probes and metrics (loopback by default). `/healthz` shares its slot.

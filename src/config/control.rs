@@ -1,5 +1,5 @@
-//! The control plane's PostgreSQL: where it is, how many connections, and the service role
-//! `edge migrate` creates.
+//! The control plane's settings: its PostgreSQL (where, how many connections, the service
+//! role `edge migrate` creates) and its logins (token lifetimes, lockouts).
 
 use std::time::Duration;
 
@@ -42,5 +42,32 @@ impl PostgresConfig {
             service_password: r.string("EDGE_DB_SERVICE_PASSWORD"),
             registry_poll,
         })
+    }
+}
+
+/// Logins: token lifetimes and how many failures lock an account or a client address out.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// Lifetime of an access token (`EDGE_ACCESS_TOKEN_TTL`, 1 h).
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh token (`EDGE_REFRESH_TOKEN_TTL`, 30 days); each use rotates it.
+    pub refresh_ttl: Duration,
+    /// Failed logins of one account within `lockout` that lock it for `lockout` (10).
+    pub max_failures: u32,
+    /// Failed logins from one client address within `lockout` that lock it out (50).
+    pub max_failures_per_address: u32,
+    /// The failure window and the lockout (`EDGE_LOGIN_LOCKOUT`, 15 min).
+    pub lockout: Duration,
+}
+
+impl LoginConfig {
+    pub(super) fn read(r: &mut Reader) -> Self {
+        LoginConfig {
+            access_ttl: r.duration("EDGE_ACCESS_TOKEN_TTL", Duration::from_secs(3600)),
+            refresh_ttl: r.duration("EDGE_REFRESH_TOKEN_TTL", Duration::from_secs(30 * 86_400)),
+            max_failures: r.positive("EDGE_LOGIN_MAX_FAILURES", 10) as u32,
+            max_failures_per_address: r.positive("EDGE_LOGIN_MAX_FAILURES_PER_ADDRESS", 50) as u32,
+            lockout: r.duration("EDGE_LOGIN_LOCKOUT", Duration::from_secs(15 * 60)),
+        }
     }
 }
