@@ -124,6 +124,7 @@ fn describe() {
     describe_counter!(CONNECTIONS_REFUSED, "Connections refused at once because the listener is at its cap");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener");
     describe_gauge!(REGISTRY_AGE, Unit::Seconds, "Time since the registry was last known current with PostgreSQL");
+    describe_counter!(AUDIT_DROPPED, "Audit-log rows dropped: queue full or PostgreSQL refused them");
     describe_counter!(
         REGISTRY_FEED_ERRORS,
         "Interruptions of the registry feed from PostgreSQL (each reconnect counts)"
