@@ -213,6 +213,10 @@ fn control_problem(e: &ControlError) -> (StatusCode, &'static str, Cow<'static, 
         }
         ControlError::NotFound(what) => (S::NOT_FOUND, "not_found", format!("No such {what}").into()),
         ControlError::Conflict(what) => (S::CONFLICT, "conflict", format!("This {what} is already in use").into()),
+        ControlError::Forbidden(why) => (S::FORBIDDEN, "forbidden", format!("Not allowed: {why}").into()),
+        ControlError::LastSuperAdmin => {
+            (S::CONFLICT, "last_super_admin", "The organization's last super_admin cannot be demoted or removed".into())
+        }
         ControlError::TierLimit { what, limit, tier } => (
             S::PAYMENT_REQUIRED,
             "tier_limit",
@@ -298,6 +302,7 @@ fn auth_problem(e: &AuthError) -> (StatusCode, &'static str, Cow<'static, str>) 
         AuthError::WriteOnlyCredential => {
             (S::FORBIDDEN, "write_only_credential", "SDK keys can only write events; use a user token".into())
         }
+        AuthError::TokenRevoked => (S::UNAUTHORIZED, "token_revoked", "The token was revoked; log in again".into()),
         AuthError::OperatorOnly => {
             (S::FORBIDDEN, "operator_only", "Only the platform operator's token may do this".into())
         }

@@ -45,7 +45,7 @@ const PARSE_BYTES_PER_BODY_BYTE: usize = 3;
 
 /// What the ingestion handlers may touch; built once at start.
 pub struct IngestState {
-    pub limiter: Limiter,
+    pub limiter: Arc<Limiter>,
     pub validator: Validator,
     pub pipeline: Arc<Pipeline>,
     pub stats: Arc<Stats>,

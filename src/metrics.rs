@@ -203,6 +203,8 @@ pub const AUTH_FAILURE_CODES: &[&str] = &[
     "tenant_mismatch",
     "conflicting_selectors",
     "invalid_header",
+    "token_revoked",
+    "operator_only",
 ];
 
 fn request_counter(label: &'static str, status: usize) -> Counter {
@@ -212,9 +214,9 @@ fn request_counter(label: &'static str, status: usize) -> Counter {
 /// Series slots for route labels (the route table's, in `crate::routes`, plus `other`): a
 /// fixed set, so label cardinality is bounded.
 pub const MAX_ROUTES: usize = 40;
-const STATUSES: [&str; 17] = [
+const STATUSES: [&str; 20] = [
     "200", "202", "400", "401", "402", "403", "404", "405", "408", "413", "415", "429", "500", "503", "other", "204",
-    "431",
+    "431", "201", "409", "422",
 ];
 
 fn status_index(status: u16) -> usize {
@@ -235,6 +237,9 @@ fn status_index(status: u16) -> usize {
         503 => 13,
         204 => 15,
         431 => 16,
+        201 => 17,
+        409 => 18,
+        422 => 19,
         _ => 14,
     }
 }

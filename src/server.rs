@@ -260,6 +260,7 @@ fn data_router(
     let Surfaces { pipeline, stats, db, audit } = surfaces;
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     let budget = MemoryBudget::new(config.max_inflight_body_bytes);
+    let limiter = Arc::new(Limiter::new(clock.clone()));
     Ok(DataRouter {
         auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone(), clock.clone()),
         registry,
@@ -267,7 +268,7 @@ fn data_router(
         cors: Cors::new(&config.cors_origins),
         conn: config.conn.clone(),
         ingest: IngestState {
-            limiter: Limiter::new(clock.clone()),
+            limiter: limiter.clone(),
             validator: Validator::new(config.body.clone()),
             pipeline,
             stats: stats.clone(),
@@ -285,6 +286,7 @@ fn data_router(
             login: config.login.clone(),
             logins: LoginThrottle::new(&config.login, clock.clone()),
             audit,
+            limiter,
             signing_secret: config.jwt.hs256_secret.clone(),
         },
         signup_open: config.signup_open,

@@ -167,6 +167,8 @@ pub struct Snapshot {
     orgs: HashMap<OrgId, Arc<Org>, ahash::RandomState>,
     by_host: HashMap<String, Arc<Org>, ahash::RandomState>,
     keys: HashMap<KeyHash, KeyGrant, ahash::RandomState>,
+    /// Per organisation and user: tokens issued before this unix second are refused.
+    tokens_valid_after: HashMap<OrgId, HashMap<String, u64>, ahash::RandomState>,
 }
 
 impl Snapshot {
@@ -182,6 +184,13 @@ impl Snapshot {
     }
     pub fn org_count(&self) -> usize {
         self.orgs.len()
+    }
+    /// The unix second before which `user`'s tokens are refused (role changed, removed).
+    pub fn tokens_valid_after(&self, org: &str, user: &str) -> Option<u64> {
+        if self.tokens_valid_after.is_empty() {
+            return None;
+        }
+        self.tokens_valid_after.get(org)?.get(user).copied()
     }
 }
 
@@ -237,6 +246,11 @@ impl SnapshotBuilder {
             return Err(LoadError::DuplicateKey(hash));
         }
         Ok(())
+    }
+
+    /// Refuses `user`'s tokens issued before `unix_secs`.
+    pub fn revoke_tokens(&mut self, org: &str, user: &str, unix_secs: u64) {
+        self.snap.tokens_valid_after.entry(OrgId::new(org)).or_default().insert(user.to_string(), unix_secs);
     }
 
     pub fn build(self) -> Snapshot {

@@ -83,8 +83,12 @@ impl Pg {
                      INSERT INTO tenant_usage (organization_id, metric_date, events_count) VALUES ('{org}', '2026-11-01', 5);
                      INSERT INTO audit_log (organization_id, actor, action) VALUES ('{org}', 'test', 'seeded');
                      INSERT INTO refresh_tokens (organization_id, id, user_id, token_hash, expires_at)
-                       VALUES ('{org}', 'rt_{i}', 'usr_{i}', '\\x{}', now() + interval '1 day');",
+                       VALUES ('{org}', 'rt_{i}', 'usr_{i}', '\\x{}', now() + interval '1 day');
+                     INSERT INTO user_invites (organization_id, user_id, token_hash, expires_at)
+                       VALUES ('{org}', 'usr_{i}', '\\x{}', now() + interval '1 day');
+                     INSERT INTO mail_outbox (organization_id, to_email, kind) VALUES ('{org}', 'user{i}@example.com', 'invite');",
                     key.hash().to_hex(),
+                    SdkKey::generate().hash().to_hex(),
                     SdkKey::generate().hash().to_hex()
                 ))
                 .await
@@ -469,7 +473,7 @@ async fn serve_refuses_the_owner_role_and_migrate_needs_only_database_url() {
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("postgres: 0 applied, 2 already applied"), "{stdout}");
+    assert!(stdout.contains("postgres: 0 applied, 3 already applied"), "{stdout}");
     pg.drop().await;
 }
 
@@ -789,6 +793,142 @@ async fn unknown_accounts_and_wrong_passwords_take_the_same_time() {
     let ratio = k.max(u) / k.min(u);
     eprintln!("login medians over 200 tries each: wrong password {k:.4} s, unknown account {u:.4} s, ratio {ratio:.3}");
     assert!(ratio < 1.05, "medians differ by {:.1} %", (ratio - 1.0) * 100.0);
+    drop(edge);
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_roles_revocation_quotas_audit_and_deletion() {
+    use reqwest::Method;
+    use serde_json::json;
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let edge = api_edge(&pg, dir.path(), &[]);
+    pg.wait_for_listeners(1).await;
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    let org = sign_up(&api, "users", "the owner's password").await;
+    let login = |email: &str, password: &str| json!({"email": email, "password": password});
+    let (_, owner) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("admin@users.example", "the owner's password")))
+        .await;
+    let owner = owner["access_token"].as_str().unwrap().to_string();
+
+    // Invite an admin; the invitation's token sets the password; the new user logs in.
+    let (status, invited) = api
+        .call(Method::POST, "/api/v1/users", Some(&owner), Some(json!({"email": "ann@users.example", "role": "admin"})))
+        .await;
+    assert_eq!(status, 201, "{invited}");
+    let ann = invited["user"]["id"].as_str().unwrap().to_string();
+    let token = invited["set_password_token"].as_str().unwrap();
+    let outbox: i64 =
+        pg.owner.query_one("SELECT count(*) FROM mail_outbox WHERE kind = 'invite'", &[]).await.unwrap().get(0);
+    assert_eq!(outbox, 1, "the mailer finds the invitation");
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("ann@users.example", "ann's new password")))
+        .await;
+    assert_eq!(status, 401, "no password yet");
+    let set = json!({"token": token, "password": "ann's new password"});
+    assert_eq!(api.call(Method::POST, "/api/v1/auth/set-password", None, Some(set.clone())).await.0, 200);
+    assert_eq!(api.call(Method::POST, "/api/v1/auth/set-password", None, Some(set)).await.0, 401, "one time only");
+    let (status, session) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("ann@users.example", "ann's new password")))
+        .await;
+    assert_eq!(status, 200);
+    let ann_token = session["access_token"].as_str().unwrap().to_string();
+    assert_eq!(api.call(Method::GET, "/api/v1/users", Some(&ann_token), None).await.0, 200);
+
+    // An admin may not make a super_admin; the owner demotes ann to viewer, which revokes her token.
+    let (status, body) = api
+        .call(Method::PATCH, &format!("/api/v1/users/{ann}"), Some(&ann_token), Some(json!({"role": "super_admin"})))
+        .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let (status, _) =
+        api.call(Method::PATCH, &format!("/api/v1/users/{ann}"), Some(&owner), Some(json!({"role": "viewer"}))).await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    loop {
+        let (status, body) = api.call(Method::GET, "/api/v1/organization", Some(&ann_token), None).await;
+        if status == 401 {
+            assert_eq!(body["code"], "token_revoked");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "old token still accepted: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let revoked_after = started.elapsed();
+    // A fresh login gets a viewer's token, which reads but does not invite.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the next second: tokens after the revocation
+    let (_, session) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("ann@users.example", "ann's new password")))
+        .await;
+    let viewer = session["access_token"].as_str().unwrap().to_string();
+    assert_eq!(session["user"]["role"], "viewer");
+    assert_eq!(api.call(Method::GET, "/api/v1/organization", Some(&viewer), None).await.0, 200);
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/users", Some(&viewer), Some(json!({"email": "x@users.example", "role": "viewer"})))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = api.call(Method::DELETE, "/api/v1/organization", Some(&viewer), None).await;
+    assert_eq!(status, 403, "a viewer cannot delete");
+
+    // The last super_admin stays.
+    let me: String = pg.owner.query_one("SELECT id FROM users WHERE role = 'super_admin'", &[]).await.unwrap().get(0);
+    let (status, body) = api.call(Method::DELETE, &format!("/api/v1/users/{me}"), Some(&owner), None).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("last_super_admin")));
+
+    // Quotas: starter allows 5 users; 2 used (the owner and ann), 1 app.
+    let (status, quotas) = api.call(Method::GET, "/api/v1/quotas", Some(&owner), None).await;
+    assert_eq!(status, 200, "{quotas}");
+    assert_eq!(
+        (quotas["users"]["limit"].as_i64(), quotas["users"]["used"].as_i64(), quotas["apps"]["used"].as_i64()),
+        (Some(5), Some(2), Some(1))
+    );
+    for i in 0..3 {
+        let invite = json!({"email": format!("u{i}@users.example"), "role": "viewer"});
+        assert_eq!(api.call(Method::POST, "/api/v1/users", Some(&owner), Some(invite)).await.0, 201);
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Some(&owner),
+            Some(json!({"email": "six@users.example", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (402, Some("tier_limit")));
+
+    // Removing ann frees a seat; her tokens stay refused and she cannot log in.
+    assert_eq!(api.call(Method::DELETE, &format!("/api/v1/users/{ann}"), Some(&owner), None).await.0, 200);
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/auth/login", None, Some(login("ann@users.example", "ann's new password")))
+        .await;
+    assert_eq!(status, 401);
+
+    // The audit log shows the acts, newest first, in pages.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, page) = api.call(Method::GET, "/api/v1/audit-log?limit=3", Some(&owner), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["data"][0]["action"], "user_removed");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, next) =
+        api.call(Method::GET, &format!("/api/v1/audit-log?limit=3&cursor={cursor}"), Some(&owner), None).await;
+    assert!(next["data"][0]["id"].as_i64() < page["data"][2]["id"].as_i64());
+
+    // Deleting the organisation: its SDK key and its tokens are refused within a second.
+    let key: String = {
+        let (_, keys) = api.call(Method::GET, "/api/v1/apps", Some(&owner), None).await;
+        let app = keys["data"][0]["id"].as_str().unwrap().to_string();
+        let (_, key) = api.call(Method::POST, &format!("/api/v1/apps/{app}/keys"), Some(&owner), None).await;
+        key["key"].as_str().unwrap().to_string()
+    };
+    api.event_becomes(&key, 202).await;
+    let (status, body) = api.call(Method::DELETE, "/api/v1/organization", Some(&viewer), None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("token_revoked")), "ann's tokens ended with her removal");
+    assert_eq!(api.call(Method::DELETE, "/api/v1/organization", Some(&owner), None).await.0, 200);
+    let refused = api.event_becomes(&key, 403).await;
+    let (status, body) = api.call(Method::GET, "/api/v1/organization", Some(&owner), None).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("organization_deleted")));
+    eprintln!("users: role change refused the old token after {revoked_after:?}; deletion refused the key after {refused:?}; org {org}");
     drop(edge);
     pg.drop().await;
 }

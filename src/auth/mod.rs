@@ -59,6 +59,8 @@ pub enum AuthError {
     MissingPermission(&'static str),
     /// Only the platform operator's token may do this.
     OperatorOnly,
+    /// The token was issued before its user's tokens were revoked (role change, removal).
+    TokenRevoked,
 }
 
 /// Who is calling, for which organisation.
@@ -170,6 +172,10 @@ impl Authenticator {
                 }
                 let claims = self.jwt.verify(bearer, self.clock.unix_secs()).map_err(AuthError::Jwt)?;
                 let org = snapshot.org(&claims.organization_id).cloned().ok_or(AuthError::UnknownOrganization)?;
+                if snapshot.tokens_valid_after(&claims.organization_id, &claims.user_id).is_some_and(|t| claims.iat < t)
+                {
+                    return Err(AuthError::TokenRevoked);
+                }
                 Principal { org, credential: Credential::Jwt(claims) }
             }
             (None, Some(key)) => {

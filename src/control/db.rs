@@ -18,8 +18,18 @@ use tokio_postgres::{NoTls, Row};
 use crate::config::PostgresConfig;
 
 /// Every table that holds one tenant's rows; each has RLS enabled and forced.
-pub const TENANT_TABLES: &[&str] =
-    &["organizations", "users", "apps", "api_keys", "tenant_branding", "tenant_usage", "audit_log", "refresh_tokens"];
+pub const TENANT_TABLES: &[&str] = &[
+    "organizations",
+    "users",
+    "apps",
+    "api_keys",
+    "tenant_branding",
+    "tenant_usage",
+    "audit_log",
+    "refresh_tokens",
+    "user_invites",
+    "mail_outbox",
+];
 
 /// Why a statement failed, by what the caller can do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

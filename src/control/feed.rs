@@ -81,6 +81,17 @@ pub async fn load(db: &Db, tiers: &TierTable, base: SnapshotBuilder) -> Result<(
         };
         builder.key(KeyHash::from_bytes(hash), org, &app_id)?;
     }
+    let revocations = db
+        .cross_tenant(
+            "SELECT organization_id, user_id, ceil(extract(epoch FROM tokens_valid_after))::bigint \
+             FROM edge_private.registry_token_revocations()",
+            &[],
+        )
+        .await?;
+    for row in revocations {
+        let (org, user, after): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        builder.revoke_tokens(&org, &user, after.max(0) as u64);
+    }
     Ok((builder.build(), version))
 }
 

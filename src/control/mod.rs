@@ -20,6 +20,7 @@ pub mod roles;
 pub mod sessions;
 pub mod stats;
 pub mod throttle;
+pub mod users;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -54,6 +55,16 @@ pub enum Endpoint {
     Login,
     Refresh,
     Logout,
+    UpdateOrganization,
+    DeleteOrganization,
+    Quotas,
+    AuditLog,
+    ListUsers,
+    InviteUser,
+    ChangeUserRole,
+    RemoveUser,
+    ChangeOwnPassword,
+    SetPassword,
 }
 
 /// Who is calling a control-plane route, as the route table established it.
@@ -88,6 +99,10 @@ pub enum ControlError {
     NotFound(&'static str),
     /// Taken already, somewhere: never says by whom.
     Conflict(&'static str),
+    /// The caller's role may not do this to this object.
+    Forbidden(&'static str),
+    /// The organisation's last `super_admin` cannot be demoted or removed.
+    LastSuperAdmin,
     /// The tier allows no more of these.
     TierLimit {
         what: &'static str,
@@ -135,6 +150,8 @@ pub struct ControlState {
     pub login: LoginConfig,
     pub logins: throttle::LoginThrottle,
     pub audit: audit_log::AuditLog,
+    /// This node's event counts, for `/quotas`.
+    pub limiter: Arc<crate::limits::Limiter>,
     /// `JWT_SECRET`: signs the access tokens logins hand out.
     pub signing_secret: Option<Vec<u8>>,
 }
@@ -196,6 +213,16 @@ async fn route(
         Endpoint::Login => sessions::login(state, client, json(&body)?).await,
         Endpoint::Refresh => sessions::refresh(state, client, json(&body)?).await,
         Endpoint::Logout => sessions::logout(state, client, json(&body)?).await,
+        Endpoint::UpdateOrganization => orgs::update(state, caller(), json(&body)?).await,
+        Endpoint::DeleteOrganization => orgs::delete(state, caller()).await,
+        Endpoint::Quotas => orgs::quotas(state, caller()).await,
+        Endpoint::AuditLog => orgs::audit_log(state, caller(), &parts).await,
+        Endpoint::ListUsers => users::list(state, caller(), &parts).await,
+        Endpoint::InviteUser => users::invite(state, caller(), json(&body)?).await,
+        Endpoint::ChangeUserRole => users::change_role(state, caller(), param(0), json(&body)?).await,
+        Endpoint::RemoveUser => users::remove(state, caller(), param(0)).await,
+        Endpoint::ChangeOwnPassword => users::change_own_password(state, caller(), client, json(&body)?).await,
+        Endpoint::SetPassword => users::set_password(state, client, json(&body)?).await,
     }
 }
 

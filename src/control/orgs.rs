@@ -177,3 +177,115 @@ mod tests {
         assert!(validate_name("Acme").is_ok() && validate_name(" ").is_err() && validate_name("a\u{0}b").is_err());
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationChange {
+    name: String,
+}
+
+pub async fn update(
+    state: &ControlState,
+    caller: &Principal,
+    req: OrganizationChange,
+) -> Result<Response<Body>, ControlError> {
+    validate_name(&req.name)?;
+    let org = caller.org.id.as_str();
+    let tx = state.db()?.tenant(org).await?;
+    let n =
+        tx.execute("UPDATE organizations SET name = $2, updated_at = now() WHERE id = $1", &[&org, &req.name]).await?;
+    if n == 0 {
+        return Err(ControlError::NotFound("organization"));
+    }
+    super::apps::audit(&tx, org, caller, "organization_updated", org).await?;
+    tx.commit().await?;
+    get(state, caller).await
+}
+
+/// Soft delete: status `deleted`; every node refuses the organisation's keys and tokens within
+/// a second (the registry feed). The purge after the grace period is a later job.
+pub async fn delete(state: &ControlState, caller: &Principal) -> Result<Response<Body>, ControlError> {
+    let org = caller.org.id.as_str();
+    let tx = state.db()?.tenant(org).await?;
+    let n = tx
+        .execute(
+            "UPDATE organizations SET status = 'deleted', deleted_at = now(), updated_at = now() \
+             WHERE id = $1 AND status <> 'deleted'",
+            &[&org],
+        )
+        .await?;
+    if n == 0 {
+        return Err(ControlError::NotFound("organization"));
+    }
+    super::apps::audit(&tx, org, caller, "organization_deleted", org).await?;
+    tx.commit().await?;
+    reply(StatusCode::OK, json!({"id": org, "status": "deleted", "purge_after_days": 30}))
+}
+
+/// The tier's limits and what is used of them: events this month as this node counts them
+/// (fleet-wide with the Redis sync), users and apps from PostgreSQL.
+pub async fn quotas(state: &ControlState, caller: &Principal) -> Result<Response<Body>, ControlError> {
+    let org = caller.org.id.as_str();
+    let tier = &caller.org.tier;
+    let tx = state.db()?.tenant(org).await?;
+    let row = tx
+        .query_opt(
+            "SELECT (SELECT count(*) FROM users WHERE organization_id = $1 AND removed_at IS NULL), \
+                    (SELECT count(*) FROM apps WHERE organization_id = $1)",
+            &[&org],
+        )
+        .await?
+        .ok_or(ControlError::NotFound("organization"))?;
+    tx.commit().await?;
+    let (users, apps): (i64, i64) = (row.get(0), row.get(1));
+    let unlimited = |cap: Option<u32>| cap.map_or(-1, i64::from);
+    reply(
+        StatusCode::OK,
+        json!({
+            "tier": tier.name,
+            "events_per_month": {"limit": tier.events_per_month, "used": state.limiter.month_events(&caller.org.id),
+                                 "counted_by": "this node"},
+            "events_per_second": tier.events_per_second,
+            "api_requests_per_minute": tier.api_requests_per_minute,
+            "users": {"limit": unlimited(tier.users), "used": users},
+            "apps": {"limit": unlimited(tier.apps), "used": apps},
+            "data_retention_days": tier.data_retention_days,
+            "white_label": tier.white_label,
+            "sso": tier.sso,
+        }),
+    )
+}
+
+/// The organisation's audit log, newest first; `cursor` is the last id of the previous page.
+pub async fn audit_log(
+    state: &ControlState,
+    caller: &Principal,
+    parts: &hyper::http::request::Parts,
+) -> Result<Response<Body>, ControlError> {
+    let page = super::Page::of(parts)?;
+    let before: i64 = match page.after.as_str() {
+        "" => i64::MAX,
+        c => c.parse().map_err(|_| invalid("cursor", "is not a cursor"))?,
+    };
+    let org = caller.org.id.as_str();
+    let tx = state.db()?.tenant(org).await?;
+    let rows = tx
+        .query(
+            "SELECT id, at::text, actor, action, target, host(client) FROM audit_log \
+             WHERE organization_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            &[&org, &before, &(page.limit + 1)],
+        )
+        .await?;
+    tx.commit().await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let entry = json!({"id": id, "at": r.get::<_, String>(1), "actor": r.get::<_, String>(2),
+                               "action": r.get::<_, String>(3), "target": r.get::<_, String>(4),
+                               "client": r.get::<_, Option<String>>(5)});
+            (id.to_string(), entry)
+        })
+        .collect();
+    reply(StatusCode::OK, page.finish(items))
+}

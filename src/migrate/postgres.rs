@@ -13,8 +13,11 @@ use super::{migration, MigrateError, Migration, Outcome};
 use crate::config::PostgresConfig;
 
 /// Every PostgreSQL migration in order (a test checks this matches the directory).
-pub const POSTGRES: &[Migration] =
-    &[migration!("postgres", 1, "001_tenants.sql"), migration!("postgres", 2, "002_sessions.sql")];
+pub const POSTGRES: &[Migration] = &[
+    migration!("postgres", 1, "001_tenants.sql"),
+    migration!("postgres", 2, "002_sessions.sql"),
+    migration!("postgres", 3, "003_users.sql"),
+];
 
 /// One key for every `edge migrate` of this database.
 const LOCK: &str = "SELECT pg_advisory_lock(hashtext('edge_migrate'))";

@@ -66,13 +66,15 @@ const fn control(slot: usize, path: &'static str, method: Method, permission: Pe
 use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 14] = [
+pub static DATA: [Route; 24] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
     control(2, "/api/v1/stats/events", Method::GET, Needs("events:read"), Endpoint::Stats),
     control(6, "/api/v1/organizations", Method::POST, Permission::Signup, Endpoint::Signup),
     control(7, "/api/v1/organization", Method::GET, Needs("org:read"), Endpoint::GetOrganization),
+    control(7, "/api/v1/organization", Method::PATCH, Needs("org:write"), Endpoint::UpdateOrganization),
+    control(7, "/api/v1/organization", Method::DELETE, Needs("org:delete"), Endpoint::DeleteOrganization),
     control(8, "/api/v1/apps", Method::GET, Needs("apps:read"), Endpoint::ListApps),
     control(8, "/api/v1/apps", Method::POST, Needs("apps:write"), Endpoint::CreateApp),
     control(9, "/api/v1/apps/{app_id}/keys", Method::GET, Needs("apps:read"), Endpoint::ListKeys),
@@ -81,6 +83,14 @@ pub static DATA: [Route; 14] = [
     control(11, "/api/v1/auth/login", Method::POST, Open, Endpoint::Login),
     control(12, "/api/v1/auth/refresh", Method::POST, Open, Endpoint::Refresh),
     control(13, "/api/v1/auth/logout", Method::POST, Open, Endpoint::Logout),
+    control(14, "/api/v1/auth/set-password", Method::POST, Open, Endpoint::SetPassword),
+    control(15, "/api/v1/quotas", Method::GET, Needs("quotas:read"), Endpoint::Quotas),
+    control(16, "/api/v1/audit-log", Method::GET, Needs("audit:read"), Endpoint::AuditLog),
+    control(17, "/api/v1/users", Method::GET, Needs("users:read"), Endpoint::ListUsers),
+    control(17, "/api/v1/users", Method::POST, Needs("users:write"), Endpoint::InviteUser),
+    control(18, "/api/v1/users/me/password", Method::POST, Needs("org:read"), Endpoint::ChangeOwnPassword),
+    control(19, "/api/v1/users/{user_id}", Method::PATCH, Needs("users:write"), Endpoint::ChangeUserRole),
+    control(19, "/api/v1/users/{user_id}", Method::DELETE, Needs("users:write"), Endpoint::RemoveUser),
 ];
 
 /// Admin listener: probes and metrics (loopback by default). `/healthz` shares its slot.
