@@ -89,6 +89,19 @@ impl Error {
                 let secs = p.retry_after.unwrap_or(1);
                 p.field("tier", *tier).field("limit", *limit_per_sec).field("retry_after", secs);
             }
+            Error::Limit(LimitError::ApiRateLimited { tier, limit_per_minute, retry_after })
+            | Error::Control(ControlError::Limited(LimitError::ApiRateLimited {
+                tier,
+                limit_per_minute,
+                retry_after,
+            })) => {
+                p.retry_after(*retry_after);
+                let secs = p.retry_after.unwrap_or(1);
+                p.field("tier", *tier)
+                    .field("limit", *limit_per_minute)
+                    .field("window", "minute")
+                    .field("retry_after", secs);
+            }
             Error::Limit(LimitError::QuotaExceeded { tier, limit_per_month }) => {
                 p.field("tier", *tier).field("limit", *limit_per_month).field("upgrade_url", "/billing/upgrade");
             }
@@ -106,6 +119,9 @@ impl Error {
             Error::Control(ControlError::TooManyAttempts { retry_after }) => p.retry_after(*retry_after),
             Error::Control(ControlError::Invalid { field, .. }) => {
                 p.field("field", *field);
+            }
+            Error::Control(ControlError::NotInTier { feature, tier }) => {
+                p.field("tier", *tier).field("feature", *feature).field("upgrade_url", "/billing/upgrade");
             }
             Error::Control(ControlError::TierLimit { what, limit, tier }) => {
                 p.field("tier", *tier)
@@ -138,7 +154,8 @@ impl Error {
             },
             Error::Body(e) => body_problem(e),
             Error::Auth(e) => auth_problem(e),
-            Error::Limit(LimitError::RateLimited { .. }) => {
+            Error::Limit(LimitError::RateLimited { .. } | LimitError::ApiRateLimited { .. })
+            | Error::Control(ControlError::Limited(_)) => {
                 fixed(S::TOO_MANY_REQUESTS, "rate_limited", "Rate limit exceeded")
             }
             Error::Limit(LimitError::QuotaExceeded { .. }) => {
@@ -203,6 +220,7 @@ fn control_problem(e: &ControlError) -> (StatusCode, &'static str, Cow<'static, 
         ControlError::InvalidDate { field } => {
             (S::BAD_REQUEST, "invalid_date", format!("{field} must be YYYY-MM-DD").into())
         }
+        ControlError::Limited(_) => (S::TOO_MANY_REQUESTS, "rate_limited", "Rate limit exceeded".into()),
         ControlError::InvalidRange => (S::BAD_REQUEST, "invalid_range", "from is after to".into()),
         ControlError::Body(e) => body_problem(e),
         ControlError::InvalidJson(detail) => {
@@ -213,6 +231,11 @@ fn control_problem(e: &ControlError) -> (StatusCode, &'static str, Cow<'static, 
         }
         ControlError::NotFound(what) => (S::NOT_FOUND, "not_found", format!("No such {what}").into()),
         ControlError::Conflict(what) => (S::CONFLICT, "conflict", format!("This {what} is already in use").into()),
+        ControlError::NotInTier { feature, tier } => (
+            S::PAYMENT_REQUIRED,
+            "not_in_tier",
+            format!("The {tier} tier does not include {feature}; upgrade for it").into(),
+        ),
         ControlError::Forbidden(why) => (S::FORBIDDEN, "forbidden", format!("Not allowed: {why}").into()),
         ControlError::LastSuperAdmin => {
             (S::CONFLICT, "last_super_admin", "The organization's last super_admin cannot be demoted or removed".into())

@@ -140,7 +140,9 @@ async fn ingest(
 
 fn count_limit(e: &LimitError) {
     match e {
-        LimitError::RateLimited { tier, .. } => metrics::counter!(m::RATE_LIMITED, "tier" => *tier).increment(1),
+        LimitError::RateLimited { tier, .. } | LimitError::ApiRateLimited { tier, .. } => {
+            metrics::counter!(m::RATE_LIMITED, "tier" => *tier).increment(1)
+        }
         LimitError::QuotaExceeded { tier, .. } => metrics::counter!(m::QUOTA_EXCEEDED, "tier" => *tier).increment(1),
     }
 }

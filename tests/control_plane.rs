@@ -932,3 +932,99 @@ async fn users_roles_revocation_quotas_audit_and_deletion() {
     drop(edge);
     pg.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branding_white_label_custom_domains_and_the_api_rate_limit() {
+    use reqwest::Method;
+    use serde_json::json;
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [("EDGE_TIER_STARTER_API_REQUESTS_PER_MINUTE", "6".into()), ("EDGE_BASE_DOMAIN", "edge.test".into())];
+    let edge = api_edge(&pg, dir.path(), &limits);
+    pg.wait_for_listeners(1).await;
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    let create = |sub: &str, tier: &str| {
+        json!({"name": sub, "subdomain": sub, "admin_email": format!("admin@{sub}.example"),
+               "admin_password": "a long enough password", "tier": tier})
+    };
+    let (_, small) = api
+        .call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(create("small", "starter")))
+        .await;
+    let (_, big) = api
+        .call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(create("big", "enterprise")))
+        .await;
+    let (_, other) = api
+        .call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(create("other", "enterprise")))
+        .await;
+    let token = |created: &serde_json::Value| user_token(created["organization"]["id"].as_str().unwrap(), &["*"]);
+    let (small_admin, big_admin, other_admin) = (token(&small), token(&big), token(&other));
+
+    // Colours for everyone; the custom domain needs white_label (enterprise here).
+    let colours = json!({"primary_color": "#112233", "logo_url": "https://cdn.example/logo.png"});
+    let (status, body) = api.call(Method::PUT, "/api/v1/branding", Some(&small_admin), Some(colours)).await;
+    assert_eq!((status, body["primary_color"].as_str()), (200, Some("#112233")), "{body}");
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/v1/branding",
+            Some(&small_admin),
+            Some(json!({"custom_domain": "events.small.example"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["feature"].as_str()),
+        (402, Some("not_in_tier"), Some("white_label"))
+    );
+    let (status, body) =
+        api.call(Method::PUT, "/api/v1/branding", Some(&small_admin), Some(json!({"primary_color": "red"}))).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("primary_color")));
+
+    let domain = json!({"custom_domain": "Events.Big.Example."});
+    let (status, body) = api.call(Method::PUT, "/api/v1/branding", Some(&big_admin), Some(domain.clone())).await;
+    assert_eq!((status, body["custom_domain"].as_str()), (200, Some("events.big.example")), "{body}");
+    let (status, body) = api.call(Method::PUT, "/api/v1/branding", Some(&other_admin), Some(domain)).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")));
+    assert!(!body.to_string().contains("big"), "{body}");
+    // The domain now selects big on every request: another organisation's key naming it is refused.
+    let other_key = other["sdk_key"]["key"].as_str().unwrap();
+    let big_key = big["sdk_key"]["key"].as_str().unwrap();
+    let send = |key: &str| {
+        api.http
+            .post(format!("{}/v1/events", api.base))
+            .header("x-api-key", key)
+            .header("host", "events.big.example")
+            .json(&common::event("d"))
+            .send()
+    };
+    let started = Instant::now();
+    while send(other_key).await.unwrap().status() != 403 {
+        assert!(started.elapsed() < Duration::from_secs(5), "custom domain not routed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(send(big_key).await.unwrap().status(), 202);
+
+    // The starter organisation's control-plane allowance: 6 a minute (3 used above), then 429
+    // with Retry-After to the next minute, whatever the route.
+    // (A minute that turns during the test restarts the count: at most 6 more.)
+    let mut refused = None;
+    for i in 0..14 {
+        let r = api.http.get(format!("{}/api/v1/branding", api.base)).bearer_auth(&small_admin).send().await.unwrap();
+        if r.status() == 429 {
+            let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
+            refused = Some((i, retry_after, body));
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let (i, retry_after, body) = refused.expect("the allowance runs out");
+    assert!(i <= 9 && (1..=60).contains(&retry_after), "{i} {retry_after}");
+    assert_eq!(
+        (body["code"].as_str(), body["tier"].as_str(), body["limit"].as_u64()),
+        (Some("rate_limited"), Some("starter"), Some(6))
+    );
+    // Another organisation is not affected.
+    assert_eq!(api.call(Method::GET, "/api/v1/branding", Some(&big_admin), None).await.0, 200);
+    drop(edge);
+    pg.drop().await;
+}

@@ -348,6 +348,8 @@ pub(super) fn read_tiers(r: &mut Reader) -> TierTable {
         tier.events_per_second = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_SEC"), tier.events_per_second);
         tier.burst_seconds = r.parse(&format!("EDGE_TIER_{upper}_BURST_SECS"), tier.burst_seconds);
         tier.events_per_month = r.parse(&format!("EDGE_TIER_{upper}_EVENTS_PER_MONTH"), tier.events_per_month);
+        tier.api_requests_per_minute =
+            r.parse(&format!("EDGE_TIER_{upper}_API_REQUESTS_PER_MINUTE"), tier.api_requests_per_minute);
     }
     tiers
 }

@@ -11,6 +11,7 @@
 
 pub mod apps;
 pub mod audit_log;
+pub mod branding;
 pub mod db;
 pub mod feed;
 mod ids;
@@ -65,6 +66,8 @@ pub enum Endpoint {
     RemoveUser,
     ChangeOwnPassword,
     SetPassword,
+    GetBranding,
+    PutBranding,
 }
 
 /// Who is calling a control-plane route, as the route table established it.
@@ -99,10 +102,17 @@ pub enum ControlError {
     NotFound(&'static str),
     /// Taken already, somewhere: never says by whom.
     Conflict(&'static str),
+    /// The organisation is over its control-plane requests per minute.
+    Limited(crate::limits::LimitError),
     /// The caller's role may not do this to this object.
     Forbidden(&'static str),
     /// The organisation's last `super_admin` cannot be demoted or removed.
     LastSuperAdmin,
+    /// The tier does not include this feature (`white_label`, `sso`).
+    NotInTier {
+        feature: &'static str,
+        tier: &'static str,
+    },
     /// The tier allows no more of these.
     TierLimit {
         what: &'static str,
@@ -192,6 +202,15 @@ async fn route(
     params: Vec<String>,
 ) -> Result<Response<Body>, ControlError> {
     let Origin { caller, client } = origin;
+    if let Caller::Tenant(p) = &caller {
+        // Before the body is read: an organisation over its allowance costs nothing more.
+        let limited = state.limiter.org(&p.org).check_api(state.clock.unix_secs()).map_err(ControlError::Limited);
+        if let Err(e) = limited {
+            metrics::counter!(crate::metrics::RATE_LIMITED, "tier" => p.org.tier.name).increment(1);
+            body::drain_unread(req.version(), req.into_body(), &state.conn).await;
+            return Err(e);
+        }
+    }
     let (parts, incoming) = req.into_parts();
     let body = read_body(state, &parts, incoming).await?;
     let (tenant, operator) = match &caller {
@@ -223,6 +242,8 @@ async fn route(
         Endpoint::RemoveUser => users::remove(state, caller(), param(0)).await,
         Endpoint::ChangeOwnPassword => users::change_own_password(state, caller(), client, json(&body)?).await,
         Endpoint::SetPassword => users::set_password(state, client, json(&body)?).await,
+        Endpoint::GetBranding => branding::get(state, caller()).await,
+        Endpoint::PutBranding => branding::put(state, caller(), json(&body)?).await,
     }
 }
 

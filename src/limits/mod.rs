@@ -34,6 +34,8 @@ pub enum LimitError {
     RateLimited { tier: &'static str, limit_per_sec: u64, retry_after: Duration },
     /// This month's events are used up: not retryable until the month turns or the tier changes.
     QuotaExceeded { tier: &'static str, limit_per_month: u64 },
+    /// Over the tier's control-plane requests per minute (`api_requests_per_minute`).
+    ApiRateLimited { tier: &'static str, limit_per_minute: u64, retry_after: Duration },
 }
 
 /// Counters for one organisation; lives as long as the process, across registry reloads.
@@ -43,6 +45,8 @@ struct OrgCounters {
     /// Months since year 0 for which `month_events` counts.
     month: AtomicU32,
     month_events: AtomicU64,
+    /// Control-plane requests: the minute (unix minutes) in the high half, its count in the low.
+    api_window: AtomicU64,
 }
 
 pub struct Limiter {
@@ -129,6 +133,27 @@ impl OrgLimits<'_> {
                 Err(_) => 0,
             }
         })
+    }
+
+    /// Counts one control-plane request against the tier's per-minute allowance (a fixed
+    /// window per calendar minute, lock-free).
+    pub fn check_api(&self, now_unix_secs: u64) -> Result<(), LimitError> {
+        let limit = u64::from(self.tier.api_requests_per_minute);
+        let minute = now_unix_secs / 60;
+        let counted = self.limiter.with_counters(self.org, |c| {
+            c.api_window.fetch_update(Ordering::AcqRel, Ordering::Acquire, |window| {
+                let used = if window >> 32 == minute { window & 0xffff_ffff } else { 0 };
+                (used < limit).then_some((minute << 32) | (used + 1))
+            })
+        });
+        match counted {
+            Ok(_) => Ok(()),
+            Err(_) => Err(LimitError::ApiRateLimited {
+                tier: self.tier.name,
+                limit_per_minute: limit,
+                retry_after: Duration::from_secs(60 - now_unix_secs % 60),
+            }),
+        }
     }
 
     /// Gives back `n` reserved events that were not stored after all.
@@ -235,5 +260,22 @@ mod tests {
         assert!(l.org(&o).check_rate(1).is_err(), "not a nanosecond early");
         clock.advance(Duration::from_nanos(1));
         assert_eq!(l.org(&o).check_rate(1), Ok(()));
+    }
+
+    #[test]
+    fn control_plane_requests_hold_to_the_tier_per_calendar_minute() {
+        let mut tiers = TierTable::default();
+        tiers.tiers_mut().next().unwrap().api_requests_per_minute = 3;
+        let l = Limiter::new(Clock::system());
+        let o = org_on(&tiers);
+        let now = 1_800_000_010; // 10 s into a minute
+        assert!((0..3).all(|_| l.org(&o).check_api(now).is_ok()));
+        match l.org(&o).check_api(now + 5) {
+            Err(LimitError::ApiRateLimited { limit_per_minute: 3, retry_after, .. }) => {
+                assert_eq!(retry_after, Duration::from_secs(45))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(l.org(&o).check_api(now + 50).is_ok(), "the next minute starts afresh");
     }
 }

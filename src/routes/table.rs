@@ -66,7 +66,7 @@ const fn control(slot: usize, path: &'static str, method: Method, permission: Pe
 use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 24] = [
+pub static DATA: [Route; 26] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
@@ -91,6 +91,8 @@ pub static DATA: [Route; 24] = [
     control(18, "/api/v1/users/me/password", Method::POST, Needs("org:read"), Endpoint::ChangeOwnPassword),
     control(19, "/api/v1/users/{user_id}", Method::PATCH, Needs("users:write"), Endpoint::ChangeUserRole),
     control(19, "/api/v1/users/{user_id}", Method::DELETE, Needs("users:write"), Endpoint::RemoveUser),
+    control(20, "/api/v1/branding", Method::GET, Needs("branding:read"), Endpoint::GetBranding),
+    control(20, "/api/v1/branding", Method::PUT, Needs("branding:write"), Endpoint::PutBranding),
 ];
 
 /// Admin listener: probes and metrics (loopback by default). `/healthz` shares its slot.
