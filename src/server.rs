@@ -262,7 +262,9 @@ fn data_router(
     let budget = MemoryBudget::new(config.max_inflight_body_bytes);
     let limiter = Arc::new(Limiter::new(clock.clone()));
     Ok(DataRouter {
-        auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone(), clock.clone()),
+        auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone(), clock.clone())
+            .with_allowances(config.audit_lines_per_minute, config.operator_guesses_per_minute)
+            .with_audit_sink(audit_sink(audit.clone())),
         registry,
         trusted_proxies: config.trusted_proxies.clone(),
         cors: Cors::new(&config.cors_origins),
@@ -290,6 +292,17 @@ fn data_router(
             signing_secret: config.jwt.hs256_secret.clone(),
         },
         signup_open: config.signup_open,
+    })
+}
+
+/// Blocked attempts and operator acts go to the audit log of the organisation whose credential
+/// made them and to the operator's stream (`""`); events of no organisation to the latter only.
+fn audit_sink(log: AuditLog) -> crate::auth::audit::AuditSink {
+    Box::new(move |e| {
+        if !e.organization_id.is_empty() {
+            log.record(e.organization_id, e.actor, e.action, e.claimed, Some(e.client));
+        }
+        log.record("", e.actor, e.action, &format!("{}:{}", e.organization_id, e.claimed), Some(e.client));
     })
 }
 

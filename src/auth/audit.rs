@@ -31,7 +31,7 @@ pub fn truncated(s: &str) -> std::borrow::Cow<'_, str> {
 /// Per-address counters over fixed one-minute windows.
 pub struct AddressWindows {
     per_minute: u32,
-    clock: Clock,
+    pub(super) clock: Clock,
     state: Mutex<Windows>,
 }
 
@@ -72,10 +72,16 @@ impl AddressWindows {
     }
 }
 
-/// Writes audit lines on the `audit` target, rate-limited per client address.
+/// Where audit events go besides the log line: the control plane's audit log, when there is
+/// one (set at start; auth itself knows nothing of PostgreSQL).
+pub type AuditSink = Box<dyn Fn(&AuditEvent<'_>) + Send + Sync>;
+
+/// Writes audit lines on the `audit` target, rate-limited per client address, and hands the
+/// same events to the sink.
 pub struct Auditor {
     windows: AddressWindows,
     suppressed: AtomicU64,
+    sink: Option<AuditSink>,
 }
 
 /// What one audit line says.
@@ -91,7 +97,15 @@ pub struct AuditEvent<'a> {
 
 impl Auditor {
     pub fn new(lines_per_minute: u32, clock: Clock) -> Self {
-        Auditor { windows: AddressWindows::new(lines_per_minute, clock), suppressed: AtomicU64::new(0) }
+        Auditor { windows: AddressWindows::new(lines_per_minute, clock), suppressed: AtomicU64::new(0), sink: None }
+    }
+
+    pub fn set_allowance(&mut self, lines_per_minute: u32) {
+        self.windows = AddressWindows::new(lines_per_minute, self.windows.clock.clone());
+    }
+
+    pub fn set_sink(&mut self, sink: AuditSink) {
+        self.sink = Some(sink);
     }
 
     pub fn record(&self, e: AuditEvent<'_>) {
@@ -113,6 +127,9 @@ impl Auditor {
             suppressed,
             "audit"
         );
+        if let Some(sink) = &self.sink {
+            sink(&e);
+        }
     }
 }
 

@@ -154,6 +154,21 @@ impl Authenticator {
         }
     }
 
+    /// Audit lines per client address and minute, and operator-token guesses per address and
+    /// minute (`EDGE_AUDIT_LINES_PER_MINUTE`, `EDGE_OPERATOR_GUESSES_PER_MINUTE`).
+    pub fn with_allowances(mut self, audit_lines_per_minute: u32, operator_guesses_per_minute: u32) -> Self {
+        self.audit.set_allowance(audit_lines_per_minute);
+        self.operator_guesses = AddressWindows::new(operator_guesses_per_minute, self.clock.clone());
+        self
+    }
+
+    /// Hands every audit event (blocked cross-tenant attempts, operator acts, rejected operator
+    /// tokens) to `sink` too, within the same per-address allowance as the log lines.
+    pub fn with_audit_sink(mut self, sink: audit::AuditSink) -> Self {
+        self.audit.set_sink(sink);
+        self
+    }
+
     /// Resolves the caller. Ambiguous credentials (two keys, a key and a token) are refused,
     /// not chosen between; every selector present must agree with the credential.
     pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry) -> Result<Principal, AuthError> {
@@ -170,7 +185,10 @@ impl Authenticator {
                 if let Some(principal) = self.operator(bearer, org_header, req, &snapshot)? {
                     return check_status(principal);
                 }
-                let claims = self.jwt.verify(bearer, self.clock.unix_secs()).map_err(AuthError::Jwt)?;
+                let claims = self.jwt.verify(bearer, self.clock.unix_secs()).map_err(|e| {
+                    self.audit_rejected_token(bearer, e, req);
+                    AuthError::Jwt(e)
+                })?;
                 let org = snapshot.org(&claims.organization_id).cloned().ok_or(AuthError::UnknownOrganization)?;
                 if snapshot.tokens_valid_after(&claims.organization_id, &claims.user_id).is_some_and(|t| claims.iat < t)
                 {
@@ -273,6 +291,23 @@ impl Authenticator {
             return Err(AuthError::Jwt(jwt::JwtError::Invalid));
         }
         Ok(true)
+    }
+
+    /// A token that failed verification, recorded under the organisation it claims (unverified,
+    /// truncated): forged and expired tokens naming a tenant show in that tenant's log.
+    fn audit_rejected_token(&self, bearer: &str, error: jwt::JwtError, req: &RequestMeta<'_>) {
+        if matches!(error, jwt::JwtError::NotConfigured) {
+            return;
+        }
+        let claimed = jwt::unverified_organization(bearer).unwrap_or_default();
+        self.audit.record(AuditEvent {
+            action: "token_rejected",
+            client: req.client,
+            organization_id: &claimed,
+            actor: "unknown",
+            claimed: error.code(),
+            route: req.route,
+        });
     }
 
     fn audit(&self, action: &'static str, principal: &Principal, req: &RequestMeta<'_>, claimed: &str) {

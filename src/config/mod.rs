@@ -57,6 +57,10 @@ pub struct Config {
     /// platform operator's token.
     pub signup_open: bool,
     pub login: LoginConfig,
+    /// Audit lines (and audit-log rows) per client address and minute; more are counted, not written.
+    pub audit_lines_per_minute: u32,
+    /// Wrong operator-token guesses per client address and minute before 429.
+    pub operator_guesses_per_minute: u32,
     pub redis_url: Option<String>,
     pub jwt: JwtConfig,
     pub base_domain: Option<String>,
@@ -132,6 +136,8 @@ impl Config {
             clickhouse,
             postgres: PostgresConfig::read(&mut r),
             login: LoginConfig::read(&mut r),
+            audit_lines_per_minute: r.positive("EDGE_AUDIT_LINES_PER_MINUTE", 20) as u32,
+            operator_guesses_per_minute: r.positive("EDGE_OPERATOR_GUESSES_PER_MINUTE", 10) as u32,
             signup_open: match r.string("EDGE_SIGNUP").as_deref() {
                 None | Some("operator") => false,
                 Some("open") => true,

@@ -187,9 +187,21 @@ pub async fn handle(
     req: Request<Incoming>,
     params: Vec<String>,
 ) -> Result<Response<Body>, ControlError> {
+    // Who asked for an object their organisation does not have: maybe another's (RLS hid it).
+    let asker = match (&origin.caller, params.is_empty()) {
+        (Caller::Tenant(p), false) => Some((p.org.id.clone(), p.actor(), req.uri().path().to_string())),
+        _ => None,
+    };
+    let client = origin.client;
     let answer = route(state, endpoint, origin, req, params).await;
-    if let Err(ControlError::Db(DbError::Other(e))) = &answer {
-        tracing::error!(error = %e, ?endpoint, "control plane statement failed");
+    match (&answer, asker) {
+        (Err(ControlError::Db(DbError::Other(e))), _) => {
+            tracing::error!(error = %e, ?endpoint, "control plane statement failed");
+        }
+        (Err(ControlError::NotFound(_)), Some((org, actor, path))) => {
+            state.audit.record(org.as_str(), &actor, "not_found", &path, Some(client));
+        }
+        _ => {}
     }
     answer
 }
