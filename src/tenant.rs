@@ -185,6 +185,12 @@ impl Snapshot {
     pub fn org_count(&self) -> usize {
         self.orgs.len()
     }
+    pub fn orgs(&self) -> impl Iterator<Item = &Arc<Org>> {
+        self.orgs.values()
+    }
+    pub fn keys(&self) -> impl Iterator<Item = (&KeyHash, &KeyGrant)> {
+        self.keys.iter()
+    }
     /// The unix second before which `user`'s tokens are refused (role changed, removed).
     pub fn tokens_valid_after(&self, org: &str, user: &str) -> Option<u64> {
         if self.tokens_valid_after.is_empty() {

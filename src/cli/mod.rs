@@ -2,6 +2,7 @@
 //! both go through [`Config::from_vars`], so every bad setting is reported at
 //! once, one line each, before anything starts.
 
+mod control;
 mod serve;
 mod spool;
 
@@ -41,8 +42,17 @@ enum LogFormat {
 enum Command {
     /// Run the edge server.
     Serve(ServeArgs),
-    /// Apply ClickHouse migrations (CLICKHOUSE_URL) in order, idempotently.
+    /// Apply PostgreSQL (DATABASE_URL, as the owner) and ClickHouse (CLICKHOUSE_URL) migrations
+    /// in order, idempotently; creates the service role (EDGE_DB_SERVICE_ROLE).
     Migrate,
+    /// Manage organisations in PostgreSQL (DATABASE_URL).
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Move a tenants file into PostgreSQL (DATABASE_URL), keeping ids and key hashes; safe to rerun.
+    ImportTenants {
+        /// The tenants file (TOML, as EDGE_TENANTS_FILE).
+        file: std::path::PathBuf,
+    },
     /// Issue tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -119,8 +129,25 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an organisation with its super_admin (a one-time set-password token is printed),
+    /// a default app and its first SDK key.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        subdomain: String,
+        #[arg(long)]
+        admin_email: String,
+        #[arg(long, default_value = "starter")]
+        tier: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
-    /// Generate an SDK key; prints the key once and the tenants-file line holding its hash.
+    /// Generate an SDK key, printed once: stored in PostgreSQL when DATABASE_URL is set (the app
+    /// is created if missing), otherwise with the tenants-file line holding its hash.
     Create {
         #[arg(long)]
         org: String,
@@ -144,6 +171,13 @@ pub fn main() -> ExitCode {
         }
         Command::Spool(SpoolCommand::Inspect { data_dir }) => spool::inspect(&data_dir.join("spool")),
         Command::Spool(SpoolCommand::Repair { data_dir }) => spool::repair(&data_dir.join("spool")),
+        Command::Org(OrgCommand::Create { name, subdomain, admin_email, tier }) => {
+            runtime.block_on(control::org_create(&name, &subdomain, &admin_email, &tier))
+        }
+        Command::ImportTenants { file } => runtime.block_on(control::import_tenants(&file)),
+        Command::Key(KeyCommand::Create { org, app }) if std::env::var_os("DATABASE_URL").is_some() => {
+            runtime.block_on(control::key_create(&org, &app))
+        }
         Command::Key(KeyCommand::Create { org, app }) => {
             let key = SdkKey::generate();
             println!("key: {}", key.expose());

@@ -15,7 +15,6 @@ use super::orgs::validate_name;
 use super::{ids, reply, ControlError, ControlState, Page};
 use crate::auth::Principal;
 use crate::http::response::Body;
-use crate::tenant::SdkKey;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,13 +103,8 @@ pub async fn create_key(
     let org = caller.org.id.as_str();
     let tx = state.db()?.tenant(org).await?;
     app_exists(&tx, org, app_id).await?;
-    let (id, key) = (ids::new_id("key"), SdkKey::generate());
+    let (id, key) = super::provision::insert_key(&tx, org, app_id).await?;
     let prefix = &key.expose()[..12];
-    tx.execute(
-        "INSERT INTO api_keys (organization_id, id, app_id, key_hash, prefix) VALUES ($1, $2, $3, $4, $5)",
-        &[&org, &id, &app_id, &key.hash().as_bytes().as_slice(), &prefix],
-    )
-    .await?;
     audit(&tx, org, caller, "key_created", &id).await?;
     tx.commit().await?;
     reply(StatusCode::CREATED, json!({"id": id, "app_id": app_id, "key": key.expose(), "prefix": prefix}))

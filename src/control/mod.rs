@@ -17,6 +17,7 @@ pub mod feed;
 mod ids;
 pub mod orgs;
 mod password;
+pub mod provision;
 pub mod roles;
 pub mod sessions;
 pub mod stats;

@@ -11,11 +11,10 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::db::DbError;
-use super::{ids, password, reply, ControlError, ControlState};
+use super::provision::{self, NewOrganization};
+use super::{password, reply, ControlError, ControlState};
 use crate::auth::Principal;
 use crate::http::response::Body;
-use crate::tenant::SdkKey;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,9 +26,6 @@ pub struct Signup {
     tier: Option<String>,
 }
 
-/// Subdomains that name the platform, not a tenant.
-const RESERVED_SUBDOMAINS: &[&str] = &["www", "api", "app", "admin", "dashboard", "edge", "status", "mail"];
-
 /// `operator`: the platform operator's token made the request.
 pub async fn signup(state: &ControlState, operator: bool, req: Signup) -> Result<Response<Body>, ControlError> {
     let db = state.db()?;
@@ -39,63 +35,25 @@ pub async fn signup(state: &ControlState, operator: bool, req: Signup) -> Result
         (Some(t), false) if t == "starter" => "starter",
         (Some(_), false) => return Err(invalid("tier", "only the platform operator chooses another tier")),
     };
-    validate_name(&req.name)?;
-    let subdomain = req.subdomain.trim().to_ascii_lowercase();
-    if !is_subdomain(&subdomain) || RESERVED_SUBDOMAINS.contains(&subdomain.as_str()) {
-        return Err(invalid("subdomain", "must be 1 to 63 lower-case letters, digits or inner hyphens, not reserved"));
-    }
-    validate_email(&req.admin_email)?;
     validate_password(&req.admin_password)?;
     // Hashed before the transaction: no pooled connection waits on argon2.
-    let password_hash = password::hash(req.admin_password).await;
-
-    let (org_id, user_id, app_id, key_id) =
-        (ids::new_id("org"), ids::new_id("usr"), ids::new_id("app"), ids::new_id("key"));
-    let key = SdkKey::generate();
-    let prefix = &key.expose()[..12];
-    let tx = db.tenant(&org_id).await?;
-    let created = async {
-        tx.execute(
-            "INSERT INTO organizations (id, name, subdomain, tier) VALUES ($1, $2, $3, $4)",
-            &[&org_id, &req.name, &subdomain, &tier],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO users (organization_id, id, email, password_hash, role) VALUES ($1, $2, $3, $4, 'super_admin')",
-            &[&org_id, &user_id, &req.admin_email, &password_hash],
-        )
-        .await?;
-        tx.execute("INSERT INTO apps (organization_id, id, name) VALUES ($1, $2, 'Default app')", &[&org_id, &app_id])
-            .await?;
-        tx.execute(
-            "INSERT INTO api_keys (organization_id, id, app_id, key_hash, prefix) VALUES ($1, $2, $3, $4, $5)",
-            &[&org_id, &key_id, &app_id, &key.hash().as_bytes().as_slice(), &prefix],
-        )
-        .await?;
-        let actor = if operator { "operator".to_string() } else { format!("user:{user_id}") };
-        tx.execute(
-            "INSERT INTO audit_log (organization_id, actor, action, target) VALUES ($1, $2, 'organization_created', $1)",
-            &[&org_id, &actor],
-        )
-        .await?;
-        Ok::<(), DbError>(())
-    }
-    .await;
-    match created {
-        Err(DbError::Conflict { constraint }) => {
-            let what = if constraint.contains("subdomain") { "subdomain" } else { "email" };
-            return Err(ControlError::Conflict(what));
-        }
-        other => other?,
-    }
-    tx.commit().await?;
+    let password_hash = Some(password::hash(req.admin_password).await);
+    let new = NewOrganization {
+        name: &req.name,
+        subdomain: &req.subdomain,
+        admin_email: &req.admin_email,
+        password_hash,
+        tier,
+        actor: if operator { "operator" } else { "signup" },
+    };
+    let p = provision::organization(db, new).await?;
     reply(
         StatusCode::CREATED,
         json!({
-            "organization": {"id": org_id, "name": req.name, "subdomain": subdomain, "tier": tier, "status": "active"},
-            "user": {"id": user_id, "email": req.admin_email, "role": "super_admin"},
-            "app": {"id": app_id, "name": "Default app"},
-            "sdk_key": {"id": key_id, "app_id": app_id, "key": key.expose(), "prefix": prefix},
+            "organization": {"id": p.org_id, "name": req.name, "subdomain": p.subdomain, "tier": tier, "status": "active"},
+            "user": {"id": p.user_id, "email": req.admin_email, "role": "super_admin"},
+            "app": {"id": p.app_id, "name": "Default app"},
+            "sdk_key": {"id": p.key_id, "app_id": p.app_id, "key": p.key.expose(), "prefix": &p.key.expose()[..12]},
         }),
     )
 }
@@ -135,15 +93,6 @@ pub(super) fn validate_name(name: &str) -> Result<(), ControlError> {
     Ok(())
 }
 
-fn is_subdomain(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 pub(super) fn validate_email(email: &str) -> Result<(), ControlError> {
     let ok = (3..=254).contains(&email.len())
         && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
@@ -167,6 +116,7 @@ mod tests {
 
     #[test]
     fn subdomains_and_emails() {
+        use super::super::provision::is_subdomain;
         assert!(is_subdomain("acme-2") && is_subdomain("a"));
         assert!(!is_subdomain("-acme") && !is_subdomain("acme-") && !is_subdomain("Acme") && !is_subdomain("a.b"));
         assert!(!is_subdomain(&"a".repeat(64)));

@@ -102,20 +102,7 @@ pub async fn invite(state: &ControlState, caller: &Principal, req: Invite) -> Re
         Err(DbError::Conflict { .. }) => return Err(ControlError::Conflict("email")),
         other => other?,
     };
-    let token = format!("{org}.{}", hex::encode(rand::random::<[u8; 32]>()));
-    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    tx.execute(
-        "INSERT INTO user_invites (organization_id, user_id, token_hash, expires_at) \
-         VALUES ($1, $2, $3, now() + interval '7 days')",
-        &[&org, &id, &hash.as_slice()],
-    )
-    .await?;
-    let payload = json!({"user_id": id, "set_password_token": token}).to_string();
-    tx.execute(
-        "INSERT INTO mail_outbox (organization_id, to_email, kind, payload) VALUES ($1, $2, 'invite', ($3::text)::jsonb)",
-        &[&org, &req.email, &payload],
-    )
-    .await?;
+    let token = super::provision::invitation(&tx, org, &id, &req.email).await?;
     audit(&tx, org, caller, "user_invited", &id).await?;
     tx.commit().await?;
     reply(
