@@ -113,9 +113,11 @@ impl Error {
             Error::Control(ControlError::Body(BodyError::TooLarge { limit, .. })) => {
                 p.field("limit", *limit);
             }
-            Error::Control(ControlError::Body(BodyError::Overloaded) | ControlError::Db(DbError::Unavailable(_))) => {
-                p.retry_after(MOMENTARY_RETRY_AFTER)
-            }
+            Error::Control(
+                ControlError::Body(BodyError::Overloaded)
+                | ControlError::Db(DbError::Unavailable(_))
+                | ControlError::StatsUnavailable,
+            ) => p.retry_after(MOMENTARY_RETRY_AFTER),
             Error::Control(ControlError::TooManyAttempts { retry_after }) => p.retry_after(*retry_after),
             Error::Control(ControlError::Invalid { field, .. }) => {
                 p.field("field", *field);
@@ -260,6 +262,9 @@ fn control_problem(e: &ControlError) -> (StatusCode, &'static str, Cow<'static, 
         ),
         ControlError::OrganizationInactive => {
             (S::FORBIDDEN, "organization_inactive", "The organization is suspended or deleted".into())
+        }
+        ControlError::StatsUnavailable => {
+            (S::SERVICE_UNAVAILABLE, "stats_unavailable", "ClickHouse did not answer; retry shortly".into())
         }
         ControlError::LoginUnavailable => {
             (S::SERVICE_UNAVAILABLE, "login_unavailable", "Logins need a signing key: set JWT_SECRET".into())

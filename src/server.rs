@@ -283,6 +283,7 @@ fn data_router(
             clock: clock.clone(),
             db,
             tiers: config.tiers.clone(),
+            clickhouse: config.clickhouse.as_ref().map(crate::sink::clickhouse::client),
             budget,
             conn: config.conn.clone(),
             login: config.login.clone(),

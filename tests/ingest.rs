@@ -328,17 +328,26 @@ async fn jwt_operator_and_selectors() {
     assert_eq!(post(common::OPERATOR_TOKEN, ("x-organization-id", "org_bravo"), "op-1").await.unwrap().status(), 202);
     assert_eq!(post(&token, ("x-organization-id", "org_bravo"), "x").await.unwrap().status(), 403);
 
-    // Stats show only the caller's organisation.
-    let stats: Value = h
-        .http
-        .get(format!("{}/api/v1/stats/events", h.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Stats show only the caller's organisation (from ClickHouse: once the event is shipped).
+    let stats = async {
+        loop {
+            let stats: Value = h
+                .http
+                .get(format!("{}/api/v1/stats/events", h.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if stats["total_events"] != 0 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let stats = tokio::time::timeout(Duration::from_secs(10), stats).await.expect("shipped and counted");
     assert_eq!(stats["organization_id"], "org_acme");
     assert_eq!(stats["total_events"], 1);
     let ch = h.stop().await.unwrap();
@@ -447,4 +456,39 @@ async fn client_retries_collapse_to_one_copy() {
     let after_final: u64 = ch.query("SELECT count() FROM events FINAL").await.trim().parse().unwrap();
     assert_eq!(after_final, 20, "one copy of each event after FINAL");
     ch.drop().await;
+}
+
+#[tokio::test]
+async fn stats_come_from_clickhouse_merged_as_sketches() {
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
+    let day = |d: &str| format!("{d}T12:00:00Z");
+    let today = edge::aggregates::day_to_date(edge::clock::Clock::system().today());
+    let yesterday = edge::aggregates::day_to_date(edge::clock::Clock::system().today() - 1);
+    let events: Vec<Value> = vec![
+        json!({"event_type": "purchase", "event_name": "buy", "device_id": "d1", "event_timestamp": day(&yesterday), "revenue": 1.25, "currency": "USD"}),
+        json!({"event_type": "session", "event_name": "app_open", "device_id": "d2", "event_timestamp": day(&yesterday)}),
+        json!({"event_type": "purchase", "event_name": "buy", "device_id": "d1", "event_timestamp": day(&today), "revenue": 2.5, "currency": "USD"}),
+    ];
+    let (status, b) = body(h.post("/v1/events/batch", &h.acme.key).json(&events).send().await.unwrap()).await;
+    assert_eq!((status, &b["rejected"]), (202, &json!(0)), "{b}");
+    assert_eq!(h.post("/v1/events", &h.bravo.key).json(&event("other")).send().await.unwrap().status(), 202);
+    let token = h.token("org_acme", &["events:read"]);
+    let url = format!("{}/api/v1/stats/events?from={yesterday}&to={today}", h.base);
+    let stats = async {
+        loop {
+            let stats: Value = h.http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            if stats["total_events"] == 3 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let stats = tokio::time::timeout(Duration::from_secs(10), stats).await.expect("shipped and counted");
+    assert_eq!(stats["days"].as_array().unwrap().len(), 2, "{stats}");
+    assert_eq!(stats["days"][0]["unique_devices"], 2);
+    assert_eq!(stats["total_revenue"], 3.75);
+    assert_eq!(stats["unique_devices"], 2, "d1 on both days counts once: {stats}");
+    h.stop().await.unwrap().drop().await;
 }

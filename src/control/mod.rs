@@ -132,6 +132,8 @@ pub enum ControlError {
     OrganizationInactive,
     /// No `JWT_SECRET` to sign access tokens with.
     LoginUnavailable,
+    /// ClickHouse did not answer the stats query.
+    StatsUnavailable,
     Db(DbError),
 }
 
@@ -154,6 +156,8 @@ pub struct ControlState {
     pub clock: Clock,
     /// The PostgreSQL pool, when `DATABASE_URL` is set.
     pub db: Option<Db>,
+    /// Stats come from ClickHouse's daily aggregate when `CLICKHOUSE_URL` is set.
+    pub clickhouse: Option<clickhouse::Client>,
     pub tiers: TierTable,
     /// Request bodies are charged to the same budget as ingestion's.
     pub budget: Arc<MemoryBudget>,
@@ -234,7 +238,7 @@ async fn route(
     let caller = || tenant.expect("the route table authenticates every tenant route");
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or("");
     match endpoint {
-        Endpoint::Stats => stats::handle(state, caller(), &parts),
+        Endpoint::Stats => stats::handle(state, caller(), &parts).await,
         Endpoint::Signup => orgs::signup(state, operator, json(&body)?).await,
         Endpoint::GetOrganization => orgs::get(state, caller()).await,
         Endpoint::ListApps => apps::list(state, caller(), &parts).await,
