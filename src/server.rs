@@ -99,12 +99,14 @@ pub struct Sources {
     pub clock: Clock,
     /// The control plane's pool, when `DATABASE_URL` is set.
     pub db: Option<Db>,
+    /// How current the PostgreSQL-fed registry is (`/readyz`); `None` for a static registry.
+    pub registry_status: Option<Arc<crate::control::feed::FeedStatus>>,
 }
 
 impl Server {
     /// Binds and starts serving; returns once both listeners accept.
     pub async fn start(config: Config, sources: Sources) -> Result<Server, StartError> {
-        let Sources { registry, sink, clock, db } = sources;
+        let Sources { registry, sink, clock, db, registry_status } = sources;
         let metrics = crate::metrics::install();
         registry.publish_gauge();
         let (spool, reader) = open_spool(&config, &clock)?;
@@ -122,7 +124,9 @@ impl Server {
         };
         let surfaces = Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit };
         let router = Arc::new(data_router(&config, registry.clone(), surfaces, &clock)?);
-        let admin_state = Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone() });
+        let registry_status = registry_status.map(|status| (status, clock.clone()));
+        let admin_state =
+            Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone(), registry: registry_status });
         crate::routes::register_series();
 
         let (data, addr) = bind("EDGE_LISTEN", config.listen).await?;

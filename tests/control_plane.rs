@@ -279,14 +279,6 @@ async fn the_registry_follows_postgres_within_a_second_and_resyncs_after_losing_
     pg.drop().await;
 }
 
-/// `edge serve --dev` on this database as the service role.
-fn edge_on(pg: &Pg, dir: &std::path::Path) -> common::EdgeProcess {
-    common::EdgeProcess::spawn_with(
-        &["--dev"],
-        &[("DATABASE_URL", pg.service_config.url.clone()), ("EDGE_SPOOL_DIR", dir.display().to_string())],
-    )
-}
-
 async fn status_of(http: &reqwest::Client, edge: &common::EdgeProcess, key: &SdkKey) -> u16 {
     http.post(format!("http://{}/v1/events", edge.addr))
         .header("x-api-key", key.expose())
@@ -303,7 +295,7 @@ async fn two_edge_processes_enforce_a_revocation_and_a_suspension_within_a_secon
     let Some(pg) = Pg::fresh().await else { return };
     let keys = pg.seed(&["org_a", "org_b"]).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let edges = [edge_on(&pg, dirs[0].path()), edge_on(&pg, dirs[1].path())];
+    let edges = [api_edge(&pg, dirs[0].path(), &[]), api_edge(&pg, dirs[1].path(), &[])];
     pg.wait_for_listeners(2).await;
     let http = reqwest::Client::new();
     for edge in &edges {
@@ -321,11 +313,35 @@ async fn two_edge_processes_enforce_a_revocation_and_a_suspension_within_a_secon
         }
         started.elapsed()
     }
-    pg.owner.batch_execute("UPDATE api_keys SET revoked_at = now() WHERE organization_id = 'org_a'").await.unwrap();
+    // Revoked through the first node's API: the second refuses it too.
+    let admin = user_token("org_a", &["*"]);
+    let revoke = http.delete(format!("http://{}/api/v1/apps/app_0/keys/key_0", edges[0].addr)).bearer_auth(&admin);
+    assert_eq!(revoke.send().await.unwrap().status(), 200);
     let revoked = until_both(&http, &edges, &keys[0], 401).await;
+    // A tier change reaches both (the quotas route reads the registry's tier).
+    pg.owner.batch_execute("UPDATE organizations SET tier = 'enterprise' WHERE id = 'org_a'").await.unwrap();
+    let started = Instant::now();
+    for edge in &edges {
+        loop {
+            let r = http.get(format!("http://{}/api/v1/quotas", edge.addr)).bearer_auth(&admin).send().await.unwrap();
+            let quotas: serde_json::Value = r.json().await.unwrap();
+            if quotas["tier"] == "enterprise" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "tier change not within 1 s: {quotas}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let retiered = started.elapsed();
     pg.owner.batch_execute("UPDATE organizations SET status = 'suspended' WHERE id = 'org_b'").await.unwrap();
     let suspended = until_both(&http, &edges, &keys[1], 403).await;
-    eprintln!("two edge processes: revocation enforced by both in {revoked:?}, suspension in {suspended:?}");
+    eprintln!(
+        "two edge processes: revocation through one enforced by both in {revoked:?}, tier change in {retiered:?}, suspension in {suspended:?}"
+    );
+    let ready = http.get(format!("http://{}/readyz", edges[0].admin)).send().await.unwrap().text().await.unwrap();
+    assert!(ready.starts_with("ready\nregistry: postgres, current "), "{ready}");
+    let age = http.get(format!("http://{}/metrics", edges[0].admin)).send().await.unwrap().text().await.unwrap();
+    assert!(age.contains("edge_registry_age_seconds"), "the age is exported");
     drop(edges);
     pg.drop().await;
 }

@@ -95,13 +95,15 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     let feed_config = config.postgres.clone();
     let tiers = config.tiers.clone();
     let registry = Arc::new(Registry::new(snapshot));
-    let sources = Sources { registry: registry.clone(), sink, clock: clock.clone(), db: db.clone() };
+    let status = Arc::new(FeedStatus::default());
+    status.current_at_ms.store(clock.unix_millis(), std::sync::atomic::Ordering::Release);
+    let registry_status = db.as_ref().map(|_| status.clone());
+    let sources = Sources { registry: registry.clone(), sink, clock: clock.clone(), db: db.clone(), registry_status };
     let server = match Server::start(config, sources).await {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
     if let (Some(db), Some(pg)) = (db, feed_config) {
-        let status = Arc::new(FeedStatus::default());
         let feed = Feed { db, config: pg, tiers, registry, base, status, clock, version };
         server.spawn("registry-feed", feed.run());
     }

@@ -35,6 +35,13 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
+pub fn text_owned(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
 pub fn metrics(text: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -48,6 +48,8 @@ pub struct Readiness {
 pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub readiness: Arc<Readiness>,
+    /// How current the registry is, when PostgreSQL feeds it.
+    pub registry: Option<(Arc<crate::control::feed::FeedStatus>, crate::clock::Clock)>,
 }
 
 /// Everything the data listener's dispatcher needs; built once at start.
@@ -180,7 +182,7 @@ pub async fn serve_admin(
         Some(r) if req.method() != r.method => Err(RouteError::MethodNotAllowed { allow: "GET".into() }),
         Some(r) => Ok(match r.handler {
             Handler::Metrics => response::metrics(state.metrics.render()),
-            Handler::Readyz => readiness(&state.readiness),
+            Handler::Readyz => readiness(&state.readiness, state.registry.as_ref()),
             _ => response::text(StatusCode::OK, "ok\n"),
         }),
     };
@@ -190,14 +192,26 @@ pub async fn serve_admin(
 }
 
 /// Ready when not draining and the sink is reachable (checked in the background).
-fn readiness(r: &Readiness) -> Response<Body> {
-    if r.draining.load(Ordering::Acquire) {
-        return response::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
-    }
-    if !r.sink_ready.load(Ordering::Acquire) {
-        return response::text(StatusCode::SERVICE_UNAVAILABLE, "sink unreachable\n");
-    }
-    response::text(StatusCode::OK, "ready\n")
+/// A stale registry does not make the node unready (ingestion serves from the last one), but
+/// the answer says how old it is.
+fn readiness(
+    r: &Readiness,
+    registry: Option<&(Arc<crate::control::feed::FeedStatus>, crate::clock::Clock)>,
+) -> Response<Body> {
+    let (status, state) = if r.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !r.sink_ready.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "sink unreachable")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let detail = match registry {
+        Some((feed, clock)) => {
+            format!("{state}\nregistry: postgres, current {:.1} s ago\n", feed.age(clock).as_secs_f64())
+        }
+        None => format!("{state}\nregistry: static\n"),
+    };
+    response::text_owned(status, detail)
 }
 
 fn record(slot: usize, label: &'static str, response: &Response<Body>, started: Instant) {

@@ -122,7 +122,7 @@ impl Harness {
             Some(c) => Sink::ClickHouse(ClickHouseSink::new(c, config.data_dir.clone())),
             None => Sink::Memory(Default::default()),
         };
-        let sources = Sources { registry, sink, clock: options.clock.clone(), db: None };
+        let sources = Sources { registry, sink, clock: options.clock.clone(), db: None, registry_status: None };
         let server = Server::start(config, sources).await.expect("server starts");
         Some(Harness {
             base: format!("http://{}", server.addr),
@@ -226,6 +226,8 @@ pub fn event(device: &str) -> serde_json::Value {
 pub struct EdgeProcess {
     pub child: std::process::Child,
     pub addr: String,
+    /// The admin listener (`/metrics`, `/readyz`).
+    pub admin: String,
 }
 
 impl EdgeProcess {
@@ -251,15 +253,17 @@ impl EdgeProcess {
         }
         let mut child = cmd.spawn().expect("edge starts");
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = loop {
+        let (addr, admin) = loop {
             let line = lines.next().expect("edge logs its address").unwrap();
             if let Some(rest) = line.split(" addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                let admin = line.split(" admin_addr=").nth(1).map_or("", |r| r.split_whitespace().next().unwrap());
+                break (addr, admin.to_string());
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        EdgeProcess { child, addr }
+        EdgeProcess { child, addr, admin }
     }
 
     pub fn signal(&self, signal: &str) {
