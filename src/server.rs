@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::aggregates::Stats;
 use crate::auth::jwt::JwtVerifier;
+use crate::auth::signing::Signer;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -87,6 +88,8 @@ pub enum StartError {
     Spool { dir: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     JwtKeys(#[from] crate::auth::jwt::KeyFileError),
+    #[error(transparent)]
+    SigningKey(#[from] crate::auth::signing::SigningKeyError),
     #[error("{setting} {addr}: {source}")]
     Bind { setting: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -265,6 +268,11 @@ fn data_router(
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     let budget = MemoryBudget::new(config.max_inflight_body_bytes);
     let limiter = Arc::new(Limiter::new(clock.clone()));
+    let signer = match (&config.jwt.signing_key_file, &config.jwt.hs256_secret) {
+        (Some(path), _) => Some(Signer::from_pem_file(path)?),
+        (None, Some(secret)) => Some(Signer::hs256(secret)),
+        (None, None) => None,
+    };
     Ok(DataRouter {
         auth: Authenticator::new(jwt, config.admin_token.as_deref(), config.base_domain.clone(), clock.clone())
             .with_allowances(config.audit_lines_per_minute, config.operator_guesses_per_minute)
@@ -294,7 +302,7 @@ fn data_router(
             logins: LoginThrottle::new(&config.login, clock.clone()),
             audit,
             limiter,
-            signing_secret: config.jwt.hs256_secret.clone(),
+            signer,
         },
         signup_open: config.signup_open,
     })

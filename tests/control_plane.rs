@@ -964,3 +964,30 @@ async fn import_tenants_org_create_and_key_create_against_postgres() {
     drop(edge);
     pg.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_sign_with_a_private_key_whose_kid_the_verifier_matches() {
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let Some(pg) = Pg::fresh().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let (private, public) = (dir.path().join("signing.pem"), dir.path().join("public.pem"));
+    std::fs::write(&private, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    std::fs::write(&public, key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap()).unwrap();
+    let keys =
+        [("EDGE_JWT_SIGNING_KEY", private.display().to_string()), ("JWT_PUBLIC_KEYS", public.display().to_string())];
+    let edge = api_edge(&pg, dir.path(), &keys);
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    sign_up(&api, "signed", "a long enough password").await;
+    let body = serde_json::json!({"email": "admin@signed.example", "password": "a long enough password"});
+    let (status, session) = api.call(reqwest::Method::POST, "/api/v1/auth/login", None, Some(body)).await;
+    assert_eq!(status, 200, "{session}");
+    let token = session["access_token"].as_str().unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(header.kid.as_deref().map(str::len), Some(16));
+    assert_eq!(api.call(reqwest::Method::GET, "/api/v1/organization", Some(token), None).await.0, 200);
+    drop(edge);
+    pg.drop().await;
+}

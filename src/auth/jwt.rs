@@ -155,6 +155,9 @@ pub enum KeyFileError {
 }
 
 struct Key {
+    /// Derived from the public key ([`key_id`]); a token naming a `kid` is checked only
+    /// against the key with that id.
+    kid: Option<String>,
     decoding: DecodingKey,
     validation: Validation,
 }
@@ -194,14 +197,18 @@ impl JwtVerifier {
             v
         };
         if let Some(secret) = &config.hs256_secret {
-            keys.push(Key { decoding: DecodingKey::from_secret(secret), validation: validation(Algorithm::HS256) });
+            keys.push(Key {
+                kid: None,
+                decoding: DecodingKey::from_secret(secret),
+                validation: validation(Algorithm::HS256),
+            });
         }
         if let Some(path) = &config.public_keys_file {
             let text =
                 std::fs::read_to_string(path).map_err(|source| KeyFileError::Read { path: path.clone(), source })?;
             for (i, pem) in split_pem_blocks(&text).enumerate() {
                 let (decoding, alg) = parse_public_key(pem.as_bytes()).ok_or(KeyFileError::NotAPublicKey(i + 1))?;
-                keys.push(Key { decoding, validation: validation(alg) });
+                keys.push(Key { kid: pem_der(&pem).map(|der| key_id(&der)), decoding, validation: validation(alg) });
             }
         }
         Ok(JwtVerifier {
@@ -251,7 +258,8 @@ impl JwtVerifier {
             return Err(JwtError::Invalid);
         }
         let mut last = JwtError::Invalid;
-        for key in self.keys.iter().filter(|k| k.validation.algorithms.contains(&header.alg)) {
+        let named = |k: &&Key| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid;
+        for key in self.keys.iter().filter(|k| k.validation.algorithms.contains(&header.alg)).filter(named) {
             match jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => {
@@ -299,6 +307,20 @@ fn split_pem_blocks(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split("-----BEGIN ")
         .filter(|chunk| chunk.contains("-----END "))
         .map(|chunk| format!("-----BEGIN {}", chunk.trim_end()))
+}
+
+/// The DER inside one PEM block.
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+/// A key's id: the first 16 hex digits of the SHA-256 of its public key (SubjectPublicKeyInfo
+/// DER). Signer and verifier derive it alike, so no id has to be configured twice.
+pub fn key_id(public_key_der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(public_key_der)[..8])
 }
 
 fn parse_public_key(pem: &[u8]) -> Option<(DecodingKey, Algorithm)> {

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod jwt;
 pub mod selector;
+pub mod signing;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -112,6 +112,8 @@ pub struct ClickHouseConfig {
 pub struct JwtConfig {
     pub hs256_secret: Option<Vec<u8>>,
     pub public_keys_file: Option<PathBuf>,
+    /// PKCS#8 PEM private key (Ed25519 or P-256) that signs login tokens instead of the secret.
+    pub signing_key_file: Option<PathBuf>,
     pub jwks_url: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
@@ -128,6 +130,7 @@ impl Default for JwtConfig {
         JwtConfig {
             hs256_secret: None,
             public_keys_file: None,
+            signing_key_file: None,
             jwks_url: None,
             issuer: None,
             audience: None,
@@ -280,6 +283,7 @@ impl JwtConfig {
         let jwt = JwtConfig {
             hs256_secret: r.string("JWT_SECRET").map(String::into_bytes),
             public_keys_file: r.string("JWT_PUBLIC_KEYS").map(PathBuf::from),
+            signing_key_file: r.string("EDGE_JWT_SIGNING_KEY").map(PathBuf::from),
             jwks_url: r.string("JWT_JWKS_URL"),
             issuer: r.string("JWT_ISSUER"),
             audience: r.string("JWT_AUDIENCE"),

@@ -167,8 +167,8 @@ pub struct ControlState {
     pub audit: audit_log::AuditLog,
     /// This node's event counts, for `/quotas`.
     pub limiter: Arc<crate::limits::Limiter>,
-    /// `JWT_SECRET`: signs the access tokens logins hand out.
-    pub signing_secret: Option<Vec<u8>>,
+    /// Signs the access tokens logins hand out (`EDGE_JWT_SIGNING_KEY`, else `JWT_SECRET`).
+    pub signer: Option<crate::auth::signing::Signer>,
 }
 
 impl ControlState {

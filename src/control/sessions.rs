@@ -8,8 +8,9 @@
 //! account or the client address: 429 with `Retry-After`, whatever the
 //! password.
 //!
-//! The access token is a JWT the edge itself verifies (HS256 with
-//! `JWT_SECRET`), carrying the role's permissions. The refresh token is
+//! The access token is a JWT the edge itself verifies, carrying the role's
+//! permissions: signed with `EDGE_JWT_SIGNING_KEY` (EdDSA/ES256, with a `kid`)
+//! when set, else HS256 with `JWT_SECRET`. The refresh token is
 //! `<organization id>.<secret>`, stored as SHA-256 and rotated on each use;
 //! presenting a rotated (revoked) one again revokes every refresh token of its
 //! user, as a stolen token would be.
@@ -22,7 +23,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{ids, password, reply, roles, ControlError, ControlState};
-use crate::auth::jwt::{issue_hs256, Claims};
+use crate::auth::jwt::Claims;
 use crate::http::response::Body;
 
 #[derive(Deserialize)]
@@ -131,12 +132,12 @@ async fn issue(
     user: &str,
     role: &str,
 ) -> Result<Response<Body>, ControlError> {
-    let secret = state.signing_secret.as_deref().ok_or(ControlError::LoginUnavailable)?;
+    let signer = state.signer.as_ref().ok_or(ControlError::LoginUnavailable)?;
     let permissions = roles::permissions(role).unwrap_or(&[]);
     let now = state.clock.unix_secs();
     let ttl = state.login.access_ttl.as_secs();
     let claims = Claims { role: role.to_string(), ..Claims::new(user, org, permissions, now, ttl) };
-    let access = issue_hs256(&claims, secret);
+    let access = signer.sign(&claims);
     let secret_part = hex::encode(rand::random::<[u8; 32]>());
     let refresh = format!("{org}.{secret_part}");
     let hash: [u8; 32] = Sha256::digest(refresh.as_bytes()).into();
