@@ -116,6 +116,18 @@ async fn with_no_tenant_set_every_tenant_table_shows_zero_rows_and_takes_none() 
     let columns: Vec<&str> = login[0].columns().iter().map(|c| c.name()).collect();
     assert_eq!(columns, ["organization_id", "user_id", "password_hash", "role"]);
     assert_eq!((login.len(), login[0].get::<_, String>(0)), (1, "org_b".to_string()));
+    pg.owner.batch_execute("UPDATE users SET tokens_valid_after = now() WHERE id = 'usr_0'").await.unwrap();
+    let revoked = db.cross_tenant("SELECT * FROM edge_private.registry_token_revocations()", &[]).await.unwrap();
+    let columns: Vec<&str> = revoked[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!((revoked.len(), columns), (1, vec!["organization_id", "user_id", "tokens_valid_after"]));
+    let version = db.cross_tenant("SELECT * FROM edge_private.registry_version_now()", &[]).await.unwrap();
+    assert_eq!(version[0].columns().len(), 1);
+    // The unscoped audit writer returns nothing, and writes only to the audit log.
+    let wrote = db
+        .cross_tenant("SELECT * FROM edge_private.audit_unscoped('', 'test', 'probe', '', NULL, '{}'::jsonb)", &[])
+        .await
+        .unwrap();
+    assert_eq!(wrote[0].columns().len(), 1, "void");
     pg.drop().await;
 }
 
@@ -264,8 +276,8 @@ async fn the_registry_follows_postgres_within_a_second_and_resyncs_after_losing_
     // while it was away still arrives.
     pg.owner
         .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-            &[&FEED_APPLICATION_NAME],
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = $2",
+            &[&FEED_APPLICATION_NAME, &pg.name],
         )
         .await
         .unwrap();
@@ -462,9 +474,16 @@ async fn sign_up_apps_and_keys_through_the_api_with_tenants_kept_apart() {
         api.call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(signup("bravo"))).await;
     assert_eq!(status, 201, "{b}");
     let org_b = b["organization"]["id"].as_str().unwrap().to_string();
-    // The rolled-back sign-up left nothing: one acme, one bravo.
+    // A sign-up that fails after its first step (the organisation is inserted, then its admin's
+    // email is taken) leaves nothing behind: no organisation, app or key of it.
+    let mut late_failure = signup("delta");
+    late_failure["admin_email"] = json!("admin@acme.example");
+    let (status, body) =
+        api.call(Method::POST, "/api/v1/organizations", Some(common::OPERATOR_TOKEN), Some(late_failure)).await;
+    assert_eq!((status, body["message"].as_str()), (409, Some("This email is already in use")), "{body}");
     let n: i64 = pg.owner.query_one("SELECT count(*) FROM organizations", &[]).await.unwrap().get(0);
-    assert_eq!(n, 2);
+    let apps: i64 = pg.owner.query_one("SELECT count(*) FROM apps", &[]).await.unwrap().get(0);
+    assert_eq!((n, apps), (2, 2), "one acme and one bravo, each with its default app");
 
     let admin_a = user_token(&org_a, &["*"]);
     let admin_b = user_token(&org_b, &["*"]);
@@ -988,6 +1007,98 @@ async fn logins_sign_with_a_private_key_whose_kid_the_verifier_matches() {
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
     assert_eq!(header.kid.as_deref().map(str::len), Some(16));
     assert_eq!(api.call(reqwest::Method::GET, "/api/v1/organization", Some(token), None).await.0, 200);
+    drop(edge);
+    pg.drop().await;
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
+struct Proxy {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (o, c) = (open.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !o.load(std::sync::atomic::Ordering::Acquire) {
+                    continue; // dropped: refused while cut
+                }
+                let upstream = upstream.clone();
+                c.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                }));
+            }
+        });
+        Proxy { port, open, connections }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::Release);
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgres_is_away_ingestion_serves_from_the_last_registry_and_says_how_old_it_is() {
+    let Some(pg) = Pg::fresh().await else { return };
+    let keys = pg.seed(&["org_a"]).await;
+    let upstream = pg.service_config.url.rsplit_once('@').unwrap().1.split('/').next().unwrap().to_string();
+    let proxy = Proxy::start(upstream.clone()).await;
+    let via_proxy = pg.service_config.url.replace(&upstream, &format!("127.0.0.1:{}", proxy.port));
+    let dir = tempfile::tempdir().unwrap();
+    let edge = common::EdgeProcess::spawn_with(
+        &["--dev"],
+        &[
+            ("DATABASE_URL", via_proxy),
+            ("EDGE_SPOOL_DIR", dir.path().display().to_string()),
+            ("EDGE_REGISTRY_POLL", "1s".into()),
+            ("EDGE_DB_TIMEOUT", "1s".into()),
+        ],
+    );
+    pg.wait_for_listeners(1).await;
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", edge.addr) };
+    assert_eq!(api.event(keys[0].expose()).await, 202);
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Still serving, from the registry it had; /readyz stays ready and says how old it is.
+    assert_eq!(api.event(keys[0].expose()).await, 202);
+    let ready = api.http.get(format!("http://{}/readyz", edge.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let text = ready.text().await.unwrap();
+    let age: f64 = text.split("current ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(age >= 1.0, "{text}");
+    let metrics = api.http.get(format!("http://{}/metrics", edge.admin)).send().await.unwrap().text().await.unwrap();
+    let errors = metrics.lines().find(|l| l.starts_with("edge_registry_feed_errors_total")).unwrap();
+    assert_ne!(errors.split_whitespace().last(), Some("0"), "{errors}");
+
+    // A key revoked while the node could not hear it is refused once PostgreSQL is back.
+    pg.owner.batch_execute("UPDATE api_keys SET revoked_at = now() WHERE organization_id = 'org_a'").await.unwrap();
+    proxy.restore();
+    let started = Instant::now();
+    while api.event(keys[0].expose()).await != 401 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no resync after the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "outage: served from the last registry (age {age:.1} s); resynced {:?} after PostgreSQL came back",
+        started.elapsed()
+    );
     drop(edge);
     pg.drop().await;
 }
