@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge::clock::Clock;
+use edge::config::PostgresConfig;
 use edge::control::db::{Db, DbError, RoleError, TENANT_TABLES};
 use edge::control::feed::{self, Feed, FeedStatus, FEED_APPLICATION_NAME};
 use edge::plan::TierTable;
@@ -56,6 +57,31 @@ async fn migrations_are_idempotent_and_the_service_role_cannot_step_around_rls()
     }
 
     pg.service_db().check_service_role().await.expect("the service role is safe");
+    // A role that owns a tenant table, or that bypasses RLS, is refused as well.
+    let suffix = &pg.name[6..];
+    let as_role = |role: &str| PostgresConfig {
+        url: pg.service_config.url.replacen(&format!("{}:", pg.service_config.service_role), &format!("{role}:"), 1),
+        ..pg.service_config.clone()
+    };
+    let (owner_role, bypass_role) = (format!("own_{suffix}"), format!("byp_{suffix}"));
+    pg.owner
+        .batch_execute(&format!(
+            "CREATE ROLE {owner_role} LOGIN PASSWORD 'service-password'; ALTER TABLE tenant_usage OWNER TO {owner_role};
+             CREATE ROLE {bypass_role} LOGIN BYPASSRLS PASSWORD 'service-password';"
+        ))
+        .await
+        .unwrap();
+    let owner_check = Db::new(&as_role(&owner_role)).unwrap().check_service_role().await;
+    assert!(
+        matches!(&owner_check, Err(RoleError::Unsafe { why, .. }) if why.contains("tenant_usage")),
+        "{owner_check:?}"
+    );
+    let bypass_check = Db::new(&as_role(&bypass_role)).unwrap().check_service_role().await;
+    assert!(
+        matches!(&bypass_check, Err(RoleError::Unsafe { why, .. }) if why.contains("BYPASSRLS")),
+        "{bypass_check:?}"
+    );
+    pg.owner.batch_execute("ALTER TABLE tenant_usage OWNER TO CURRENT_USER").await.unwrap();
     let as_owner = Db::new(&pg.owner_config).unwrap().check_service_role().await;
     assert!(matches!(&as_owner, Err(RoleError::Unsafe { why, .. }) if why.contains("superuser")), "{as_owner:?}");
 

@@ -193,7 +193,7 @@ pub async fn quotas(state: &ControlState, caller: &Principal) -> Result<Response
         StatusCode::OK,
         json!({
             "tier": tier.name,
-            "events_per_month": {"limit": tier.events_per_month, "used": state.limiter.month_events(&caller.org.id),
+            "events_per_month": {"limit": tier.events_per_month, "used": state.limiter.month_events(&caller.org.id, state.clock.unix_secs() as i64),
                                  "counted_by": "this node"},
             "events_per_second": tier.events_per_second,
             "api_requests_per_minute": tier.api_requests_per_minute,

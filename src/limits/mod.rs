@@ -77,9 +77,9 @@ impl Limiter {
         f(&c)
     }
 
-    /// Events charged this month (for `/usage` and tests).
-    pub fn month_events(&self, org: &OrgId) -> u64 {
-        self.orgs.get(org).map(|c| c.month_events.load(Ordering::Relaxed)).unwrap_or(0)
+    /// Events charged in the month of `now_unix_secs` (`/quotas`, tests): zero once it has turned.
+    pub fn month_events(&self, org: &OrgId, now_unix_secs: i64) -> u64 {
+        self.orgs.get(org).map_or(0, |c| c.used_in(month_index(now_unix_secs)))
     }
 }
 
@@ -220,7 +220,8 @@ mod tests {
         // A new month starts from zero.
         assert_eq!(l.org(&o).check_quota(now + 40 * 86400), Ok(()));
         assert_eq!(l.org(&o).reserve(1, now + 40 * 86400), 1);
-        assert_eq!(l.month_events(&o.id), 1);
+        assert_eq!(l.month_events(&o.id, now + 40 * 86400), 1);
+        assert_eq!(l.month_events(&o.id, now + 80 * 86400), 0, "a month with nothing charged yet");
     }
 
     #[test]
