@@ -26,21 +26,16 @@ pub async fn list(state: &ControlState, caller: &Principal, parts: &Parts) -> Re
     let page = Page::of(parts)?;
     let org = caller.org.id.as_str();
     let tx = state.db()?.tenant(org).await?;
-    let rows = tx
-        .query(
+    let body = page
+        .fetch(
+            &tx,
             "SELECT id, name, created_at::text FROM apps WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-            &[&org, &page.after, &(page.limit + 1)],
+            &[&org],
+            |r| json!({"id": r.get::<_, String>(0), "name": r.get::<_, String>(1), "created_at": r.get::<_, String>(2)}),
         )
         .await?;
     tx.commit().await?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            let id: String = r.get(0);
-            (id.clone(), json!({"id": id, "name": r.get::<_, String>(1), "created_at": r.get::<_, String>(2)}))
-        })
-        .collect();
-    reply(StatusCode::OK, page.finish(items))
+    reply(StatusCode::OK, body)
 }
 
 pub async fn create(state: &ControlState, caller: &Principal, req: NewApp) -> Result<Response<Body>, ControlError> {
@@ -73,26 +68,22 @@ pub async fn list_keys(
     let org = caller.org.id.as_str();
     let tx = state.db()?.tenant(org).await?;
     app_exists(&tx, org, app_id).await?;
-    let rows = tx
-        .query(
+    let body = page
+        .fetch(
+            &tx,
             "SELECT id, prefix, created_at::text, revoked_at::text FROM api_keys \
              WHERE organization_id = $1 AND app_id = $2 AND id > $3 ORDER BY id LIMIT $4",
-            &[&org, &app_id, &page.after, &(page.limit + 1)],
+            &[&org, &app_id],
+            |r| {
+                json!({
+                    "id": r.get::<_, String>(0), "app_id": app_id, "prefix": r.get::<_, String>(1),
+                    "created_at": r.get::<_, String>(2), "revoked_at": r.get::<_, Option<String>>(3),
+                })
+            },
         )
         .await?;
     tx.commit().await?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            let id: String = r.get(0);
-            let value = json!({
-                "id": id, "app_id": app_id, "prefix": r.get::<_, String>(1),
-                "created_at": r.get::<_, String>(2), "revoked_at": r.get::<_, Option<String>>(3),
-            });
-            (id, value)
-        })
-        .collect();
-    reply(StatusCode::OK, page.finish(items))
+    reply(StatusCode::OK, body)
 }
 
 pub async fn create_key(

@@ -313,6 +313,23 @@ impl Page {
         Ok(page)
     }
 
+    /// One page of rows ordered by their text id: `sql` selects the id first, takes `leading`
+    /// as its first parameters, then the cursor and `limit + 1` as its last two.
+    async fn fetch(
+        &self,
+        tx: &db::TenantTx,
+        sql: &str,
+        leading: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        item: impl Fn(&tokio_postgres::Row) -> serde_json::Value,
+    ) -> Result<serde_json::Value, ControlError> {
+        let limit = self.limit + 1;
+        let mut params = leading.to_vec();
+        params.push(&self.after);
+        params.push(&limit);
+        let rows = tx.query(sql, &params).await?;
+        Ok(self.finish(rows.iter().map(|r| (r.get::<_, String>(0), item(r))).collect()))
+    }
+
     /// The page's items and the cursor of the next page (`null` on the last), from a query
     /// that fetched `limit + 1` rows ordered by id.
     fn finish(&self, mut items: Vec<(String, serde_json::Value)>) -> serde_json::Value {

@@ -56,25 +56,21 @@ pub async fn list(state: &ControlState, caller: &Principal, parts: &Parts) -> Re
     let page = Page::of(parts)?;
     let org = caller.org.id.as_str();
     let tx = state.db()?.tenant(org).await?;
-    let rows = tx
-        .query(
+    let body = page
+        .fetch(
+            &tx,
             "SELECT id, email, role, created_at::text, password_hash IS NULL FROM users \
              WHERE organization_id = $1 AND removed_at IS NULL AND id > $2 ORDER BY id LIMIT $3",
-            &[&org, &page.after, &(page.limit + 1)],
+            &[&org],
+            |r| {
+                let status = if r.get::<_, bool>(4) { "invited" } else { "active" };
+                json!({"id": r.get::<_, String>(0), "email": r.get::<_, String>(1), "role": r.get::<_, String>(2),
+                       "created_at": r.get::<_, String>(3), "status": status})
+            },
         )
         .await?;
     tx.commit().await?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            let id: String = r.get(0);
-            let status = if r.get::<_, bool>(4) { "invited" } else { "active" };
-            let user = json!({"id": id, "email": r.get::<_, String>(1), "role": r.get::<_, String>(2),
-                              "created_at": r.get::<_, String>(3), "status": status});
-            (id, user)
-        })
-        .collect();
-    reply(StatusCode::OK, page.finish(items))
+    reply(StatusCode::OK, body)
 }
 
 pub async fn invite(state: &ControlState, caller: &Principal, req: Invite) -> Result<Response<Body>, ControlError> {
