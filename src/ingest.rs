@@ -26,7 +26,7 @@ use crate::event::validate::EventContext;
 use crate::event::validate::Validator;
 use crate::event::{EventSummary, EventsRejected, Rejection, RowBlock};
 use crate::http::body::{self, BodyError, MediaType};
-use crate::http::budget::MemoryBudget;
+use crate::http::budget::{Lease, MemoryBudget};
 use crate::http::response::{self, Body};
 use crate::limits::{LimitError, Limiter, OrgLimits};
 use crate::metrics as m;
@@ -84,7 +84,6 @@ async fn ingest(
     shape: Shape,
 ) -> Result<Response<Body>, Error> {
     let received = state.clock.now();
-    let now_secs = received.as_secs() as i64;
     let shape = match (shape, body::media_type(&parts.headers)?) {
         (Shape::Batch | Shape::Ndjson, MediaType::Ndjson) => Shape::Ndjson,
         (Shape::Single, MediaType::Ndjson) => {
@@ -94,7 +93,7 @@ async fn ingest(
     };
     let org = &principal.org;
     let org_limits = state.limiter.org(org);
-    org_limits.check_quota(now_secs).inspect_err(count_limit)?;
+    org_limits.check_quota(received.as_secs() as i64).inspect_err(count_limit)?;
     let limits = state.validator.limits();
     let (limit, what) = match shape {
         Shape::Single => (limits.max_event_bytes, "event"),
@@ -107,10 +106,36 @@ async fn ingest(
     // Borrowed, not taken: if reading stops early (413, 503) the caller drains the rest.
     let incoming = body.as_mut().expect("the body is read once");
     let mut bytes = body::read(&parts.headers, incoming, limit, what, &mut lease, state.conn.body_timeout).await?;
+    let outcome = accept(state, &principal, shape, &mut bytes, &mut lease, received).await?;
+    metrics::counter!(m::SOURCE_EVENTS, "source" => "native").increment(outcome.accepted as u64);
+    Ok(response::accepted(outcome.accepted, &outcome.errors))
+}
+
+/// What was taken from a request: how many events, and each refusal by index.
+pub struct Outcome {
+    pub accepted: usize,
+    pub errors: Vec<(usize, Rejection)>,
+}
+
+/// Decode (rate, validate, reserve quota) → submit → account → wait for the spool, for a body
+/// already read into `bytes` (charged to `lease`) at `received`. Shared by the edge's own routes
+/// and the vendor formats (which hand over the edge's batch shape).
+pub async fn accept(
+    state: &IngestState,
+    principal: &Principal,
+    shape: Shape,
+    bytes: &mut Vec<u8>,
+    lease: &mut Lease,
+    received: std::time::Duration,
+) -> Result<Outcome, Error> {
+    let now_secs = received.as_secs() as i64;
+    let org = &principal.org;
+    let org_limits = state.limiter.org(org);
     lease.grow(bytes.len() * PARSE_BYTES_PER_BODY_BYTE)?;
 
-    let decoded = decode(state, &principal, &org_limits, shape, &mut bytes, received.as_millis() as i64)?;
-    drop(bytes);
+    let decoded = decode(state, principal, &org_limits, shape, bytes, received.as_millis() as i64)?;
+    bytes.clear();
+    bytes.shrink_to_fit();
     for (_, rejection) in &decoded.errors {
         metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.code).increment(1);
     }
@@ -135,7 +160,7 @@ async fn ingest(
         return Err(e.into());
     }
     m::events_accepted(accepted as u64);
-    Ok(response::accepted(accepted, &decoded.errors))
+    Ok(Outcome { accepted, errors: decoded.errors })
 }
 
 fn count_limit(e: &LimitError) {

@@ -15,6 +15,8 @@
 //! - [`limits`]: per-organisation rate limits and monthly quota reservations.
 //! - [`event`]: parse request bodies, validate each event, encode it once to ClickHouse RowBinary.
 //! - [`ingest`]: the handler for `POST /v1/events*` and its state: runs the stages above.
+//! - [`vendor`]: PostHog's and Segment's/RudderStack's batch routes, each mapped to the edge's
+//!   events before the common path.
 //! - [`pipeline`]: the seam between "accepted" and "shipped": hands blocks to the spool.
 //! - [`spool`]: append-only segments on disk, group-commit fsync, crash recovery, checkpoints.
 //! - [`shipper`]: spool records → large multi-tenant blocks → sink → checkpoint.
@@ -59,3 +61,4 @@ pub mod shipper;
 pub mod sink;
 pub mod spool;
 pub mod tenant;
+pub mod vendor;

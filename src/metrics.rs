@@ -37,6 +37,7 @@ pub const ACCEPT_ERRORS: &str = "edge_accept_errors_total";
 pub const REGISTRY_AGE: &str = "edge_registry_age_seconds";
 pub const REGISTRY_FEED_ERRORS: &str = "edge_registry_feed_errors_total";
 pub const AUDIT_DROPPED: &str = "edge_audit_dropped_total";
+pub const SOURCE_EVENTS: &str = "edge_source_events_total";
 
 /// Every metric the edge exports (the dashboard test checks queries against this).
 pub const ALL: &[&str] = &[
@@ -67,6 +68,7 @@ pub const ALL: &[&str] = &[
     REGISTRY_AGE,
     REGISTRY_FEED_ERRORS,
     AUDIT_DROPPED,
+    SOURCE_EVENTS,
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
@@ -124,6 +126,7 @@ fn describe() {
     describe_counter!(CONNECTIONS_REFUSED, "Connections refused at once because the listener is at its cap");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener");
     describe_gauge!(REGISTRY_AGE, Unit::Seconds, "Time since the registry was last known current with PostgreSQL");
+    describe_counter!(SOURCE_EVENTS, "Events accepted, by wire format (native, posthog, segment)");
     describe_counter!(AUDIT_DROPPED, "Audit-log rows dropped: queue full or PostgreSQL refused them");
     describe_counter!(
         REGISTRY_FEED_ERRORS,
@@ -146,6 +149,9 @@ fn describe() {
     metrics::gauge!(REGISTRY_AGE).set(0.0);
     metrics::counter!(REGISTRY_FEED_ERRORS).absolute(0);
     metrics::counter!(AUDIT_DROPPED).absolute(0);
+    for source in ["native", "posthog", "segment"] {
+        metrics::counter!(SOURCE_EVENTS, "source" => source).absolute(0);
+    }
     // Labelled series too, for every label value the edge can produce: alerts on
     // `rate(...)` need the series before its first increment.
     for reason in REJECTION_REASONS {

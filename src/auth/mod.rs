@@ -175,14 +175,14 @@ impl Authenticator {
     pub fn authenticate(&self, req: &RequestMeta<'_>, registry: &Registry) -> Result<Principal, AuthError> {
         let snapshot = registry.snapshot();
         let org_header = selector_header(req.headers, &ORG_HEADER)?;
-        let bearer = bearer_token(req.headers)?;
+        let authorization = authorization(req.headers)?;
         let api_key = credential_header(req.headers, &API_KEY_HEADER)?;
 
-        let principal = match (bearer, api_key) {
+        let principal = match (authorization, api_key) {
             (Some(_), Some(_)) => {
                 return Err(AuthError::TwoCredentials);
             }
-            (Some(bearer), None) => {
+            (Some(Presented::Bearer(bearer)), None) => {
                 if let Some(principal) = self.operator(bearer, org_header, req, &snapshot)? {
                     return check_status(principal);
                 }
@@ -197,21 +197,43 @@ impl Authenticator {
                 }
                 Principal { org, credential: Credential::Jwt(claims) }
             }
-            (None, Some(key)) => {
-                let grant = snapshot.key(&KeyHash::of(key)).ok_or(AuthError::UnknownKey)?;
-                Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } }
-            }
+            (Some(Presented::Basic(key)), None) => key_principal(&snapshot, &key)?,
+            (None, Some(key)) => key_principal(&snapshot, key)?,
             (None, None) => {
                 return Err(AuthError::MissingCredentials);
             }
         };
+        self.confirm(principal, org_header, req, &snapshot)
+    }
 
+    /// An SDK key found in a request body (PostHog's `api_key`, Segment's `writeKey`), held to
+    /// the same selector and status rules as a key in a header.
+    pub fn authenticate_body_key(
+        &self,
+        key: &str,
+        req: &RequestMeta<'_>,
+        registry: &Registry,
+    ) -> Result<Principal, AuthError> {
+        let snapshot = registry.snapshot();
+        let org_header = selector_header(req.headers, &ORG_HEADER)?;
+        let principal = key_principal(&snapshot, key)?;
+        self.confirm(principal, org_header, req, &snapshot)
+    }
+
+    /// Every selector present must agree with the credential's organisation, which must be active.
+    fn confirm(
+        &self,
+        principal: Principal,
+        org_header: Option<&str>,
+        req: &RequestMeta<'_>,
+        snapshot: &crate::tenant::Snapshot,
+    ) -> Result<Principal, AuthError> {
         let host = match (req.authority, req.authority_replaces_host) {
             (Some(authority), true) => Some(authority),
             _ => selector::host(req.headers, req.authority)?,
         };
         if let Err(selector::Mismatch { claimed }) =
-            selector::check(org_header, host, &principal.org, &snapshot, self.base_domain.as_deref())
+            selector::check(org_header, host, &principal.org, snapshot, self.base_domain.as_deref())
         {
             self.audit("selector_mismatch", &principal, req, &claimed);
             return Err(AuthError::TenantMismatch);
@@ -383,15 +405,47 @@ fn static_name(name: &HeaderName) -> &'static str {
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+/// What `Authorization` carries: a bearer token, or (Basic, as Segment's and RudderStack's SDKs
+/// send) an SDK key as the user name, the password ignored.
+enum Presented<'h> {
+    Bearer(&'h str),
+    Basic(String),
+}
+
+fn key_principal(snapshot: &crate::tenant::Snapshot, key: &str) -> Result<Principal, AuthError> {
+    let grant = snapshot.key(&KeyHash::of(key)).ok_or(AuthError::UnknownKey)?;
+    Ok(Principal { org: grant.org.clone(), credential: Credential::SdkKey { app_id: grant.app_id.clone() } })
+}
+
+fn authorization(headers: &HeaderMap) -> Result<Option<Presented<'_>>, AuthError> {
+    use base64::Engine as _;
     let Some(value) = credential_header(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(Some(token.trim()))
+            Ok(Some(Presented::Bearer(token.trim())))
+        }
+        Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| AuthError::MalformedAuthorization)?;
+            let text = String::from_utf8(decoded).map_err(|_| AuthError::MalformedAuthorization)?;
+            let user = text.split_once(':').map_or(text.as_str(), |(user, _)| user);
+            if user.is_empty() {
+                return Err(AuthError::MalformedAuthorization);
+            }
+            Ok(Some(Presented::Basic(user.to_string())))
         }
         _ => Err(AuthError::MalformedAuthorization),
+    }
+}
+
+/// The bearer token, if `Authorization` carries one (not Basic).
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    match authorization(headers)? {
+        Some(Presented::Bearer(token)) => Ok(Some(token)),
+        _ => Ok(None),
     }
 }
 

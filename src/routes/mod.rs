@@ -117,6 +117,27 @@ impl DataRouter {
             (Handler::Healthz, _) => self.answer_early(req, Ok(response::text(StatusCode::OK, "ok\n"))).await,
             (Handler::Events, Caller::Tenant(p)) => crate::ingest::handle(&self.ingest, p, req, Shape::Single).await,
             (Handler::Batch, Caller::Tenant(p)) => crate::ingest::handle(&self.ingest, p, req, Shape::Batch).await,
+            (Handler::Vendor(vendor), caller) => {
+                let principal = match caller {
+                    Caller::Tenant(p) => Some(p),
+                    _ => None,
+                };
+                let (parts, mut body) = req.into_parts();
+                let meta = crate::http::request_meta(
+                    &parts.uri,
+                    parts.version,
+                    &parts.headers,
+                    peer,
+                    &self.trusted_proxies,
+                    route.label,
+                );
+                let check = crate::vendor::KeyCheck { auth: &self.auth, registry: &self.registry, meta };
+                let result = crate::vendor::handle(&self.ingest, vendor, principal, check, &parts, &mut body).await;
+                if result.is_err() {
+                    crate::http::body::drain_unread(parts.version, body, &self.conn).await;
+                }
+                result
+            }
             (Handler::Control(endpoint), caller) => {
                 let client = crate::http::client_ip(req.headers(), peer, &self.trusted_proxies);
                 let origin = Origin { caller, client };
@@ -144,6 +165,8 @@ impl DataRouter {
             Permission::Signup => {
                 return self.auth.platform_operator(&meta()).map(|()| Caller::PlatformOperator).map_err(counted);
             }
+            Permission::SdkKeyAnywhere if !has_credential(req.headers()) => return Ok(Caller::Anonymous),
+            Permission::SdkKeyAnywhere => "events:write",
             Permission::Needs(permission) => permission,
         };
         let principal = self.auth.authenticate(&meta(), &self.registry).map_err(counted)?;

@@ -11,6 +11,7 @@ use hyper::Method;
 use crate::control::Endpoint;
 use crate::http::cors::Policy;
 use crate::metrics as m;
+use crate::vendor::Vendor;
 
 /// What a route's caller must hold (checked by the dispatcher, after authentication).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub enum Permission {
     Open,
     /// Sign-up: open to anyone, or to the platform operator only (`EDGE_SIGNUP`).
     Signup,
+    /// An SDK key in a header, or else in the body (PostHog's `api_key`, Segment's `writeKey`):
+    /// checked before the body is read when a header carries it, after the bounded read if not.
+    SdkKeyAnywhere,
     /// A credential whose permissions include this one (SDK keys hold `events:write` only;
     /// the operator holds all).
     Needs(&'static str),
@@ -31,6 +35,7 @@ pub(super) enum Handler {
     Events,
     Batch,
     Control(Endpoint),
+    Vendor(Vendor),
     Healthz,
     Readyz,
     Metrics,
@@ -63,13 +68,20 @@ const fn control(slot: usize, path: &'static str, method: Method, permission: Pe
     route(slot, path, method, permission, Policy::Configured, Handler::Control(endpoint))
 }
 
+const fn vendor(slot: usize, path: &'static str, vendor: Vendor) -> Route {
+    route(slot, path, Method::POST, Permission::SdkKeyAnywhere, Policy::AnyOrigin, Handler::Vendor(vendor))
+}
+
 use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 26] = [
+pub static DATA: [Route; 29] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
+    vendor(21, "/batch/", Vendor::PostHog),
+    vendor(23, "/batch", Vendor::PostHog),
+    vendor(22, "/v1/batch", Vendor::Segment),
     control(2, "/api/v1/stats/events", Method::GET, Needs("events:read"), Endpoint::Stats),
     control(6, "/api/v1/organizations", Method::POST, Permission::Signup, Endpoint::Signup),
     control(7, "/api/v1/organization", Method::GET, Needs("org:read"), Endpoint::GetOrganization),
