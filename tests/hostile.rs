@@ -423,7 +423,9 @@ fn headers_are_bounded_and_audit_lines_cannot_amplify() {
     let written = dev.log_bytes.load(Ordering::Relaxed) - before;
     println!("2 000 mismatches wrote {written} bytes of log");
     assert!(written < 64 * 1024, "log grew {written} bytes");
-    assert!(dev.log_has("selector_mismatch", 1) && dev.log_contains("selector_mismatch") <= 25);
+    // 20 lines a minute per address; the run may straddle a minute boundary: two windows.
+    let lines = dev.log_contains("selector_mismatch");
+    assert!(dev.log_has("selector_mismatch", 1) && lines <= 45, "{lines} audit lines");
 }
 
 #[test]

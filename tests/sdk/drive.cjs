@@ -1,0 +1,55 @@
+// Drives one real Node SDK against the edge: every call type once, then flush.
+//
+//   node drive.cjs <posthog-node|segment-node|rudder-node> <host> <key> <run>
+//
+// Prints one JSON line with every error, warning or retry the SDK reported; exits 1 on any.
+const [sdk, host, key, run] = process.argv.slice(2);
+const problems = [];
+for (const level of ['warn', 'error']) {
+  console[level] = (...args) => problems.push(`${level}: ${args.join(' ')}`);
+}
+const user = `user-${run}`;
+
+async function main() {
+  if (sdk === 'posthog-node') {
+    const { PostHog } = require('posthog-node');
+    const c = new PostHog(key, { host, flushAt: 20, flushInterval: 200 });
+    c.on('error', (e) => problems.push(`error event: ${e}`));
+    c.capture({ distinctId: user, event: 'button_clicked', properties: { run } });
+    c.identify({ distinctId: user, properties: { email: 'a@example.com', run } });
+    c.alias({ distinctId: user, alias: `anon-${run}` });
+    c.groupIdentify({ groupType: 'company', groupKey: `co-${run}`, properties: { run }, distinctId: user });
+    c.capture({ distinctId: user, event: '$pageview', properties: { $current_url: 'https://x.example/', run } });
+    c.capture({ distinctId: user, event: '$screen', properties: { $screen_name: 'Home', run } });
+    c.capture({ distinctId: user, event: 'purchase', properties: { revenue: 9.99, currency: 'EUR', run } });
+    await c.shutdown();
+  } else if (sdk === 'segment-node') {
+    const { Analytics } = require('@segment/analytics-node');
+    const c = new Analytics({ writeKey: key, host, flushAt: 20, flushInterval: 200 });
+    c.on('error', (e) => problems.push(`error event: ${JSON.stringify(e)}`));
+    send(c);
+    await c.closeAndFlush();
+  } else {
+    const Analytics = require('@rudderstack/rudder-sdk-node');
+    const c = new Analytics(key, { dataPlaneUrl: host, flushAt: 20, flushInterval: 200, errorHandler: (e) => problems.push(`errorHandler: ${e}`) });
+    send(c);
+    await new Promise((resolve) => c.flush(resolve));
+  }
+}
+
+function send(c) {
+  c.track({ userId: user, event: 'Button Clicked', properties: { run } });
+  c.identify({ userId: user, traits: { email: 'a@example.com', run } });
+  c.alias({ userId: user, previousId: `anon-${run}` });
+  c.group({ userId: user, groupId: `co-${run}`, traits: { run } });
+  c.page({ userId: user, name: 'Home', properties: { run } });
+  c.screen({ userId: user, name: 'Home', properties: { run } });
+  c.track({ userId: user, event: 'Order Completed', properties: { revenue: 9.99, currency: 'EUR', run } });
+}
+
+main()
+  .catch((e) => problems.push(`thrown: ${e}`))
+  .finally(() => {
+    process.stdout.write(JSON.stringify({ sdk, sent: 7, problems }) + '\n');
+    process.exit(problems.length ? 1 : 0);
+  });
