@@ -1,16 +1,23 @@
 // Drives one real Node SDK against the edge: every call type once, then flush.
 //
-//   node drive.cjs <posthog-node|segment-node|rudder-node> <host> <key> <run>
+//   node drive.cjs <posthog-node|segment-node|rudder-node> <host> <key> <run> [retries-expected <flood>]
 //
 // Prints one JSON line with every error, warning or retry the SDK reported; exits 1 on any.
-const [sdk, host, key, run] = process.argv.slice(2);
+// With `retries-expected` (a rate-limited run) only errors count, not logged retries.
+const [sdk, host, key, run, mode, flood] = process.argv.slice(2);
+const retriesExpected = mode === 'retries-expected';
 const problems = [];
-for (const level of ['warn', 'error']) {
+for (const level of retriesExpected ? [] : ['warn', 'error']) {
   console[level] = (...args) => problems.push(`${level}: ${args.join(' ')}`);
 }
 const user = `user-${run}`;
 
 async function main() {
+  if (flood) {
+    // Spend the organisation's rate first, right before the SDK sends: its batch meets a 429.
+    const events = Array.from({ length: Number(flood) }, (_, i) => ({ event_type: 't', event_name: 'flood', device_id: `flood-${i}` }));
+    await fetch(`${host}/v1/events/batch`, { method: 'POST', headers: { 'X-Api-Key': key, 'Content-Type': 'application/json' }, body: JSON.stringify(events) });
+  }
   if (sdk === 'posthog-node') {
     const { PostHog } = require('posthog-node');
     const c = new PostHog(key, { host, flushAt: 20, flushInterval: 200 });

@@ -1,21 +1,31 @@
 #!/usr/bin/env python3
 """Drives one real Python SDK against the edge: every call type once, then flush.
 
-    drive.py <posthog-python|segment-python|rudder-python> <host> <key> <run>
+    drive.py <posthog-python|segment-python|rudder-python> <host> <key> <run> [retries-expected <flood>]
 
 Prints one JSON line with what the SDK logged at WARNING or above and what it reported through
-on_error; exits 1 if there is anything (an error, a warning or a retry)."""
+on_error; exits 1 if there is anything (an error, a warning or a retry). With
+`retries-expected` (a rate-limited run) only errors count: reported through on_error or
+logged at ERROR."""
 import json
 import logging
 import sys
 
 sdk, host, key, run = sys.argv[1:5]
+retries_expected = sys.argv[5:6] == ["retries-expected"]
+if sys.argv[6:7]:
+    # Spend the organisation's rate first, right before the SDK sends: its batch meets a 429.
+    import urllib.request
+    flood = json.dumps([{"event_type": "t", "event_name": "flood", "device_id": f"flood-{i}"} for i in range(int(sys.argv[6]))])
+    req = urllib.request.Request(f"{host}/v1/events/batch", data=flood.encode(), headers={"X-Api-Key": key, "Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
 problems = []
 
 
 class Catch(logging.Handler):
     def emit(self, record):
-        if record.levelno >= logging.WARNING or "retry" in record.getMessage().lower():
+        serious = record.levelno >= logging.ERROR if retries_expected else record.levelno >= logging.WARNING
+        if serious or (not retries_expected and "retry" in record.getMessage().lower()):
             problems.append(f"{record.name}: {record.getMessage()}")
 
 
