@@ -188,7 +188,7 @@ fn body_problem(e: &BodyError) -> (StatusCode, &'static str, Cow<'static, str>) 
         BodyError::UnsupportedEncoding => (
             S::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",
-            "Content-Encoding must be gzip, zstd or identity".into(),
+            "Content-Encoding must be gzip, deflate, zstd or identity".into(),
         ),
         BodyError::UnsupportedMediaType => (
             S::UNSUPPORTED_MEDIA_TYPE,

@@ -64,6 +64,7 @@ async fn replay(h: &Harness, c: &Capture, key: &str) -> (u16, Value) {
     for (name, value) in &c.headers {
         match name.to_ascii_lowercase().as_str() {
             "host" | "content-length" | "connection" | "accept-encoding" => {}
+            "authorization" if value.starts_with("Bearer ") => r = r.header("authorization", format!("Bearer {key}")),
             "authorization" => {
                 let basic = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
                 r = r.header("authorization", format!("Basic {basic}"));
@@ -186,4 +187,50 @@ async fn keys_in_headers_and_bodies_follow_the_tenant_rules() {
     assert_eq!(status, 403);
     let empty = serde_json::json!({"api_key": h.acme.key.expose(), "batch": [{"no": "event"}]});
     assert_eq!(h.http.post(format!("{}/batch/", h.base)).json(&empty).send().await.unwrap().status(), 400);
+}
+
+#[tokio::test]
+async fn capture_v1_answers_per_event_and_segment_single_routes_take_one_message() {
+    let all: Vec<Capture> = ["posthog-python.v1", "posthog-node.v1"].iter().flat_map(|s| captures(s)).collect();
+    let clock = edge::clock::Clock::manual(UNIX_EPOCH + Duration::from_secs_f64(all[0].ts));
+    let Some(h) = Harness::start(Options { clock, ..Default::default() }).await else {
+        return;
+    };
+    let mut expected = 0;
+    for c in &all {
+        let (status, answer) = replay(&h, c, h.acme.key.expose()).await;
+        assert_eq!(status, 200, "{}: {answer}", c.sdk);
+        for m in c.body["batch"].as_array().unwrap() {
+            let id = m["uuid"].as_str().unwrap();
+            let want = if m["event"] == "custom_ts" { "drop" } else { "ok" };
+            assert_eq!(answer["results"][id]["result"], want, "{}: {id}: {answer}", c.sdk);
+            expected += u64::from(want == "ok");
+        }
+    }
+    // A JWT is not taken as a key on this route, and a wrong key is 401.
+    let (status, _) = replay(&h, &all[0], "edk_wrong").await;
+    assert_eq!(status, 401);
+
+    // Segment's single-message routes: the type from the route, Basic auth or writeKey.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:", h.acme.key.expose()));
+    for (route, message) in [
+        ("/v1/track", serde_json::json!({"event": "Signed Up", "userId": "single-1", "messageId": "s1"})),
+        ("/v1/identify", serde_json::json!({"traits": {"plan": "pro"}, "userId": "single-1", "messageId": "s2"})),
+        ("/v1/page", serde_json::json!({"name": "Home", "anonymousId": "single-2", "messageId": "s3"})),
+    ] {
+        let r =
+            h.http.post(format!("{}{route}", h.base)).header("authorization", format!("Basic {basic}")).json(&message);
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{route}");
+        expected += 1;
+    }
+    let import = serde_json::json!({"writeKey": h.acme.key.expose(), "batch": [{"type": "track", "event": "Imported", "userId": "single-3", "messageId": "s4"}]});
+    assert_eq!(h.http.post(format!("{}/v1/import", h.base)).json(&import).send().await.unwrap().status(), 200);
+    expected += 1;
+    let ch = h.stop().await.unwrap();
+    assert_eq!(ch.query("SELECT count() FROM events FINAL").await.trim(), expected.to_string());
+    let types =
+        ch.query("SELECT event_type FROM events WHERE event_id IN ('s1', 's2', 's3', 's4') ORDER BY event_id").await;
+    assert_eq!(types.split_whitespace().collect::<Vec<_>>(), ["track", "identify", "page", "track"]);
+    ch.drop().await;
 }

@@ -442,7 +442,7 @@ fn authorization(headers: &HeaderMap) -> Result<Option<Presented<'_>>, AuthError
 }
 
 /// The bearer token, if `Authorization` carries one (not Basic).
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     match authorization(headers)? {
         Some(Presented::Bearer(token)) => Ok(Some(token)),
         _ => Ok(None),

@@ -45,6 +45,8 @@ pub enum Encoding {
     Identity,
     Gzip,
     Zstd,
+    /// zlib (RFC 1950), which HTTP calls `deflate` (PostHog's capture v1 may send it).
+    Deflate,
 }
 
 pub fn encoding(headers: &HeaderMap) -> Result<Encoding, BodyError> {
@@ -59,6 +61,8 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, BodyError> {
         Ok(Encoding::Gzip)
     } else if is("zstd") {
         Ok(Encoding::Zstd)
+    } else if is("deflate") {
+        Ok(Encoding::Deflate)
     } else {
         Err(BodyError::UnsupportedEncoding)
     }
@@ -113,6 +117,7 @@ pub async fn read(
     match encoding {
         Encoding::Identity => Ok(raw),
         Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, what, "gzip", lease),
+        Encoding::Deflate => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit, what, "deflate", lease),
         Encoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(&raw[..])
                 .map_err(|e| BodyError::Undecodable { encoding: "zstd", detail: e.to_string() })?;

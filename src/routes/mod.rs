@@ -166,6 +166,13 @@ impl DataRouter {
                 return self.auth.platform_operator(&meta()).map(|()| Caller::PlatformOperator).map_err(counted);
             }
             Permission::SdkKeyAnywhere if !has_credential(req.headers()) => return Ok(Caller::Anonymous),
+            Permission::SdkKeyBearer => {
+                // On this route a bearer token is an SDK key, never a JWT or the operator's.
+                let key = crate::auth::bearer_token(req.headers()).map_err(counted)?;
+                let key = key.ok_or(AuthError::MissingCredentials).map_err(counted)?;
+                let principal = self.auth.authenticate_body_key(key, &meta(), &self.registry).map_err(counted)?;
+                return Ok(Caller::Tenant(principal));
+            }
             Permission::SdkKeyAnywhere => "events:write",
             Permission::Needs(permission) => permission,
         };

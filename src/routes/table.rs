@@ -25,6 +25,8 @@ pub enum Permission {
     /// An SDK key in a header, or else in the body (PostHog's `api_key`, Segment's `writeKey`):
     /// checked before the body is read when a header carries it, after the bounded read if not.
     SdkKeyAnywhere,
+    /// An SDK key as a Bearer token (PostHog's capture v1), checked before the body is read.
+    SdkKeyBearer,
     /// A credential whose permissions include this one (SDK keys hold `events:write` only;
     /// the operator holds all).
     Needs(&'static str),
@@ -75,13 +77,28 @@ const fn vendor(slot: usize, path: &'static str, vendor: Vendor) -> Route {
 use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 29] = [
+pub static DATA: [Route; 37] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
     vendor(21, "/batch/", Vendor::PostHog),
     vendor(23, "/batch", Vendor::PostHog),
     vendor(22, "/v1/batch", Vendor::Segment),
+    vendor(24, "/v1/import", Vendor::Segment),
+    vendor(25, "/v1/track", Vendor::SegmentSingle("track")),
+    vendor(26, "/v1/identify", Vendor::SegmentSingle("identify")),
+    vendor(27, "/v1/page", Vendor::SegmentSingle("page")),
+    vendor(28, "/v1/screen", Vendor::SegmentSingle("screen")),
+    vendor(29, "/v1/group", Vendor::SegmentSingle("group")),
+    vendor(30, "/v1/alias", Vendor::SegmentSingle("alias")),
+    route(
+        31,
+        "/i/v1/analytics/events",
+        Method::POST,
+        Permission::SdkKeyBearer,
+        Policy::AnyOrigin,
+        Handler::Vendor(Vendor::PostHogV1),
+    ),
     control(2, "/api/v1/stats/events", Method::GET, Needs("events:read"), Endpoint::Stats),
     control(6, "/api/v1/organizations", Method::POST, Permission::Signup, Endpoint::Signup),
     control(7, "/api/v1/organization", Method::GET, Needs("org:read"), Endpoint::GetOrganization),

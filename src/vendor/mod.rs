@@ -34,15 +34,20 @@ use crate::tenant::Registry;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vendor {
     PostHog,
-    /// Segment's and RudderStack's: the same protocol.
+    /// PostHog's capture v1 (`/i/v1/analytics/events`): the key as a Bearer token, per-event
+    /// results in the answer.
+    PostHogV1,
+    /// Segment's and RudderStack's batch: the same protocol.
     Segment,
+    /// Segment's single-message routes (`/v1/track` …): one message, its type from the route.
+    SegmentSingle(&'static str),
 }
 
 impl Vendor {
     pub fn label(self) -> &'static str {
         match self {
-            Vendor::PostHog => "posthog",
-            Vendor::Segment => "segment",
+            Vendor::PostHog | Vendor::PostHogV1 => "posthog",
+            Vendor::Segment | Vendor::SegmentSingle(_) => "segment",
         }
     }
 }
@@ -52,6 +57,11 @@ impl Vendor {
 pub struct Mapped {
     pub events: Vec<serde_json::Value>,
     pub rejected: Vec<(usize, Rejection)>,
+    /// Each event's message id as the vendor sent it, in the order of `events` (capture v1
+    /// answers per id).
+    pub ids: Vec<Option<String>>,
+    /// The message ids of the messages that could not be mapped, in the order of `rejected`.
+    pub rejected_ids: Vec<Option<String>>,
     /// The SDK key the body carries (`api_key`, `writeKey`), if any.
     pub key: Option<String>,
 }
@@ -86,7 +96,12 @@ pub async fn handle(
     let max_properties = state.validator.limits().max_properties_bytes;
     let mapped = match vendor {
         Vendor::PostHog => posthog::map(&raw, received_ms, max_properties),
+        Vendor::PostHogV1 => {
+            let sent = parts.headers.get("posthog-request-timestamp").and_then(|v| v.to_str().ok());
+            posthog::map_v1(&raw, received_ms, sent, max_properties)
+        }
         Vendor::Segment => segment::map(&raw, received_ms, max_properties),
+        Vendor::SegmentSingle(kind) => segment::map_single(&raw, kind, received_ms, max_properties),
     }?;
     drop(raw);
     let principal = match (principal, &mapped.key) {
@@ -109,8 +124,9 @@ pub async fn handle(
     metrics::counter!(m::SOURCE_EVENTS, "source" => vendor.label()).increment(outcome.accepted as u64);
     tracing::trace!(total, accepted = outcome.accepted, "vendor batch");
     let answer = match vendor {
-        Vendor::PostHog => r#"{"status":1}"#,
-        Vendor::Segment => r#"{"success":true}"#,
+        Vendor::PostHog => r#"{"status":1}"#.to_string(),
+        Vendor::PostHogV1 => posthog::v1_results(&mapped, &outcome.errors).to_string(),
+        Vendor::Segment | Vendor::SegmentSingle(_) => r#"{"success":true}"#.to_string(),
     };
     Ok(response::json(StatusCode::OK, answer))
 }

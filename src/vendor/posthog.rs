@@ -14,16 +14,63 @@ use crate::event::Rejection;
 pub fn map(raw: &[u8], received_ms: i64, max_properties: usize) -> Result<Mapped, Error> {
     let body = parse_json(raw)?;
     let key = text(body.get("api_key"));
-    let batch = body.get("batch").and_then(Value::as_array).ok_or(Error::Parse(ParseError::NotABatch))?;
     let skew = body.get("sent_at").and_then(parse_time).map(|sent| received_ms - sent);
-    let mut mapped = Mapped { events: Vec::with_capacity(batch.len()), rejected: Vec::new(), key };
+    map_batch(&body, key, skew, max_properties)
+}
+
+/// Capture v1 (`/i/v1/analytics/events`): `{"created_at","batch":[…]}`, the key in the
+/// `Authorization: Bearer` header, the client's clock in `PostHog-Request-Timestamp`.
+pub fn map_v1(raw: &[u8], received_ms: i64, sent: Option<&str>, max_properties: usize) -> Result<Mapped, Error> {
+    let body = parse_json(raw)?;
+    let sent = sent.and_then(|s| parse_time(&Value::from(s))).or_else(|| body.get("created_at").and_then(parse_time));
+    map_batch(&body, None, sent.map(|s| received_ms - s), max_properties)
+}
+
+fn map_batch(body: &Value, key: Option<String>, skew: Option<i64>, max_properties: usize) -> Result<Mapped, Error> {
+    let batch = body.get("batch").and_then(Value::as_array).ok_or(Error::Parse(ParseError::NotABatch))?;
+    let mut mapped = Mapped {
+        events: Vec::with_capacity(batch.len()),
+        rejected: Vec::new(),
+        ids: Vec::with_capacity(batch.len()),
+        rejected_ids: Vec::new(),
+        key,
+    };
     for (index, message) in batch.iter().enumerate() {
+        let id = text(message.get("uuid"));
         match event(message, skew, max_properties) {
-            Ok(e) => mapped.events.push(e),
-            Err(r) => mapped.rejected.push((index, r)),
+            Ok(e) => {
+                mapped.events.push(e);
+                mapped.ids.push(id);
+            }
+            Err(r) => {
+                mapped.rejected.push((index, r));
+                mapped.rejected_ids.push(id);
+            }
         }
     }
     Ok(mapped)
+}
+
+/// Capture v1's answer: `{"results":{<uuid>:{"result":"ok"|"drop","details"?}}}` for every
+/// message with a uuid; `errors` are the edge's refusals by index among the mapped events.
+pub fn v1_results(mapped: &Mapped, errors: &[(usize, Rejection)]) -> Value {
+    let mut results = Map::new();
+    for (i, id) in mapped.ids.iter().enumerate() {
+        if let Some(id) = id {
+            let refused = errors.iter().find(|(index, _)| *index == i);
+            let result = match refused {
+                Some((_, r)) => json!({"result": "drop", "details": r.code}),
+                None => json!({"result": "ok"}),
+            };
+            results.insert(id.clone(), result);
+        }
+    }
+    for ((_, r), id) in mapped.rejected.iter().zip(&mapped.rejected_ids) {
+        if let Some(id) = id {
+            results.insert(id.clone(), json!({"result": "drop", "details": r.code}));
+        }
+    }
+    json!({ "results": results })
 }
 
 fn event(m: &Value, skew_ms: Option<i64>, max_properties: usize) -> Result<Value, Rejection> {

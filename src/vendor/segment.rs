@@ -20,14 +20,48 @@ pub fn map(raw: &[u8], received_ms: i64, max_properties: usize) -> Result<Mapped
     let key = text(body.get("writeKey"));
     let batch = body.get("batch").and_then(Value::as_array).ok_or(Error::Parse(ParseError::NotABatch))?;
     let batch_sent = body.get("sentAt").and_then(parse_time);
-    let mut mapped = Mapped { events: Vec::with_capacity(batch.len()), rejected: Vec::new(), key };
+    Ok(map_messages(batch, key, received_ms, batch_sent, max_properties))
+}
+
+/// A single-message route (`/v1/track`, `/v1/identify`, …): one message, its type the route's
+/// unless it names one.
+pub fn map_single(raw: &[u8], kind: &str, received_ms: i64, max_properties: usize) -> Result<Mapped, Error> {
+    let mut message = parse_json(raw)?;
+    let object = message.as_object_mut().ok_or(Error::Parse(ParseError::NotAnObject))?;
+    object.entry("type").or_insert_with(|| Value::from(kind));
+    let key = text(object.get("writeKey"));
+    let sent = object.get("sentAt").and_then(parse_time);
+    Ok(map_messages(std::slice::from_ref(&message), key, received_ms, sent, max_properties))
+}
+
+fn map_messages(
+    batch: &[Value],
+    key: Option<String>,
+    received_ms: i64,
+    batch_sent: Option<i64>,
+    max_properties: usize,
+) -> Mapped {
+    let mut mapped = Mapped {
+        events: Vec::with_capacity(batch.len()),
+        rejected: Vec::new(),
+        ids: Vec::with_capacity(batch.len()),
+        rejected_ids: Vec::new(),
+        key,
+    };
     for (index, message) in batch.iter().enumerate() {
+        let id = text(message.get("messageId"));
         match event(message, received_ms, batch_sent, max_properties) {
-            Ok(e) => mapped.events.push(e),
-            Err(r) => mapped.rejected.push((index, r)),
+            Ok(e) => {
+                mapped.events.push(e);
+                mapped.ids.push(id);
+            }
+            Err(r) => {
+                mapped.rejected.push((index, r));
+                mapped.rejected_ids.push(id);
+            }
         }
     }
-    Ok(mapped)
+    mapped
 }
 
 fn event(m: &Value, received_ms: i64, batch_sent: Option<i64>, max_properties: usize) -> Result<Value, Rejection> {
