@@ -90,6 +90,8 @@ pub enum StartError {
     JwtKeys(#[from] crate::auth::jwt::KeyFileError),
     #[error(transparent)]
     SigningKey(#[from] crate::auth::signing::SigningKeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsError),
     #[error("{setting} {addr}: {source}")]
     Bind { setting: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -149,12 +151,20 @@ impl Server {
         let conn_config = Arc::new(config.conn.clone());
         let (data_cap, admin_cap) =
             crate::http::conn::fit_to_descriptors(config.max_connections, config.admin_max_connections);
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(crate::http::tls::Tls::load(cert, key)?),
+            None => None,
+        };
+        if let Some(tls) = tls.clone() {
+            background.spawn(named("tls-reloader", reload_tls_on_sighup(tls, last.clone())));
+        }
         let data_listener = Listener {
             name: "data",
             listener: data,
             max_connections: data_cap,
             config: conn_config.clone(),
             handler: move |req, peer| router.clone().serve(req, peer),
+            tls: tls.clone(),
         };
         let data_loop = spawn_named("data-listener", data_listener.run(shutdown.clone()));
         let admin_listener = Listener {
@@ -163,6 +173,7 @@ impl Server {
             max_connections: admin_cap,
             config: conn_config,
             handler: move |req, peer| crate::routes::serve_admin(admin_state.clone(), req, peer),
+            tls: None,
         };
         // The admin listener outlives the data one so that probes see the drain.
         background.spawn(named("admin-listener", admin_listener.run(last.clone())));
@@ -215,6 +226,25 @@ async fn bind(
         Ok((listener, local))
     };
     bound.await.map_err(|source| StartError::Bind { setting, addr, source })
+}
+
+/// SIGHUP re-reads the certificate and key; a bad pair is logged and the current one stays.
+async fn reload_tls_on_sighup(tls: Arc<crate::http::tls::Tls>, stop: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            signal = hup.recv() => {
+                if signal.is_none() {
+                    return;
+                }
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the current certificate"),
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 /// `task`, logging `task stopped` under `name` when it ends.

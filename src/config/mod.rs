@@ -57,6 +57,8 @@ pub struct Config {
     /// platform operator's token.
     pub signup_open: bool,
     pub login: LoginConfig,
+    /// `EDGE_TLS_CERT` and `EDGE_TLS_KEY`: the data listener terminates TLS with them.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Audit lines (and audit-log rows) per client address and minute; more are counted, not written.
     pub audit_lines_per_minute: u32,
     /// Wrong operator-token guesses per client address and minute before 429.
@@ -136,6 +138,14 @@ impl Config {
             clickhouse,
             postgres: PostgresConfig::read(&mut r),
             login: LoginConfig::read(&mut r),
+            tls: match (r.string("EDGE_TLS_CERT"), r.string("EDGE_TLS_KEY")) {
+                (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+                (None, None) => None,
+                _ => {
+                    r.fail("EDGE_TLS_CERT", "EDGE_TLS_CERT and EDGE_TLS_KEY go together".into());
+                    None
+                }
+            },
             audit_lines_per_minute: r.positive("EDGE_AUDIT_LINES_PER_MINUTE", 20) as u32,
             operator_guesses_per_minute: r.positive("EDGE_OPERATOR_GUESSES_PER_MINUTE", 10) as u32,
             signup_open: match r.string("EDGE_SIGNUP").as_deref() {

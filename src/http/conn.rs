@@ -64,6 +64,8 @@ pub struct Listener<H> {
     pub max_connections: usize,
     pub config: Arc<ConnConfig>,
     pub handler: H,
+    /// Terminate TLS (the data listener with `EDGE_TLS_CERT`/`EDGE_TLS_KEY`).
+    pub tls: Option<Arc<super::tls::Tls>>,
 }
 
 impl<H, Fut> Listener<H>
@@ -107,7 +109,13 @@ where
                 refuse(stream);
                 continue;
             };
-            let conn = Connection { peer, config: self.config.clone(), shutdown: shutdown.clone(), slot: permit };
+            let conn = Connection {
+                peer,
+                config: self.config.clone(),
+                shutdown: shutdown.clone(),
+                slot: permit,
+                tls: self.tls.clone(),
+            };
             tokio::spawn(conn.serve(stream, self.handler.clone()));
         }
         drop(self.listener);
@@ -204,6 +212,7 @@ struct Connection {
     shutdown: CancellationToken,
     /// Held by the socket (see `GuardedIo`) until it is closed.
     slot: OwnedSemaphorePermit,
+    tls: Option<Arc<super::tls::Tls>>,
 }
 
 impl Connection {
@@ -216,6 +225,18 @@ impl Connection {
         let mut stream = stream;
         let from_proxy =
             self.config.proxy_protocol && self.config.trusted_proxies.iter().any(|n| n.contains(self.peer.ip()));
+        if let Some(tls) = self.tls.clone() {
+            // The handshake, under the same timer as protocol detection; ALPN picks the protocol.
+            let handshake = async {
+                let proxied = if from_proxy { super::proxy::read_header(&mut stream).await? } else { None };
+                Ok::<_, io::Error>((proxied, tls.acceptor().accept(stream).await?))
+            };
+            let Ok(Ok((proxied, secured))) = tokio::time::timeout(self.config.detect_timeout, handshake).await else {
+                return; // silent, too slow, gone, or not TLS
+            };
+            let protocol = if super::tls::negotiated_h2(&secured) { Protocol::Http2 } else { Protocol::Http1 };
+            return self.serve_io(secured, proxied, protocol, handler).await;
+        }
         let start = async {
             let proxied = if from_proxy { super::proxy::read_header(&mut stream).await? } else { None };
             Ok::<_, io::Error>((proxied, detect(&stream).await?))
@@ -224,6 +245,16 @@ impl Connection {
             Ok(Ok(found)) => found,
             _ => return, // silent, too slow, gone, or a proxy header that does not parse
         };
+        self.serve_io(stream, proxied, protocol, handler).await
+    }
+
+    /// Serves HTTP on a plain socket or the plaintext side of a TLS one.
+    async fn serve_io<S, H, Fut>(self, stream: S, proxied: Option<std::net::IpAddr>, protocol: Protocol, handler: H)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
+    {
         let io = TokioIo::new(super::guarded_io::GuardedIo::new(
             stream,
             self.config.write_timeout,

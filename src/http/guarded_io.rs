@@ -16,9 +16,10 @@ use tokio::time::Sleep;
 
 /// The socket as hyper sees it: writes that stall past `write_timeout` fail, and (HTTP/1)
 /// hyper's bodiless automatic error answers are rewritten into JSON ones.
-pub struct GuardedIo {
+pub struct GuardedIo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static = TcpStream> {
     /// Always `Some` until dropped (taken then, to linger after an automatic error answer).
-    inner: Option<TcpStream>,
+    /// A plain socket, or the plaintext side of a TLS one.
+    inner: Option<S>,
     /// An automatic error answer was written: the client may still be sending.
     answered_early: bool,
     write_timeout: Duration,
@@ -33,13 +34,8 @@ pub struct GuardedIo {
     slot: Option<OwnedSemaphorePermit>,
 }
 
-impl GuardedIo {
-    pub(super) fn new(
-        inner: TcpStream,
-        write_timeout: Duration,
-        rewrite_errors: bool,
-        slot: OwnedSemaphorePermit,
-    ) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> GuardedIo<S> {
+    pub(super) fn new(inner: S, write_timeout: Duration, rewrite_errors: bool, slot: OwnedSemaphorePermit) -> Self {
         GuardedIo {
             inner: Some(inner),
             answered_early: false,
@@ -52,7 +48,7 @@ impl GuardedIo {
         }
     }
 
-    fn stream(&mut self) -> Pin<&mut TcpStream> {
+    fn stream(&mut self) -> Pin<&mut S> {
         Pin::new(self.inner.as_mut().expect("present until drop"))
     }
 
@@ -131,7 +127,10 @@ pub fn rewrite_automatic_error(head: &[u8]) -> Option<Vec<u8>> {
 
 /// After an automatic error answer hyper closes at once; a client still sending would get a
 /// reset instead of the answer. Linger: half-close, read and drop what still comes, briefly.
-impl Drop for GuardedIo {
+impl<S> Drop for GuardedIo<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     fn drop(&mut self) {
         let Some(mut stream) = self.inner.take().filter(|_| self.answered_early) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
@@ -159,13 +158,13 @@ impl Drop for GuardedIo {
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 
-impl AsyncRead for GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for GuardedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         self.stream().poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for GuardedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.replacement.is_some() {

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod guarded_io;
 pub mod proxy;
 pub mod response;
+pub mod tls;
 
 use std::net::IpAddr;
 
