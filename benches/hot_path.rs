@@ -107,7 +107,12 @@ fn native_block(c: &mut Criterion) {
     let mut group = c.benchmark_group("native_block");
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("transpose_10k_rows", |b| {
-        b.iter(|| black_box(edge::sink::native::to_native([&block.data[..]], 10_000).unwrap()))
+        b.iter(|| {
+            black_box(
+                edge::sink::native::to_native([&block.data[..]], 10_000, edge::event::rowbinary::RowFormat::CURRENT)
+                    .unwrap(),
+            )
+        })
     });
     group.finish();
 }

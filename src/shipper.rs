@@ -54,26 +54,27 @@ impl Shipper {
                 }
                 continue;
             }
-            let block = to_block(&batch);
-            loop {
-                match self.sink.send(&block).await {
-                    Ok(()) => break,
-                    Err(e) if !e.retryable => {
-                        tracing::error!(error = %e.message, rows = block.rows, "sink refused a block for good; writing it to the dead-letter directory");
-                        self.sink.dead_letter(&block).await;
-                        break;
-                    }
-                    Err(e) => {
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            tracing::warn!(error = %e.message, "drain timeout: unshipped events stay in the spool for the next start");
-                            return;
+            for block in to_blocks(&batch) {
+                loop {
+                    match self.sink.send(&block).await {
+                        Ok(()) => break,
+                        Err(e) if !e.retryable => {
+                            tracing::error!(error = %e.message, rows = block.rows, "sink refused a block for good; writing it to the dead-letter directory");
+                            self.sink.dead_letter(&block).await;
+                            break;
                         }
-                        let wait = backoff.next();
-                        tracing::warn!(error = %e.message, retry_in_ms = wait.as_millis() as u64, rows = block.rows, "sink send failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = self.reader.closed(), if deadline.is_none() => {
-                                deadline = Some(Instant::now() + drain_timeout);
+                        Err(e) => {
+                            if deadline.is_some_and(|d| Instant::now() >= d) {
+                                tracing::warn!(error = %e.message, "drain timeout: unshipped events stay in the spool for the next start");
+                                return;
+                            }
+                            let wait = backoff.next();
+                            tracing::warn!(error = %e.message, retry_in_ms = wait.as_millis() as u64, rows = block.rows, "sink send failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = self.reader.closed(), if deadline.is_none() => {
+                                    deadline = Some(Instant::now() + drain_timeout);
+                                }
                             }
                         }
                     }
@@ -116,18 +117,26 @@ impl Shipper {
     }
 }
 
-/// Records → one block, organisation by organisation (stable, so each tenant keeps its order).
-fn to_block(batch: &ReadBatch) -> Block {
+/// Records → one block per row format (a spool from an earlier release may hold older rows),
+/// organisation by organisation within it (stable, so each tenant keeps its order).
+fn to_blocks(batch: &ReadBatch) -> Vec<Block> {
     let mut order: Vec<usize> = (0..batch.records.len()).collect();
-    order.sort_by(|&a, &b| batch.records[a].org.cmp(&batch.records[b].org));
-    let mut block = Block::default();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&batch.records[a], &batch.records[b]);
+        (a.format, &a.org).cmp(&(b.format, &b.org))
+    });
+    let mut blocks: Vec<Block> = Vec::new();
     for i in order {
         let r = &batch.records[i];
+        if blocks.last().is_none_or(|b| b.format != r.format) {
+            blocks.push(Block { format: r.format, chunks: Vec::new(), rows: 0, bytes: 0 });
+        }
+        let block = blocks.last_mut().expect("pushed above");
         block.rows += r.rows as usize;
         block.bytes += r.payload.len();
         block.chunks.push(r.payload.clone());
     }
-    block
+    blocks
 }
 
 /// Exponential backoff from 100 ms to 10 s with ±25 % jitter, so many edges do not retry in step.

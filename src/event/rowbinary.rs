@@ -6,10 +6,42 @@
 
 use bytes::BufMut;
 
-/// Columns in encoding order; must exist in `migrations/clickhouse/*`.
-pub const COLUMNS: &str = "organization_id, app_id, event_id, event_type, event_name, device_id, session_id, \
+/// The row layout a block was encoded with. Spool records carry it, so that rows written by an
+/// earlier release still ship after an upgrade: a format only ever appends columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RowFormat {
+    /// The first 21 columns.
+    V1,
+    /// + `user_id`, `app_version` (ClickHouse migration 004).
+    V2,
+}
+
+impl RowFormat {
+    /// What this build writes.
+    pub const CURRENT: RowFormat = RowFormat::V2;
+
+    /// Columns in encoding order; must exist in `migrations/clickhouse/*`.
+    pub fn columns(self) -> &'static str {
+        match self {
+            RowFormat::V1 => COLUMNS_V1,
+            RowFormat::V2 => COLUMNS_V2,
+        }
+    }
+
+    pub fn column_count(self) -> usize {
+        match self {
+            RowFormat::V1 => 21,
+            RowFormat::V2 => 23,
+        }
+    }
+}
+
+const COLUMNS_V1: &str = "organization_id, app_id, event_id, event_type, event_name, device_id, session_id, \
 platform, event_timestamp, received_at, sent_at, properties, user_properties, revenue, currency, \
 idfa, idfv, gaid, oaid, ip, user_agent";
+const COLUMNS_V2: &str = "organization_id, app_id, event_id, event_type, event_name, device_id, session_id, \
+platform, event_timestamp, received_at, sent_at, properties, user_properties, revenue, currency, \
+idfa, idfv, gaid, oaid, ip, user_agent, user_id, app_version";
 
 /// `String`: LEB128 length, then the bytes.
 #[inline]

@@ -159,6 +159,9 @@ impl Validator {
         put_str(d, ids.oaid.as_bytes());
         put_str(d, ids.ip.as_bytes());
         put_str(d, ids.user_agent.as_bytes());
+        // Format V2's columns (`RowFormat::CURRENT`).
+        put_str(d, ids.user_id.as_bytes());
+        put_str(d, ids.app_version.as_bytes());
         if d.len() - start > self.limits.max_event_bytes {
             d.truncate(start);
             return Err(Rejection::new(
@@ -237,6 +240,9 @@ pub struct Identity<'e> {
     pub oaid: &'e str,
     pub ip: &'e str,
     pub user_agent: &'e str,
+    /// The app's own user id (identity stitching), and the app's version.
+    pub user_id: &'e str,
+    pub app_version: &'e str,
 }
 
 fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'e>, Rejection> {
@@ -263,6 +269,8 @@ fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'
         return Err(Rejection::new("invalid_field", "ip is not an IPv4 or IPv6 address"));
     }
     let user_agent = optional_str(f.user_agent, "user_agent", 1024)?.unwrap_or("");
+    let user_id = optional_str(f.user_id, "user_id", 256)?.unwrap_or("");
+    let app_version = optional_str(f.app_version, "app_version", 64)?.unwrap_or("");
     Ok(Identity {
         app_id,
         event_id,
@@ -277,6 +285,8 @@ fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'
         oaid,
         ip,
         user_agent,
+        user_id,
+        app_version,
     })
 }
 
@@ -394,7 +404,8 @@ mod tests {
             out.push(String::from_utf8(read_str(&mut v).unwrap().to_vec()).unwrap());
         }
         v = &v[8..]; // revenue
-        for _ in 0..7 {
+        for _ in 0..9 {
+            // currency, idfa, idfv, gaid, oaid, ip, user_agent, user_id, app_version
             out.push(String::from_utf8(read_str(&mut v).unwrap().to_vec()).unwrap());
         }
         assert!(v.is_empty(), "row fully consumed");

@@ -34,6 +34,7 @@ pub const CLICKHOUSE: &[Migration] = &[
     migration!("clickhouse", 1, "001_events.sql"),
     migration!("clickhouse", 2, "002_events_daily.sql"),
     migration!("clickhouse", 3, "003_low_cardinality.sql"),
+    migration!("clickhouse", 4, "004_user_columns.sql"),
 ];
 
 #[derive(Debug, Default)]
@@ -123,9 +124,13 @@ pub async fn run_clickhouse(config: &ClickHouseConfig, progress: impl Fn(&str)) 
             }
         }
         for statement in m.statements() {
-            exec(&db, &statement)
-                .await
-                .map_err(|e| MigrateError::Migration { migration: m.name, source: Box::new(e) })?;
+            match exec(&db, &statement).await {
+                // `ADD COLUMN` has no `IF NOT EXISTS` on old servers: a column already there
+                // (a run interrupted before its record) is what the statement wanted.
+                Err(MigrateError::ClickHouse { source, .. })
+                    if statement.contains("ADD COLUMN") && source.to_string().contains("Code: 44") => {}
+                other => other.map_err(|e| MigrateError::Migration { migration: m.name, source: Box::new(e) })?,
+            }
         }
         // The name is a compile-time constant file name: safe to quote inline.
         exec(&db, &format!("INSERT INTO schema_migrations (version, name) VALUES ({}, '{}')", m.version, m.name))

@@ -231,7 +231,7 @@ fn readiness(
     let (status, state) = if r.draining.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if !r.sink_ready.load(Ordering::Acquire) {
-        (StatusCode::SERVICE_UNAVAILABLE, "sink unreachable")
+        (StatusCode::SERVICE_UNAVAILABLE, "sink not ready (unreachable, or its schema is behind: run edge migrate)")
     } else {
         (StatusCode::OK, "ready")
     };

@@ -18,7 +18,7 @@ use clickhouse::{Client, Compression};
 
 use super::{Block, SinkError};
 use crate::config::ClickHouseConfig;
-use crate::event::rowbinary::COLUMNS;
+use crate::event::rowbinary::RowFormat;
 use crate::metrics as m;
 
 /// The crate's LZ4 frames are built per `send`; 1 MiB pieces keep memory flat for big blocks.
@@ -29,8 +29,12 @@ const INSERT_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ClickHouseSink {
     insert_client: Client,
     query_client: Client,
-    sql: String,
+    /// The `INSERT` of each row format (V1, V2): a block from an older spool keeps its columns.
+    sql: [String; 2],
     data_dir: PathBuf,
+    /// The last insert failed for a column the table lacks: `edge migrate` has not run for
+    /// this build. Blocks are held (retried) and `/readyz` says so.
+    schema_behind: std::sync::atomic::AtomicBool,
 }
 
 impl ClickHouseSink {
@@ -40,8 +44,9 @@ impl ClickHouseSink {
             insert_client: base.clone().with_compression(Compression::Lz4),
             // 18.16 answers compressed responses wrongly: queries go uncompressed.
             query_client: base.with_compression(Compression::None),
-            sql: format!("INSERT INTO events ({COLUMNS}) FORMAT Native"),
+            sql: [RowFormat::V1, RowFormat::V2].map(|f| format!("INSERT INTO events ({}) FORMAT Native", f.columns())),
             data_dir,
+            schema_behind: Default::default(),
         }
     }
 
@@ -52,6 +57,7 @@ impl ClickHouseSink {
         match result {
             Ok(()) => {
                 metrics::counter!(m::CH_INSERT_ROWS).increment(block.rows as u64);
+                self.schema_behind.store(false, std::sync::atomic::Ordering::Release);
                 Ok(())
             }
             Err(InsertError::Malformed) => {
@@ -61,17 +67,25 @@ impl ClickHouseSink {
             Err(InsertError::ClickHouse(e)) => {
                 metrics::counter!(m::CH_INSERT_ERRORS).increment(1);
                 let message = e.to_string();
+                if error_code(&message) == Some(16) {
+                    // NO_SUCH_COLUMN_IN_TABLE: newer rows than the table; retried until migrated.
+                    self.schema_behind.store(true, std::sync::atomic::Ordering::Release);
+                }
                 Err(SinkError { retryable: retryable(&message), message })
             }
         }
     }
 
     async fn insert(&self, block: &Block) -> Result<(), InsertError> {
-        let data = super::native::to_native(block.chunks.iter().map(|c| &c[..]), block.rows)
+        let data = super::native::to_native(block.chunks.iter().map(|c| &c[..]), block.rows, block.format)
             .map_err(|_| InsertError::Malformed)?;
+        let sql = match block.format {
+            RowFormat::V1 => &self.sql[0],
+            RowFormat::V2 => &self.sql[1],
+        };
         let mut insert = self
             .insert_client
-            .insert_formatted_with(self.sql.clone())
+            .insert_formatted_with(sql.clone())
             .with_timeouts(Some(INSERT_TIMEOUT), Some(INSERT_TIMEOUT));
         let mut offset = 0;
         while offset < data.len() {
@@ -82,11 +96,13 @@ impl ClickHouseSink {
         insert.end().await.map_err(InsertError::ClickHouse)
     }
 
+    /// Reachable, and not refusing rows for columns it lacks.
     pub async fn ping(&self) -> bool {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), self.query_client.query("SELECT 1").execute()).await,
-            Ok(Ok(()))
-        )
+        !self.schema_behind.load(std::sync::atomic::Ordering::Acquire)
+            && matches!(
+                tokio::time::timeout(Duration::from_secs(2), self.query_client.query("SELECT 1").execute()).await,
+                Ok(Ok(()))
+            )
     }
 
     pub fn dead_letter_dir(&self) -> PathBuf {

@@ -15,8 +15,10 @@ use std::path::PathBuf;
 use bytes::{Bytes, BytesMut};
 
 /// Rows to insert together; chunks are whole rows, organisation by organisation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Block {
+    /// The row layout of every chunk.
+    pub format: crate::event::rowbinary::RowFormat,
     pub chunks: Vec<Bytes>,
     pub rows: usize,
     pub bytes: usize,

@@ -9,7 +9,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::event::rowbinary::put_str;
+use crate::event::rowbinary::{put_str, RowFormat};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -21,7 +21,7 @@ enum Kind {
 
 /// The `events` columns in RowBinary order with their ClickHouse types.
 /// Must match `rowbinary::COLUMNS` (a test checks) and the migrations.
-const SCHEMA: [(&str, &str, Kind); 21] = [
+const SCHEMA: [(&str, &str, Kind); 23] = [
     ("organization_id", "String", Kind::Str),
     ("app_id", "String", Kind::Str),
     ("event_id", "String", Kind::Str),
@@ -43,20 +43,27 @@ const SCHEMA: [(&str, &str, Kind); 21] = [
     ("oaid", "String", Kind::Str),
     ("ip", "String", Kind::Str),
     ("user_agent", "String", Kind::Str),
+    ("user_id", "String", Kind::Str),
+    ("app_version", "String", Kind::Str),
 ];
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
 
 /// Transposes RowBinary rows (`chunks` hold whole rows; `rows` in all) into one Native block.
-pub fn to_native<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, rows: usize) -> Result<Bytes, Malformed> {
-    let mut columns: Vec<Vec<u8>> = SCHEMA.iter().map(|_| Vec::new()).collect();
+pub fn to_native<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    rows: usize,
+    format: RowFormat,
+) -> Result<Bytes, Malformed> {
+    let schema = &SCHEMA[..format.column_count()];
+    let mut columns: Vec<Vec<u8>> = schema.iter().map(|_| Vec::new()).collect();
     // Nullable columns keep their null map apart from the values.
     let mut null_map = Vec::with_capacity(rows);
     let mut parsed = 0;
     for mut input in chunks {
         while !input.is_empty() {
-            for ((_, _, kind), column) in SCHEMA.iter().zip(columns.iter_mut()) {
+            for ((_, _, kind), column) in schema.iter().zip(columns.iter_mut()) {
                 input = match kind {
                     Kind::Str => {
                         let (len, header) = read_varint(input).ok_or(Malformed)?;
@@ -92,9 +99,9 @@ pub fn to_native<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, rows: usize) ->
     }
     let size: usize = columns.iter().map(Vec::len).sum::<usize>() + null_map.len() + 1024;
     let mut out = BytesMut::with_capacity(size);
-    crate::event::rowbinary::put_varint(&mut out, SCHEMA.len() as u64);
+    crate::event::rowbinary::put_varint(&mut out, schema.len() as u64);
     crate::event::rowbinary::put_varint(&mut out, rows as u64);
-    for ((name, type_name, kind), column) in SCHEMA.iter().zip(&columns) {
+    for ((name, type_name, kind), column) in schema.iter().zip(&columns) {
         put_str(&mut out, name.as_bytes());
         put_str(&mut out, type_name.as_bytes());
         if matches!(kind, Kind::NullableDateTime) {
@@ -130,9 +137,11 @@ mod tests {
 
     #[test]
     fn schema_matches_the_insert_column_list() {
-        let names: Vec<&str> = SCHEMA.iter().map(|(n, _, _)| *n).collect();
-        let columns: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
-        assert_eq!(names, columns);
+        for format in [RowFormat::V1, RowFormat::V2] {
+            let names: Vec<&str> = SCHEMA[..format.column_count()].iter().map(|(n, _, _)| *n).collect();
+            let columns: Vec<&str> = format.columns().split(',').map(str::trim).collect();
+            assert_eq!(names, columns);
+        }
     }
 
     fn row(out: &mut BytesMut, id: &str, sent_at: Option<u32>) {
@@ -150,12 +159,30 @@ mod tests {
         }
     }
 
+    /// A current row: the first format's columns and the ones added since.
+    fn row_v2(out: &mut BytesMut, id: &str, sent_at: Option<u32>) {
+        row(out, id, sent_at);
+        put_str(out, b"user");
+        put_str(out, b"1.0");
+    }
+
+    #[test]
+    fn each_format_transposes_its_own_columns() {
+        let mut v1 = BytesMut::new();
+        row(&mut v1, "a", None);
+        assert_eq!(to_native([&v1[..]], 1, RowFormat::V1).unwrap()[0], 21);
+        assert_eq!(to_native([&v1[..]], 1, RowFormat::V2), Err(Malformed), "a V1 row is short for V2");
+        let mut v2 = BytesMut::new();
+        row_v2(&mut v2, "a", None);
+        assert_eq!(to_native([&v2[..]], 1, RowFormat::V2).unwrap()[0], 23);
+    }
+
     #[test]
     fn transposes_rows_into_columns() {
         let mut rb = BytesMut::new();
         row(&mut rb, "a", Some(7));
         row(&mut rb, "bb", None);
-        let native = to_native([&rb[..]], 2).unwrap();
+        let native = to_native([&rb[..]], 2, RowFormat::V1).unwrap();
         let mut v = &native[..];
         assert_eq!((v[0], v[1]), (21, 2), "columns, rows");
         v = &v[2..];
@@ -192,13 +219,14 @@ mod tests {
     fn malformed_input_is_refused() {
         let mut rb = BytesMut::new();
         row(&mut rb, "a", None);
-        assert_eq!(to_native([&rb[..rb.len() - 1]], 1), Err(Malformed), "truncated row");
-        assert_eq!(to_native([&rb[..]], 2), Err(Malformed), "fewer rows than claimed");
-        assert_eq!(to_native([&rb[..], &rb[..]], 1), Err(Malformed), "more rows than claimed");
+        let v1 = RowFormat::V1;
+        assert_eq!(to_native([&rb[..rb.len() - 1]], 1, v1), Err(Malformed), "truncated row");
+        assert_eq!(to_native([&rb[..]], 2, v1), Err(Malformed), "fewer rows than claimed");
+        assert_eq!(to_native([&rb[..], &rb[..]], 1, v1), Err(Malformed), "more rows than claimed");
         // Rows split over chunks at row boundaries are fine.
-        let two = to_native([&rb[..], &rb[..]], 2).unwrap();
+        let two = to_native([&rb[..], &rb[..]], 2, v1).unwrap();
         let mut both = rb.clone();
         both.extend_from_slice(&rb);
-        assert_eq!(two, to_native([&both[..]], 2).unwrap());
+        assert_eq!(two, to_native([&both[..]], 2, v1).unwrap());
     }
 }

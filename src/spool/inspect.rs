@@ -45,7 +45,7 @@ pub fn repair(dir: &Path) -> io::Result<Vec<(u64, ScanStats)>> {
         let data = segment::read_all(&path)?;
         let mut clean = Vec::with_capacity(data.len());
         let (stats, _) = segment::scan(&data, 0, true, |_, r| {
-            segment::encode(&mut clean, r.written_ms, r.rows, &r.org, &r.payload);
+            segment::encode(&mut clean, r.format, r.written_ms, r.rows, &r.org, &r.payload);
         });
         if stats.damaged_regions == 0 {
             continue;

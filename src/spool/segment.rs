@@ -10,6 +10,9 @@
 //! All little-endian; `len` counts everything after the crc; the crc covers
 //! the same bytes. The magic lets a reader resynchronise after a damaged
 //! record, so one flipped bit costs one record, not the rest of the segment.
+//! It also names the payload's row format: [`MAGIC`] for the first
+//! ([`RowFormat::V1`]), [`MAGIC_V2`] for rows with `user_id` and
+//! `app_version`; a spool written by an earlier release ships as it was.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,7 +20,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::{BufMut, Bytes};
 
-pub const MAGIC: u32 = 0x5345_4447; // "GDES" on disk: edge spool
+use crate::event::rowbinary::RowFormat;
+
+pub const MAGIC: u32 = 0x5345_4447; // "GDES" on disk: edge spool, rows of format V1
+pub const MAGIC_V2: u32 = 0x3245_4447; // "GDE2" on disk: rows of format V2
 /// magic + len + crc
 const FRAME: usize = 12;
 /// written_ms + rows + org_len
@@ -28,17 +34,25 @@ pub const MAX_RECORD: usize = 64 << 20;
 /// One record as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    pub format: RowFormat,
     pub written_ms: u64,
     pub rows: u32,
     pub org: Bytes,
     pub payload: Bytes,
 }
 
+fn magic(format: RowFormat) -> u32 {
+    match format {
+        RowFormat::V1 => MAGIC,
+        RowFormat::V2 => MAGIC_V2,
+    }
+}
+
 /// Appends the framed record to `out`.
-pub fn encode(out: &mut Vec<u8>, written_ms: u64, rows: u32, org: &[u8], payload: &[u8]) {
+pub fn encode(out: &mut Vec<u8>, format: RowFormat, written_ms: u64, rows: u32, org: &[u8], payload: &[u8]) {
     let len = FIXED + org.len() + payload.len();
     out.reserve(FRAME + len);
-    out.put_u32_le(MAGIC);
+    out.put_u32_le(magic(format));
     out.put_u32_le(len as u32);
     let crc_at = out.len();
     out.put_u32_le(0);
@@ -118,9 +132,11 @@ enum Decoded {
 fn decode_at(buf: &Bytes, pos: usize) -> Decoded {
     let Some(head) = buf.get(pos..pos + FRAME) else { return Decoded::Incomplete };
     let word = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().expect("4 bytes"));
-    if word(0) != MAGIC {
-        return Decoded::Bad;
-    }
+    let format = match word(0) {
+        MAGIC => RowFormat::V1,
+        MAGIC_V2 => RowFormat::V2,
+        _ => return Decoded::Bad,
+    };
     let len = word(4) as usize;
     if !(FIXED..=MAX_RECORD).contains(&len) {
         return Decoded::Bad;
@@ -138,12 +154,12 @@ fn decode_at(buf: &Bytes, pos: usize) -> Decoded {
     }
     let org = buf.slice(start + FIXED..start + FIXED + org_len);
     let payload = buf.slice(start + FIXED + org_len..start + len);
-    Decoded::Record(Record { written_ms, rows, org, payload }, start + len)
+    Decoded::Record(Record { format, written_ms, rows, org, payload }, start + len)
 }
 
 fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
-    let needle = MAGIC.to_le_bytes();
-    buf.get(from..)?.windows(4).position(|w| w == needle).map(|i| from + i)
+    let (v1, v2) = (MAGIC.to_le_bytes(), MAGIC_V2.to_le_bytes());
+    buf.get(from..)?.windows(4).position(|w| w == v1 || w == v2).map(|i| from + i)
 }
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -177,7 +193,7 @@ mod tests {
     fn records(n: usize) -> Bytes {
         let mut out = Vec::new();
         for i in 0..n {
-            encode(&mut out, 1000 + i as u64, i as u32 + 1, b"org_a", format!("payload-{i}").as_bytes());
+            encode(&mut out, RowFormat::V2, 1000 + i as u64, i as u32 + 1, b"org_a", format!("payload-{i}").as_bytes());
         }
         Bytes::from(out)
     }

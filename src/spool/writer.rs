@@ -12,6 +12,7 @@ use crossbeam::channel::Receiver;
 use tokio::sync::{oneshot, watch};
 
 use super::{segment, Position, Shared};
+use crate::event::rowbinary::RowFormat;
 use crate::metrics as m;
 
 /// One block handed to the writer.
@@ -54,7 +55,7 @@ pub(super) fn run(writer: Writer) {
         let mut records = 0u64;
         let mut dequeued = 0u64;
         let mut take = |a: Append, buf: &mut Vec<u8>| {
-            segment::encode(buf, written_ms, a.rows, a.org.as_str().as_bytes(), &a.payload);
+            segment::encode(buf, RowFormat::CURRENT, written_ms, a.rows, a.org.as_str().as_bytes(), &a.payload);
             dequeued += a.size;
             rows += u64::from(a.rows);
             records += 1;

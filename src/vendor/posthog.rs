@@ -134,7 +134,10 @@ fn event(m: &Value, skew_ms: Option<i64>, max_properties: usize) -> Result<Value
         e.insert("currency".into(), json!(currency.unwrap_or_else(|| "USD".into())));
     }
     if let Some(user_id) = distinct_id {
-        props.insert("$user_id".into(), json!(user_id));
+        e.insert("user_id".into(), json!(user_id));
+    }
+    if let Some(version) = text(props.get("$app_version")) {
+        e.insert("app_version".into(), json!(version));
     }
     e.insert("properties".into(), with_context(props, None, max_properties));
     if !user.is_empty() {
@@ -172,7 +175,7 @@ mod tests {
         assert_eq!((a["platform"].as_str(), a["device_id"].as_str()), (Some("mac os x"), Some("u1")));
         assert_eq!(a["user_properties"]["email"], "u1@x.example");
         assert!(a["properties"].get("$set").is_none());
-        assert_eq!(a["properties"]["$user_id"], "u1");
+        assert_eq!(a["user_id"], "u1");
         assert_eq!(
             (b["event_type"].as_str(), b["revenue"].as_f64(), b["currency"].as_str()),
             (Some("purchase"), Some(9.99), Some("EUR"))

@@ -120,12 +120,6 @@ fn event(m: &Value, received_ms: i64, batch_sent: Option<i64>, max_properties: u
         }
         _ => {}
     }
-    if let Some(user_id) = &user_id {
-        props.insert("$user_id".into(), json!(user_id));
-    }
-    if let Some(version) = context.get("app").and_then(|a| text(a.get("version"))) {
-        props.insert("$app_version".into(), json!(version));
-    }
 
     let mut e = Map::new();
     if let Some(id) = text(m.get("messageId")) {
@@ -134,6 +128,12 @@ fn event(m: &Value, received_ms: i64, batch_sent: Option<i64>, max_properties: u
     e.insert("event_type".into(), json!(event_type));
     e.insert("event_name".into(), json!(event_name));
     e.insert("device_id".into(), json!(device_id));
+    if let Some(user_id) = &user_id {
+        e.insert("user_id".into(), json!(user_id));
+    }
+    if let Some(version) = context.get("app").and_then(|a| text(a.get("version"))) {
+        e.insert("app_version".into(), json!(version));
+    }
     if let Some(t) = timestamp {
         e.insert("event_timestamp".into(), json!(t));
     }
@@ -219,7 +219,7 @@ mod tests {
         assert_eq!(order["device_id"], "idfv-1");
         assert_eq!(order["event_timestamp"], parse_time(&json!("2026-11-26T21:00:00Z")).unwrap(), "as given");
         assert_eq!(
-            (order["properties"]["$app_version"].as_str(), order["properties"]["$context"]["locale"].as_str()),
+            (order["app_version"].as_str(), order["properties"]["$context"]["locale"].as_str()),
             (Some("4.2"), Some("en-GB"))
         );
         assert_eq!(
