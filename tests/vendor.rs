@@ -150,6 +150,26 @@ async fn every_recorded_sdk_request_lands_once_under_the_keys_organisation() {
         let row = got.iter().find(|(i, _, _)| i == id).unwrap_or_else(|| panic!("{sdk}: {id} missing"));
         assert_eq!((&row.1, row.2.as_str()), (device, "org_acme"), "{sdk}: {id}");
     }
+    // Timestamps after each vendor's skew correction, against the injected clock: PostHog moves
+    // `timestamp` by (received − sent_at); Segment keeps an explicit `timestamp` as sent.
+    let received_ms = (all[0].ts * 1000.0) as i64;
+    for c in all.iter().filter(|c| c.sdk == "posthog-python" || c.sdk == "segment-node") {
+        let m = &c.body["batch"][0];
+        let id = m["uuid"].as_str().or(m["messageId"].as_str()).unwrap();
+        let at = edge::vendor::parse_time(&m["timestamp"]).unwrap();
+        let want_ms = if c.sdk.starts_with("posthog") {
+            at + (received_ms - edge::vendor::parse_time(&c.body["sent_at"]).unwrap())
+        } else {
+            at
+        };
+        let stored: i64 = ch
+            .query(&format!("SELECT toUnixTimestamp(event_timestamp) FROM events FINAL WHERE event_id = '{id}'"))
+            .await
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(stored, want_ms.div_euclid(1000), "{}: {id}", c.sdk);
+    }
     // Identify calls carry their traits as user properties; revenue arrives as money.
     let identified = ch.count("event_type = 'identify' AND user_properties != '' AND user_properties != '{}'").await;
     assert!(identified >= 6, "identify events of every SDK keep their traits: {identified}");
@@ -232,5 +252,47 @@ async fn capture_v1_answers_per_event_and_segment_single_routes_take_one_message
     let types =
         ch.query("SELECT event_type FROM events WHERE event_id IN ('s1', 's2', 's3', 's4') ORDER BY event_id").await;
     assert_eq!(types.split_whitespace().collect::<Vec<_>>(), ["track", "identify", "page", "track"]);
+    ch.drop().await;
+}
+
+#[tokio::test]
+async fn posthog_js_capture_routes_take_json_forms_lz64_and_gzip_js() {
+    let Some(h) = Harness::start(Options::default()).await else {
+        return;
+    };
+    let key = h.acme.key.expose();
+    let event = |id: &str| {
+        serde_json::json!({"event": "$pageview", "uuid": id,
+                           "properties": {"distinct_id": format!("js-{id}"), "token": key, "$current_url": "https://a.example/"}})
+    };
+    // JSON, one event.
+    let r = h.http.post(format!("{}/e/", h.base)).json(&event("j1")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, r#"{"status":1}"#.to_string()));
+    // A form's data= in base64.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(serde_json::json!([event("f1")]).to_string());
+    let form = format!("data={}", b64.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"));
+    let r = h
+        .http
+        .post(format!("{}/capture/", h.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form);
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    // gzip-js: gzip named by the query, not by Content-Encoding.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(serde_json::json!({"batch": [event("g1"), event("g2")]}).to_string().as_bytes()).unwrap();
+    let r = h
+        .http
+        .post(format!("{}/i/v0/e/?compression=gzip-js", h.base))
+        .header("content-type", "text/plain")
+        .body(gz.finish().unwrap());
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    // No key anywhere: 401.
+    let anonymous = serde_json::json!({"event": "x", "properties": {"distinct_id": "nobody"}});
+    assert_eq!(h.http.post(format!("{}/track/", h.base)).json(&anonymous).send().await.unwrap().status(), 401);
+    let ch = h.stop().await.unwrap();
+    assert_eq!(
+        ch.count("event_id IN ('j1', 'f1', 'g1', 'g2') AND organization_id = 'org_acme' AND event_type = 'page'").await,
+        4
+    );
     ch.drop().await;
 }

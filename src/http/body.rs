@@ -176,6 +176,12 @@ async fn discard(mut body: Incoming, max_bytes: usize, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, drain).await;
 }
 
+/// A gzip body whose encoding a query parameter names rather than `Content-Encoding`
+/// (posthog-js's `compression=gzip-js`): bounded and charged like any other.
+pub fn gunzip(raw: &[u8], limit: usize, what: &'static str, lease: &mut Lease) -> Result<Vec<u8>, BodyError> {
+    inflate(flate2::read::MultiGzDecoder::new(raw), limit, what, "gzip", lease)
+}
+
 fn inflate(
     mut decoder: impl Read,
     limit: usize,

@@ -77,7 +77,7 @@ const fn vendor(slot: usize, path: &'static str, vendor: Vendor) -> Route {
 use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 37] = [
+pub static DATA: [Route; 42] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
@@ -91,6 +91,11 @@ pub static DATA: [Route; 37] = [
     vendor(28, "/v1/screen", Vendor::SegmentSingle("screen")),
     vendor(29, "/v1/group", Vendor::SegmentSingle("group")),
     vendor(30, "/v1/alias", Vendor::SegmentSingle("alias")),
+    vendor(32, "/e/", Vendor::PostHogCapture),
+    vendor(33, "/capture/", Vendor::PostHogCapture),
+    vendor(34, "/i/v0/e/", Vendor::PostHogCapture),
+    vendor(35, "/track/", Vendor::PostHogCapture),
+    vendor(36, "/engage/", Vendor::PostHogCapture),
     route(
         31,
         "/i/v1/analytics/events",

@@ -13,6 +13,7 @@
 //! (two of these SDKs resend on 202); refused events are counted, and a batch
 //! with no valid event is 400.
 
+mod lz;
 pub mod posthog;
 pub mod segment;
 
@@ -37,6 +38,9 @@ pub enum Vendor {
     /// PostHog's capture v1 (`/i/v1/analytics/events`): the key as a Bearer token, per-event
     /// results in the answer.
     PostHogV1,
+    /// posthog-js's and the mobile SDKs' capture routes (`/e/`, `/capture/`, …): JSON, or a
+    /// form's `data=` in base64 or lz-string, or gzip named by `compression=gzip-js`.
+    PostHogCapture,
     /// Segment's and RudderStack's batch: the same protocol.
     Segment,
     /// Segment's single-message routes (`/v1/track` …): one message, its type from the route.
@@ -46,7 +50,7 @@ pub enum Vendor {
 impl Vendor {
     pub fn label(self) -> &'static str {
         match self {
-            Vendor::PostHog | Vendor::PostHogV1 => "posthog",
+            Vendor::PostHog | Vendor::PostHogV1 | Vendor::PostHogCapture => "posthog",
             Vendor::Segment | Vendor::SegmentSingle(_) => "segment",
         }
     }
@@ -91,7 +95,11 @@ pub async fn handle(
         return Err(BodyError::TooLarge { what: "batch", limit }.into());
     }
     let mut lease = state.budget.lease();
-    let raw = body::read(&parts.headers, incoming, limit, "batch", &mut lease, state.conn.body_timeout).await?;
+    let mut raw = body::read(&parts.headers, incoming, limit, "batch", &mut lease, state.conn.body_timeout).await?;
+    let query = parts.uri.query().unwrap_or("");
+    if vendor == Vendor::PostHogCapture && query.split('&').any(|kv| kv == "compression=gzip-js") {
+        raw = body::gunzip(&raw, limit, "batch", &mut lease)?;
+    }
     let received_ms = received.as_millis() as i64;
     let max_properties = state.validator.limits().max_properties_bytes;
     let mapped = match vendor {
@@ -100,6 +108,7 @@ pub async fn handle(
             let sent = parts.headers.get("posthog-request-timestamp").and_then(|v| v.to_str().ok());
             posthog::map_v1(&raw, received_ms, sent, max_properties)
         }
+        Vendor::PostHogCapture => posthog::map_capture(&raw, query, received_ms, max_properties, limit),
         Vendor::Segment => segment::map(&raw, received_ms, max_properties),
         Vendor::SegmentSingle(kind) => segment::map_single(&raw, kind, received_ms, max_properties),
     }?;
@@ -124,7 +133,7 @@ pub async fn handle(
     metrics::counter!(m::SOURCE_EVENTS, "source" => vendor.label()).increment(outcome.accepted as u64);
     tracing::trace!(total, accepted = outcome.accepted, "vendor batch");
     let answer = match vendor {
-        Vendor::PostHog => r#"{"status":1}"#.to_string(),
+        Vendor::PostHog | Vendor::PostHogCapture => r#"{"status":1}"#.to_string(),
         Vendor::PostHogV1 => posthog::v1_results(&mapped, &outcome.errors).to_string(),
         Vendor::Segment | Vendor::SegmentSingle(_) => r#"{"success":true}"#.to_string(),
     };

@@ -26,6 +26,96 @@ pub fn map_v1(raw: &[u8], received_ms: i64, sent: Option<&str>, max_properties: 
     map_batch(&body, None, sent.map(|s| received_ms - s), max_properties)
 }
 
+/// posthog-js's and the mobile SDKs' capture routes (`/e/`, `/capture/`, `/i/v0/e/`,
+/// `/track/`, `/engage/`): one event, an array of them or `{"batch":[…]}`, as JSON or as a
+/// form's `data=` in base64 or lz-string (`compression=lz64`); the key in `api_key`, `token`
+/// or each event's `properties.token`; `distinct_id` may sit in the properties.
+pub fn map_capture(
+    raw: &[u8],
+    query: &str,
+    received_ms: i64,
+    max_properties: usize,
+    max_bytes: usize,
+) -> Result<Mapped, Error> {
+    let param = |text: &str, name: &str| {
+        text.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| form_decode(v)))
+    };
+    let body_text = std::str::from_utf8(raw).map_err(|_| invalid_body("the body is not UTF-8"))?;
+    let compression = param(query, "compression").or_else(|| param(body_text, "compression"));
+    let json_text = match param(body_text, "data").filter(|_| !body_text.trim_start().starts_with(['{', '['])) {
+        None => body_text.to_string(),
+        Some(data) => match compression.as_deref() {
+            Some("lz64") => super::lz::decompress_from_base64(&data, max_bytes)
+                .ok_or_else(|| invalid_body("data is not lz-string base64"))?,
+            _ => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_err(|_| invalid_body("data is not base64"))?;
+                String::from_utf8(bytes).map_err(|_| invalid_body("data is not UTF-8"))?
+            }
+        },
+    };
+    let body = parse_json(json_text.as_bytes())?;
+    let mut messages = match &body {
+        Value::Array(events) => events.clone(),
+        Value::Object(ref o) if o.get("batch").is_some_and(Value::is_array) => {
+            o["batch"].as_array().cloned().unwrap_or_default()
+        }
+        Value::Object(_) => vec![body.clone()],
+        _ => return Err(Error::Parse(ParseError::NotABatch)),
+    };
+    let key = text_of(&body, "api_key")
+        .or_else(|| text_of(&body, "token"))
+        .or_else(|| messages.iter().find_map(|m| m.get("properties").and_then(|p| text(p.get("token")))));
+    for m in &mut messages {
+        if let Some(o) = m.as_object_mut() {
+            if o.get("distinct_id").is_none() {
+                if let Some(id) = o.get("properties").and_then(|p| p.get("distinct_id")).cloned() {
+                    o.insert("distinct_id".into(), id);
+                }
+            }
+            if let Some(props) = o.get_mut("properties").and_then(Value::as_object_mut) {
+                props.remove("token");
+            }
+        }
+    }
+    let skew = body.get("sent_at").and_then(parse_time).map(|sent| received_ms - sent);
+    map_batch(&json!({ "batch": messages }), key, skew, max_properties)
+}
+
+fn text_of(v: &Value, key: &str) -> Option<String> {
+    v.as_object().and_then(|o| text(o.get(key)))
+}
+
+fn invalid_body(why: &'static str) -> Error {
+    Error::Parse(ParseError::InvalidJson(why.into()))
+}
+
+/// `application/x-www-form-urlencoded` value decoding: `+` is a space, `%XX` a byte.
+fn form_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn map_batch(body: &Value, key: Option<String>, skew: Option<i64>, max_properties: usize) -> Result<Mapped, Error> {
     let batch = body.get("batch").and_then(Value::as_array).ok_or(Error::Parse(ParseError::NotABatch))?;
     let mut mapped = Mapped {
@@ -185,5 +275,38 @@ mod tests {
         assert_eq!((c["event_type"].as_str(), c["user_properties"]["name"].as_str()), (Some("identify"), Some("Ann")));
         assert_eq!(c["user_properties"]["$set_once"]["first"], "x");
         assert!(c.get("event_timestamp").is_none(), "no timestamp: the receive time");
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+
+    #[test]
+    fn posthog_js_bodies_in_every_encoding_map_alike() {
+        use base64::Engine as _;
+        let events = r#"[{"event":"$pageview","properties":{"distinct_id":"u1","token":"edk_x","$current_url":"https://a.example/ü","uuid":"1"}}]"#;
+        let lz = "NobwRApgbhB2AuYBcYAkAHAhgc2gSwgHcwAaMdAJwHt0IL4CBnZcAEz0YdgGN4B9PK2RgArgEZSYeFQDWcYRFYy+AD0mpuIihTj8tAG2EALePHSMkAekuYAdBBWYAtun0RLAH8kiRg4RIBfAIBdIA===";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(events);
+        let percent = |s: &str| s.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let bodies = [
+            (events.to_string(), ""),
+            (format!("data={}", percent(lz)), "compression=lz64"),
+            (format!("data={}&compression=lz64", percent(lz)), ""),
+            (format!("data={}", percent(&b64)), ""),
+        ];
+        for (body, query) in bodies {
+            let m =
+                map_capture(body.as_bytes(), query, 0, 32 << 10, 1 << 20).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+            assert_eq!(m.key.as_deref(), Some("edk_x"), "{body}");
+            assert_eq!(m.events.len(), 1);
+            let e = &m.events[0];
+            assert_eq!((e["event_type"].as_str(), e["device_id"].as_str()), (Some("page"), Some("u1")));
+            assert!(e["properties"].get("token").is_none(), "the key is not stored as a property");
+        }
+        let single = r#"{"event":"x","properties":{"distinct_id":"u2"},"api_key":"edk_y"}"#;
+        let m = map_capture(single.as_bytes(), "", 0, 32 << 10, 1 << 20).unwrap();
+        assert_eq!((m.key.as_deref(), m.events.len()), (Some("edk_y"), 1));
+        assert!(map_capture(b"data=%%%", "compression=lz64", 0, 1024, 1024).is_err());
     }
 }
