@@ -12,8 +12,9 @@
 //! 3. `spool-writer` writes and syncs what is queued, then ends (the spool is closed);
 //! 4. `shipper` sees the writer gone and ships what remains within `drain_timeout`;
 //!    the rest stays in the spool for the next start;
-//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep`, `audit-writer` (with
-//!    PostgreSQL: writes what is queued) and the tasks added with
+//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep`, `quota-saver` (saves the
+//!    monthly counts once more), `audit-writer` (with PostgreSQL: writes what is
+//!    queued) and the tasks added with
 //!    [`Server::spawn`] (the SIGHUP reloader or the PostgreSQL registry feed; next
 //!    the Redis sync) end; only then does [`Server::wait`] return.
 
@@ -127,7 +128,14 @@ impl Server {
             }
             None => (AuditLog::disabled(), None),
         };
-        let surfaces = Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit };
+        // This month's quota counts as the last run left them, before any request is served.
+        let limiter = Arc::new(Limiter::new(clock.clone()));
+        let restored = crate::limits::quota_store::restore(&limiter, &config.data_dir, &clock);
+        if restored > 0 {
+            tracing::info!(organizations = restored, "monthly quota counts restored from the data directory");
+        }
+        let surfaces =
+            Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit, limiter: limiter.clone() };
         let router = Arc::new(data_router(&config, registry.clone(), surfaces, &clock)?);
         let registry_status = registry_status.map(|status| (status, clock.clone()));
         let admin_state =
@@ -141,10 +149,13 @@ impl Server {
         // Stops what must outlive the drain (probes, readiness, metrics, reloads).
         let last = CancellationToken::new();
         let background = TaskTracker::new();
-        let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader, clock };
+        let shipper = Shipper { config: config.batch.clone(), sink: sink.clone(), reader, clock: clock.clone() };
         let shipper = spawn_named("shipper", shipper.run(config.drain_timeout));
         background.spawn(named("sink-watcher", watch_sink(readiness.clone(), sink.clone(), last.clone())));
         background.spawn(named("metrics-upkeep", crate::metrics::upkeep(metrics, last.clone())));
+        let saver =
+            crate::limits::quota_store::save_until(limiter, config.data_dir.clone(), clock.clone(), last.clone());
+        background.spawn(named("quota-saver", saver));
         if let Some(writer) = audit_writer {
             background.spawn(named("audit-writer", writer.run(last.clone())));
         }
@@ -282,6 +293,7 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
 /// what they use, and nothing else.
 /// What the data surfaces share with the rest of the server.
 struct Surfaces {
+    limiter: Arc<Limiter>,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
     db: Option<Db>,
@@ -294,10 +306,9 @@ fn data_router(
     surfaces: Surfaces,
     clock: &Clock,
 ) -> Result<DataRouter, StartError> {
-    let Surfaces { pipeline, stats, db, audit } = surfaces;
+    let Surfaces { pipeline, stats, db, audit, limiter } = surfaces;
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     let budget = MemoryBudget::new(config.max_inflight_body_bytes);
-    let limiter = Arc::new(Limiter::new(clock.clone()));
     let signer = match (&config.jwt.signing_key_file, &config.jwt.hs256_secret) {
         (Some(path), _) => Some(Signer::from_pem_file(path)?),
         (None, Some(secret)) => Some(Signer::hs256(secret)),

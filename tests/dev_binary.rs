@@ -1,6 +1,8 @@
 //! The real `edge` binary in `--dev` mode, as the README runs it: the printed
 //! curl line's key works, stats answer, SIGTERM exits 0.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -184,4 +186,43 @@ fn tenants_file_serves_and_reloads_on_sighup() {
     send_signal(child.id(), "TERM");
     let exit = wait_timeout(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// The monthly quota survives restarts on a single node (no Redis, no PostgreSQL): a clean
+/// stop saves the counts, and a `kill -9` loses at most what came after the last save.
+#[test]
+fn the_monthly_quota_survives_restarts_from_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = edge::tenant::SdkKey::generate();
+    let tenants = common::tenants_file(dir.path(), &key);
+    let envs = [
+        ("EDGE_SPOOL_DIR", dir.path().join("data").display().to_string()),
+        ("EDGE_TENANTS_FILE", tenants.display().to_string()),
+        ("EDGE_TIER_ENTERPRISE_EVENTS_PER_MONTH", "5".to_string()),
+    ];
+    let send = |edge: &common::EdgeProcess| {
+        let body = r#"{"event_type":"t","event_name":"n","device_id":"d"}"#;
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("X-Api-Key: {}", key.expose())])
+            .args(["-H", "Content-Type: application/json", "-d", body, &format!("http://{}/v1/events", edge.addr)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut edge = common::EdgeProcess::spawn_with(&["--dev"], &envs);
+    for _ in 0..5 {
+        assert_eq!(send(&edge), "202");
+    }
+    assert_eq!(send(&edge), "402");
+    edge.signal("TERM");
+    assert!(edge.wait(Duration::from_secs(20)).is_some());
+
+    let mut edge = common::EdgeProcess::spawn_with(&["--dev"], &envs);
+    assert_eq!(send(&edge), "402", "a clean restart keeps the month's count");
+    // After a save, even a crash keeps it.
+    std::thread::sleep(Duration::from_millis(1200));
+    edge.signal("KILL");
+    edge.wait(Duration::from_secs(5));
+    let edge = common::EdgeProcess::spawn_with(&["--dev"], &envs);
+    assert_eq!(send(&edge), "402", "so does a kill -9 after the counts were saved");
 }

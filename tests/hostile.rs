@@ -798,7 +798,7 @@ fn sigterm_stops_every_named_task_in_order() {
     };
     let order: Vec<usize> = ["data-listener", "spool-writer", "shipper"].iter().map(|t| stopped_at(t)).collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "drain order: {order:?}");
-    for task in ["admin-listener", "sink-watcher", "metrics-upkeep", "tenants-reloader"] {
+    for task in ["admin-listener", "sink-watcher", "metrics-upkeep", "quota-saver", "tenants-reloader"] {
         assert!(stopped_at(task) > order[2], "{task} stops after the shipper");
     }
 }

@@ -15,6 +15,7 @@
 //! version syncs these counters through Redis; when Redis is unreachable each
 //! node keeps to its share of each limit, never to no limit at all.
 
+pub mod quota_store;
 pub mod rate;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -75,6 +76,19 @@ impl Limiter {
         }
         let c = self.orgs.entry(org.clone()).or_default();
         f(&c)
+    }
+
+    /// Sets an organisation's count for `month` (restoring saved counts at start).
+    pub fn restore_month(&self, org: &OrgId, month: u32, used: u64) {
+        self.with_counters(org, |c| {
+            c.month.store(month, Ordering::Release);
+            c.month_events.store(used, Ordering::Release);
+        })
+    }
+
+    /// Every organisation's count charged in `month` (zero counts left out).
+    pub fn month_counts(&self, month: u32) -> Vec<(OrgId, u64)> {
+        self.orgs.iter().map(|e| (e.key().clone(), e.value().used_in(month))).filter(|(_, used)| *used > 0).collect()
     }
 
     /// Events charged in the month of `now_unix_secs` (`/quotas`, tests): zero once it has turned.
