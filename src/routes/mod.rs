@@ -6,9 +6,10 @@
 //! authentication and the permission check, early answers that drain what the
 //! client still sends, and the request metrics. Handlers get their own
 //! surface's state ([`IngestState`], [`ControlState`], [`AdminState`]) and the
-//! authenticated [`Principal`]; none of them can reach another surface's state.
-//! The control-plane routes (PostgreSQL) and the vendor formats (`/batch`,
-//! `/v1/batch`) are rows added here with their own handlers.
+//! authenticated [`crate::auth::Principal`]; none of them can reach another surface's state.
+//! The route rows themselves, with path templates, are in `routes/table.rs`: the SDK
+//! routes, the control plane (`/api/v1`, PostgreSQL) and the vendor formats
+//! (`/batch/`, `/v1/batch`, capture v1 and the capture routes).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
