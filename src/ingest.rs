@@ -107,7 +107,7 @@ async fn ingest(
     let incoming = body.as_mut().expect("the body is read once");
     let mut bytes = body::read(&parts.headers, incoming, limit, what, &mut lease, state.conn.body_timeout).await?;
     let outcome = accept(state, &principal, shape, &mut bytes, &mut lease, received).await?;
-    metrics::counter!(m::SOURCE_EVENTS, "source" => "native").increment(outcome.accepted as u64);
+    m::source_events("native", outcome.accepted as u64);
     Ok(response::accepted(outcome.accepted, &outcome.errors))
 }
 

@@ -149,7 +149,7 @@ fn describe() {
     metrics::gauge!(REGISTRY_AGE).set(0.0);
     metrics::counter!(REGISTRY_FEED_ERRORS).absolute(0);
     metrics::counter!(AUDIT_DROPPED).absolute(0);
-    for source in ["native", "posthog", "segment"] {
+    for source in SOURCES {
         metrics::counter!(SOURCE_EVENTS, "source" => source).absolute(0);
     }
     // Labelled series too, for every label value the edge can produce: alerts on
@@ -257,12 +257,15 @@ struct RequestSeries {
     requests: [[OnceLock<Counter>; STATUSES.len()]; MAX_ROUTES],
     durations: [OnceLock<Histogram>; MAX_ROUTES],
     accepted: OnceLock<Counter>,
+    /// `edge_source_events_total` by [`SOURCES`] index.
+    sources: [OnceLock<Counter>; SOURCES.len()],
 }
 
 static SERIES: RequestSeries = RequestSeries {
     requests: [const { [const { OnceLock::new() }; STATUSES.len()] }; MAX_ROUTES],
     durations: [const { OnceLock::new() }; MAX_ROUTES],
     accepted: OnceLock::new(),
+    sources: [const { OnceLock::new() }; SOURCES.len()],
 };
 
 /// Counts one HTTP request of the route `label`, whose series live in `slot` (< [`MAX_ROUTES`]).
@@ -289,6 +292,15 @@ pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::Cancellati
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// The wire formats events arrive in (`edge_source_events_total{source}`).
+pub const SOURCES: [&str; 3] = ["native", "posthog", "segment"];
+
+/// Counts `n` events accepted from `source` (one of [`SOURCES`]) through a cached handle.
+pub fn source_events(source: &'static str, n: u64) {
+    let i = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
+    SERIES.sources[i].get_or_init(|| metrics::counter!(SOURCE_EVENTS, "source" => SOURCES[i])).increment(n);
 }
 
 pub fn events_accepted(n: u64) {

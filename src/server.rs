@@ -121,6 +121,9 @@ impl Server {
         let stats = Arc::new(Stats::new(config.stats_max_bytes));
         let readiness = Arc::new(Readiness::default());
         readiness.sink_ready.store(sink.ready().await, Ordering::Release);
+        if db.is_some() {
+            crate::control::password::warm().await;
+        }
         let (audit, audit_writer) = match db.clone() {
             Some(db) => {
                 let (log, writer) = AuditLog::new(db);

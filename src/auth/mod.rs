@@ -322,7 +322,11 @@ impl Authenticator {
         if matches!(error, jwt::JwtError::NotConfigured) {
             return;
         }
-        let claimed = jwt::unverified_organization(bearer).unwrap_or_default();
+        // An over-long token is recorded without being decoded: its size was the refusal.
+        let claimed = match error {
+            jwt::JwtError::TooLarge => String::new(),
+            _ => jwt::unverified_organization(bearer).unwrap_or_default(),
+        };
         self.audit.record(AuditEvent {
             action: "token_rejected",
             client: req.client,

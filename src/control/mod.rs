@@ -16,7 +16,7 @@ pub mod db;
 pub mod feed;
 mod ids;
 pub mod orgs;
-mod password;
+pub mod password;
 pub mod provision;
 pub mod roles;
 pub mod sessions;

@@ -34,13 +34,9 @@ pub async fn hash(password: String) -> String {
 pub async fn verify(password: String, phc: Option<String>) -> bool {
     let _permit = HASHING.acquire().await.expect("never closed");
     tokio::task::spawn_blocking(move || {
-        let stand_in = DUMMY.get_or_init(|| {
-            let salt = SaltString::encode_b64(&[7u8; 16]).expect("16 bytes encode");
-            Argon2::default().hash_password(b"no account", &salt).expect("argon2").to_string()
-        });
         let (phc, real) = match &phc {
             Some(p) => (p.as_str(), true),
-            None => (stand_in.as_str(), false),
+            None => (stand_in(), false),
         };
         let ok = PasswordHash::new(phc)
             .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok());
@@ -51,6 +47,20 @@ pub async fn verify(password: String, phc: Option<String>) -> bool {
 }
 
 static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The hash unknown accounts are checked against (made once).
+fn stand_in() -> &'static str {
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::encode_b64(&[7u8; 16]).expect("16 bytes encode");
+        Argon2::default().hash_password(b"no account", &salt).expect("argon2").to_string()
+    })
+}
+
+/// Makes the stand-in hash before the first login, so that the first unknown account does
+/// not take two hashes' time.
+pub async fn warm() {
+    let _ = tokio::task::spawn_blocking(stand_in).await;
+}
 
 #[cfg(test)]
 mod tests {

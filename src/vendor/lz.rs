@@ -1,7 +1,8 @@
 //! `LZString.decompressFromBase64`, the `compression=lz64` encoding of
 //! posthog-js and PostHog's mobile SDKs. Bounded: the output and the
-//! dictionary together may not exceed `max_units` UTF-16 code units, so a
-//! small hostile input cannot make a large allocation.
+//! dictionary together (entries counted with their allocation overhead) may
+//! not take more than `max_bytes`, so a small hostile input cannot make a
+//! large allocation.
 
 const ALPHABET: &[u8; 65] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
 
@@ -36,16 +37,20 @@ impl Bits<'_> {
     }
 }
 
+/// What one dictionary entry costs besides its code units: the `Vec` and its allocation.
+const ENTRY_OVERHEAD: usize = 48;
+
 /// The decompressed text, or `None` for input that is not LZString base64 or that would
-/// exceed `max_units` code units of output and dictionary.
-pub fn decompress_from_base64(input: &str, max_units: usize) -> Option<String> {
+/// take more than `max_bytes` of output and dictionary.
+pub fn decompress_from_base64(input: &str, max_bytes: usize) -> Option<String> {
     let input = input.trim().as_bytes();
     let first = *input.first()?;
     let mut bits = Bits { input, index: 1, value: Bits::sextet(first), position: 32 };
     let mut dictionary: Vec<Vec<u16>> = (0..3).map(|i| vec![i as u16]).collect();
-    let mut budget = max_units;
-    let mut take = |n: usize| -> Option<()> {
-        budget = budget.checked_sub(n)?;
+    let mut budget = max_bytes;
+    // Bytes, for `units` UTF-16 code units held `copies` times and `entries` new dictionary entries.
+    let mut take = |units: usize, copies: usize, entries: usize| -> Option<()> {
+        budget = budget.checked_sub(units * 2 * copies + entries * ENTRY_OVERHEAD)?;
         Some(())
     };
     let c = match bits.read(2)? {
@@ -65,14 +70,14 @@ pub fn decompress_from_base64(input: &str, max_units: usize) -> Option<String> {
             0 => {
                 let ch = bits.read(8)? as u16;
                 dictionary.push(vec![ch]);
-                take(1)?;
+                take(1, 1, 1)?;
                 enlarge_in -= 1;
                 dictionary.len() - 1
             }
             1 => {
                 let ch = bits.read(16)? as u16;
                 dictionary.push(vec![ch]);
-                take(1)?;
+                take(1, 1, 1)?;
                 enlarge_in -= 1;
                 dictionary.len() - 1
             }
@@ -92,7 +97,8 @@ pub fn decompress_from_base64(input: &str, max_units: usize) -> Option<String> {
             }
             None => return None,
         };
-        take(entry.len() * 2 + 1)?;
+        // The entry joins the output and, one unit longer, the dictionary.
+        take(entry.len() + 1, 2, 1)?;
         result.extend_from_slice(&entry);
         let mut next = w;
         next.push(entry[0]);
@@ -113,20 +119,20 @@ mod tests {
     #[test]
     fn known_lzstring_outputs_decompress() {
         // Outputs of lz-string 1.5.0's `compressToBase64`.
-        assert_eq!(decompress_from_base64("BYUwNmD2Q===", 1000).as_deref(), Some("hello"));
+        assert_eq!(decompress_from_base64("BYUwNmD2Q===", 100_000).as_deref(), Some("hello"));
         assert_eq!(
-            decompress_from_base64("N4IgpgbmB2AuIC4QA8QBoQAcBOB7TY2sAlmAM6LAC+VQA===", 1000).as_deref(),
+            decompress_from_base64("N4IgpgbmB2AuIC4QA8QBoQAcBOB7TY2sAlmAM6LAC+VQA===", 100_000).as_deref(),
             Some(r#"{"event":"x","properties":{}}"#)
         );
         let event = "NobwRApgbhB2AuYBcYAkAHAhgc2gSwgHcwAaMdAJwHt0IL4CBnZcAEz0YdgGN4B9PK2RgArgEZSYeFQDWcYRFYy+AD0mpuIihTj8tAG2EALePHSMkAekuYAdBBWYAtun0RLAH8kiRg4RIBfAIBdIA===";
         assert_eq!(
-            decompress_from_base64(event, 10_000).as_deref(),
+            decompress_from_base64(event, 100_000).as_deref(),
             Some(
                 r#"[{"event":"$pageview","properties":{"distinct_id":"u1","token":"edk_x","$current_url":"https://a.example/ü","uuid":"1"}}]"#
             )
         );
-        assert_eq!(decompress_from_base64("IYI17SOyg===", 1000).as_deref(), Some("abababababababababababab"));
-        assert_eq!(decompress_from_base64("BYUwNmD2Q===", 4), None, "over the bound");
-        assert_eq!(decompress_from_base64("", 1000), None);
+        assert_eq!(decompress_from_base64("IYI17SOyg===", 100_000).as_deref(), Some("abababababababababababab"));
+        assert_eq!(decompress_from_base64("BYUwNmD2Q===", 40), None, "over the bound");
+        assert_eq!(decompress_from_base64("", 100_000), None);
     }
 }

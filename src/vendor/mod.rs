@@ -31,6 +31,10 @@ use crate::ingest::{self, IngestState};
 use crate::metrics as m;
 use crate::tenant::Registry;
 
+/// Memory a vendor body costs while it is mapped, in multiples of its size: the
+/// `serde_json` tree, the mapped events and the edge's batch they are written to.
+pub const MAP_BYTES_PER_BODY_BYTE: usize = 8;
+
 /// Which wire format a route speaks (also the `source` label of `edge_source_events_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vendor {
@@ -100,6 +104,9 @@ pub async fn handle(
     if vendor == Vendor::PostHogCapture && query.split('&').any(|kv| kv == "compression=gzip-js") {
         raw = body::gunzip(&raw, limit, "batch", &mut lease)?;
     }
+    // The vendor body becomes a JSON tree, mapped events and the edge's batch before the
+    // common path: charged to the body budget like the parse buffers of the native routes.
+    lease.grow(raw.len() * MAP_BYTES_PER_BODY_BYTE)?;
     let received_ms = received.as_millis() as i64;
     let max_properties = state.validator.limits().max_properties_bytes;
     let mapped = match vendor {
@@ -108,7 +115,7 @@ pub async fn handle(
             let sent = parts.headers.get("posthog-request-timestamp").and_then(|v| v.to_str().ok());
             posthog::map_v1(&raw, received_ms, sent, max_properties)
         }
-        Vendor::PostHogCapture => posthog::map_capture(&raw, query, received_ms, max_properties, limit),
+        Vendor::PostHogCapture => posthog::map_capture(&raw, query, received_ms, max_properties, limit, &mut lease),
         Vendor::Segment => segment::map(&raw, received_ms, max_properties),
         Vendor::SegmentSingle(kind) => segment::map_single(&raw, kind, received_ms, max_properties),
     }?;
@@ -130,7 +137,7 @@ pub async fn handle(
     }
     let mut bytes = serde_json::to_vec(&serde_json::json!({ "events": mapped.events })).unwrap_or_default();
     let outcome = ingest::accept(state, &principal, Shape::Batch, &mut bytes, &mut lease, received).await?;
-    metrics::counter!(m::SOURCE_EVENTS, "source" => vendor.label()).increment(outcome.accepted as u64);
+    m::source_events(vendor.label(), outcome.accepted as u64);
     tracing::trace!(total, accepted = outcome.accepted, "vendor batch");
     let answer = match vendor {
         Vendor::PostHog | Vendor::PostHogCapture => r#"{"status":1}"#.to_string(),

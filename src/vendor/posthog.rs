@@ -10,6 +10,7 @@ use super::{event_id, number, parse_json, parse_time, text, with_context, Mapped
 use crate::error::Error;
 use crate::event::parse::ParseError;
 use crate::event::Rejection;
+use crate::http::budget::Lease;
 
 pub fn map(raw: &[u8], received_ms: i64, max_properties: usize) -> Result<Mapped, Error> {
     let body = parse_json(raw)?;
@@ -36,6 +37,7 @@ pub fn map_capture(
     received_ms: i64,
     max_properties: usize,
     max_bytes: usize,
+    lease: &mut Lease,
 ) -> Result<Mapped, Error> {
     let param = |text: &str, name: &str| {
         text.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| form_decode(v)))
@@ -45,8 +47,15 @@ pub fn map_capture(
     let json_text = match param(body_text, "data").filter(|_| !body_text.trim_start().starts_with(['{', '['])) {
         None => body_text.to_string(),
         Some(data) => match compression.as_deref() {
-            Some("lz64") => super::lz::decompress_from_base64(&data, max_bytes)
-                .ok_or_else(|| invalid_body("data is not lz-string base64"))?,
+            Some("lz64") => {
+                // Decompression's working memory, charged before it is used; then the text's tree.
+                let cap = max_bytes.min(data.len().saturating_mul(LZ_MAX_RATIO));
+                lease.grow(cap)?;
+                let text = super::lz::decompress_from_base64(&data, cap)
+                    .ok_or_else(|| invalid_body("data is not lz-string base64 (or expands too far)"))?;
+                lease.grow(text.len() * super::MAP_BYTES_PER_BODY_BYTE)?;
+                text
+            }
             _ => {
                 use base64::Engine as _;
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -83,6 +92,10 @@ pub fn map_capture(
     let skew = body.get("sent_at").and_then(parse_time).map(|sent| received_ms - sent);
     map_batch(&json!({ "batch": messages }), key, skew, max_properties)
 }
+
+/// Bytes lz-string decompression may take per byte of its input (JSON compresses a few times;
+/// more than this is not an event batch).
+const LZ_MAX_RATIO: usize = 64;
 
 fn text_of(v: &Value, key: &str) -> Option<String> {
     v.as_object().and_then(|o| text(o.get(key)))
@@ -282,6 +295,10 @@ mod tests {
 mod capture_tests {
     use super::*;
 
+    fn lease() -> Lease {
+        crate::http::budget::MemoryBudget::new(64 << 20).lease()
+    }
+
     #[test]
     fn posthog_js_bodies_in_every_encoding_map_alike() {
         use base64::Engine as _;
@@ -296,8 +313,8 @@ mod capture_tests {
             (format!("data={}", percent(&b64)), ""),
         ];
         for (body, query) in bodies {
-            let m =
-                map_capture(body.as_bytes(), query, 0, 32 << 10, 1 << 20).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+            let m = map_capture(body.as_bytes(), query, 0, 32 << 10, 1 << 20, &mut lease())
+                .unwrap_or_else(|e| panic!("{body}: {e:?}"));
             assert_eq!(m.key.as_deref(), Some("edk_x"), "{body}");
             assert_eq!(m.events.len(), 1);
             let e = &m.events[0];
@@ -305,8 +322,8 @@ mod capture_tests {
             assert!(e["properties"].get("token").is_none(), "the key is not stored as a property");
         }
         let single = r#"{"event":"x","properties":{"distinct_id":"u2"},"api_key":"edk_y"}"#;
-        let m = map_capture(single.as_bytes(), "", 0, 32 << 10, 1 << 20).unwrap();
+        let m = map_capture(single.as_bytes(), "", 0, 32 << 10, 1 << 20, &mut lease()).unwrap();
         assert_eq!((m.key.as_deref(), m.events.len()), (Some("edk_y"), 1));
-        assert!(map_capture(b"data=%%%", "compression=lz64", 0, 1024, 1024).is_err());
+        assert!(map_capture(b"data=%%%", "compression=lz64", 0, 1024, 1024, &mut lease()).is_err());
     }
 }
