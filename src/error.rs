@@ -26,29 +26,23 @@ pub use crate::http::RouteError;
 pub use crate::limits::LimitError;
 pub use crate::spool::SpoolError;
 
-#[derive(Debug)]
-pub enum Error {
-    Route(RouteError),
-    Body(BodyError),
-    Auth(AuthError),
-    Limit(LimitError),
-    Parse(ParseError),
-    Rejected(EventsRejected),
-    Spool(SpoolError),
-    Control(ControlError),
-}
-
-macro_rules! from_stage {
-    ($($variant:ident($ty:ty)),* $(,)?) => {$(
-        impl From<$ty> for Error {
+/// Declares [`Error`] with one variant per stage and the `From` each `?` uses.
+macro_rules! stage_errors {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        /// Why a request failed, as the stage that refused it said.
+        #[derive(Debug)]
+        pub enum Error {
+            $($variant($ty),)*
+        }
+        $(impl From<$ty> for Error {
             fn from(e: $ty) -> Self {
                 Error::$variant(e)
             }
-        }
-    )*};
+        })*
+    };
 }
 
-from_stage!(
+stage_errors!(
     Route(RouteError),
     Body(BodyError),
     Auth(AuthError),
