@@ -2,23 +2,22 @@
 //! devices per UTC day, answering `GET /api/v1/stats/events` without a
 //! round trip to ClickHouse (and in `--dev` with no ClickHouse at all).
 //!
-//! Counts are atomic adds; each day's device sketch takes one short lock per
-//! request. Unique devices are estimated (HyperLogLog, 4 096 registers, ≈ 1.6 %
+//! Each organisation's days sit behind one lock, reached by its slot and taken
+//! once per request (uncontended across organisations). Unique devices are estimated (HyperLogLog, 4 096 registers, ≈ 1.6 %
 //! standard error), sparse while a day has few devices: a sum of per-day
 //! uniques is not the unique count of the whole range, which is why registers
 //! are merged, not estimates added. Money totals saturate, never wrap.
 //!
 //! Memory is bounded in bytes (`EDGE_STATS_MAX_BYTES`): past it the oldest
 //! days of any organisation are evicted, so ten thousand organisations
-//! sending over a month cost what the bound says, not a sketch each per day.
+//! sending over a month cost what the bound says, not a sketch each per day
+//! (plus one empty list per organisation the registry holds).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use dashmap::DashMap;
-
 use crate::event::EventSummary;
-use crate::tenant::OrgId;
+use crate::tenant::{OrgId, PerOrg};
 
 const HLL_BITS: u32 = 12;
 const HLL_REGISTERS: usize = 1 << HLL_BITS;
@@ -121,12 +120,37 @@ fn estimate(registers: &[u8]) -> u64 {
     }
 }
 
-#[derive(Default)]
+/// One organisation-day.
 struct DayStats {
-    events: AtomicU64,
-    revenue_cents: AtomicI64,
-    /// One short lock per request (per run of same-day events), uncontended across organisations.
-    devices: Mutex<HyperLogLog>,
+    /// Days since the unix epoch (UTC).
+    day: u32,
+    events: u64,
+    revenue_cents: i64,
+    devices: HyperLogLog,
+}
+
+impl DayStats {
+    fn new(day: u32) -> Self {
+        DayStats { day, events: 0, revenue_cents: 0, devices: HyperLogLog::default() }
+    }
+}
+
+/// One organisation's days, oldest first, under one lock taken once per request.
+#[derive(Default)]
+struct OrgDays {
+    days: Mutex<Vec<DayStats>>,
+}
+
+impl OrgDays {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DayStats>> {
+        // Every update leaves the days consistent, so a panic elsewhere poisons nothing real.
+        self.days.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Bytes of a list of days' own allocation (its sketches are counted as they grow).
+fn list_bytes(days: &Vec<DayStats>) -> isize {
+    (days.capacity() * std::mem::size_of::<DayStats>()) as isize
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -150,13 +174,12 @@ pub struct StatsReport {
 
 /// Longest range a report covers (days).
 pub const MAX_DAYS: u32 = 400;
-/// What one organisation-day costs besides its sketch: map entry, key, counters, lock.
-const DAY_BYTES: usize = 160;
 
 pub struct Stats {
-    /// Values inline in the map: one place to reach per request, no reference count.
-    days: DashMap<(OrgId, u32), DayStats, ahash::RandomState>,
-    /// Bytes held by the aggregates (estimated from what they allocate).
+    /// Indexed by the organisation's slot: a request reaches its days with one index and one
+    /// uncontended lock, whatever the number of organisations.
+    orgs: PerOrg<OrgDays>,
+    /// Bytes held by the aggregates (days and sketches, from what they allocate).
     bytes: AtomicUsize,
     max_bytes: usize,
     /// One eviction at a time; others carry on recording.
@@ -166,81 +189,52 @@ pub struct Stats {
 impl Stats {
     /// Aggregates that hold at most about `max_bytes`: past it the oldest days are evicted.
     pub fn new(max_bytes: usize) -> Self {
-        Stats { days: DashMap::default(), bytes: AtomicUsize::new(0), max_bytes, evicting: Mutex::new(()) }
+        Stats { orgs: PerOrg::default(), bytes: AtomicUsize::new(0), max_bytes, evicting: Mutex::new(()) }
     }
 
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Records one request's accepted events: one map lookup, one lock and one add per run of
-    /// events on the same day (usually the whole request), not per event.
+    /// Records one request's accepted events: one lock, and one day lookup per run of events on
+    /// the same day (usually the whole request), not per event.
     pub fn record(&self, org: &OrgId, events: &[EventSummary]) {
-        self.for_each_day(events, |day, run| {
+        let mut days = self.orgs.get(org.slot()).lock();
+        let mut grown = -list_bytes(&days);
+        for_each_day(events, |day, run| {
+            let stats = day_entry(&mut days, day);
             let mut cents = 0i64;
-            let mut grown = 0isize;
-            self.with_day(org, day, |stats| {
-                let mut devices = stats.devices.lock().unwrap_or_else(|e| e.into_inner());
-                for e in run {
-                    grown += devices.insert(e.device_hash);
-                    cents = cents.saturating_add(e.revenue_cents);
-                }
-                drop(devices);
-                stats.events.fetch_add(run.len() as u64, Ordering::Relaxed);
-                add_saturating(&stats.revenue_cents, cents);
-            });
-            if grown != 0 {
-                self.grew(grown);
+            for e in run {
+                grown += stats.devices.insert(e.device_hash);
+                cents = cents.saturating_add(e.revenue_cents);
             }
+            stats.events = stats.events.saturating_add(run.len() as u64);
+            stats.revenue_cents = stats.revenue_cents.saturating_add(cents);
         });
+        grown += list_bytes(&days);
+        drop(days);
+        self.grew(grown);
     }
 
     /// Takes back the counts of events that were recorded but then not stored (their devices
     /// stay in the sketch: a sketch cannot forget).
     pub fn forget(&self, org: &OrgId, events: &[EventSummary]) {
-        self.for_each_day(events, |day, run| {
-            if let Some(stats) = self.days.get(&(org.clone(), day)) {
+        let mut days = self.orgs.get(org.slot()).lock();
+        for_each_day(events, |day, run| {
+            if let Ok(at) = days.binary_search_by_key(&day, |d| d.day) {
                 let cents = run.iter().fold(0i64, |sum, e| sum.saturating_add(e.revenue_cents));
-                let _ = stats
-                    .events
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(run.len() as u64)));
-                add_saturating(&stats.revenue_cents, cents.saturating_neg());
+                let stats = &mut days[at];
+                stats.events = stats.events.saturating_sub(run.len() as u64);
+                stats.revenue_cents = stats.revenue_cents.saturating_sub(cents);
             }
         });
     }
 
-    fn for_each_day(&self, events: &[EventSummary], mut each: impl FnMut(u32, &[EventSummary])) {
-        let mut rest = events;
-        while let Some(first) = rest.first() {
-            let run = rest.iter().take_while(|e| e.day == first.day).count();
-            let (same_day, tail) = rest.split_at(run);
-            each(first.day, same_day);
-            rest = tail;
-        }
-    }
-
-    /// Runs `f` on the day's aggregates under the map's shard guard (no reference count
-    /// touched); creates the day if it is new.
-    fn with_day(&self, org: &OrgId, day: u32, f: impl FnOnce(&DayStats)) {
-        let key = (org.clone(), day);
-        if let Some(d) = self.days.get(&key) {
-            return f(&d);
-        }
-        let mut created = false;
-        {
-            let entry = self.days.entry(key).or_insert_with(|| {
-                created = true;
-                DayStats::default()
-            });
-            f(&entry);
-        }
-        if created {
-            self.grew(DAY_BYTES as isize);
-        }
-    }
-
     fn grew(&self, delta: isize) {
-        let now = if delta >= 0 {
+        if delta == 0 {
+            return;
+        }
+        let now = if delta > 0 {
             self.bytes.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
         } else {
             self.bytes.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
@@ -253,17 +247,28 @@ impl Stats {
     /// Drops the oldest days (of any organisation) until a tenth of the bound is free.
     fn evict(&self) {
         let Ok(_one) = self.evicting.try_lock() else { return };
-        let mut by_age: Vec<(u32, OrgId)> = self.days.iter().map(|e| (e.key().1, e.key().0.clone())).collect();
-        by_age.sort_unstable_by_key(|(day, _)| *day);
+        let mut by_age: Vec<(u32, u32)> = Vec::new();
+        for (slot, org) in self.orgs.iter() {
+            by_age.extend(org.lock().iter().map(|d| (d.day, slot)));
+        }
+        by_age.sort_unstable();
         let target = self.max_bytes / 10 * 9;
-        for (day, org) in by_age {
+        for (day, slot) in by_age {
             if self.bytes.load(Ordering::Relaxed) <= target {
                 break;
             }
-            if let Some((_, stats)) = self.days.remove(&(org, day)) {
-                let sketch = stats.devices.lock().map(|d| d.bytes()).unwrap_or(0);
-                self.bytes.fetch_sub((DAY_BYTES + sketch).min(self.bytes()), Ordering::Relaxed);
+            let mut days = self.orgs.get(slot).lock();
+            let mut freed = list_bytes(&days);
+            if let Ok(at) = days.binary_search_by_key(&day, |d| d.day) {
+                freed += days.remove(at).devices.bytes() as isize;
+                if days.capacity() > 2 * days.len() {
+                    days.shrink_to_fit();
+                }
             }
+            freed -= list_bytes(&days);
+            drop(days);
+            let freed = freed.max(0) as usize;
+            let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(freed)));
         }
         metrics::counter!(crate::metrics::STATS_EVICTIONS).increment(1);
     }
@@ -283,32 +288,51 @@ impl Stats {
             unique_devices: 0,
         };
         let mut total_cents = 0i64;
-        for day in from..=to {
-            let Some((events, cents, devices)) = self.days.get(&(org.clone(), day)).map(|s| {
-                let devices = s.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                (s.events.load(Ordering::Relaxed), s.revenue_cents.load(Ordering::Relaxed), devices)
-            }) else {
-                continue;
-            };
-            devices.merge_into(&mut merged);
-            report.total_events = report.total_events.saturating_add(events);
-            total_cents = total_cents.saturating_add(cents);
+        let days = self.orgs.get(org.slot()).lock();
+        let first = days.partition_point(|d| d.day < from);
+        for d in days[first..].iter().take_while(|d| d.day <= to) {
+            d.devices.merge_into(&mut merged);
+            report.total_events = report.total_events.saturating_add(d.events);
+            total_cents = total_cents.saturating_add(d.revenue_cents);
             report.days.push(DayRow {
-                date: day_to_date(day),
-                events,
-                revenue: cents as f64 / 100.0,
-                unique_devices: devices.estimate(),
+                date: day_to_date(d.day),
+                events: d.events,
+                revenue: d.revenue_cents as f64 / 100.0,
+                unique_devices: d.devices.estimate(),
             });
         }
+        drop(days);
         report.total_revenue = total_cents as f64 / 100.0;
         report.unique_devices = if report.total_events == 0 { 0 } else { estimate(&merged) };
         report
     }
 }
 
-/// Money totals saturate rather than wrap.
-fn add_saturating(counter: &AtomicI64, delta: i64) {
-    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(delta)));
+/// Calls `each` once per run of consecutive events on the same day.
+fn for_each_day(events: &[EventSummary], mut each: impl FnMut(u32, &[EventSummary])) {
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take_while(|e| e.day == first.day).count();
+        let (same_day, tail) = rest.split_at(run);
+        each(first.day, same_day);
+        rest = tail;
+    }
+}
+
+/// The entry of `day` in `days` (kept sorted), created if new.
+fn day_entry(days: &mut Vec<DayStats>, day: u32) -> &mut DayStats {
+    // Events mostly arrive for the newest day: look there before searching.
+    let at = match days.last() {
+        Some(last) if last.day == day => days.len() - 1,
+        _ => match days.binary_search_by_key(&day, |d| d.day) {
+            Ok(at) => at,
+            Err(at) => {
+                days.insert(at, DayStats::new(day));
+                at
+            }
+        },
+    };
+    &mut days[at]
 }
 
 pub fn day_to_date(day: u32) -> String {

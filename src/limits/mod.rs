@@ -21,11 +21,9 @@ pub mod rate;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-
 use crate::clock::Clock;
 use crate::plan::Tier;
-use crate::tenant::{Org, OrgId};
+use crate::tenant::{Org, OrgId, PerOrg};
 use rate::{Bucket, RateDecision};
 
 /// Why events are refused: a value, not an answer ([`crate::error`] makes the 429 and 402).
@@ -40,7 +38,9 @@ pub enum LimitError {
 }
 
 /// Counters for one organisation; lives as long as the process, across registry reloads.
+/// A cache line each, so cores serving different organisations never contend on one.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct OrgCounters {
     bucket: Bucket,
     /// Months since year 0 for which `month_events` counts.
@@ -53,55 +53,49 @@ struct OrgCounters {
 pub struct Limiter {
     /// Rate buckets run on its monotonic time; quota months come from the caller's receive time.
     clock: Clock,
-    /// Counters inline in the map: a lookup lands on them, no reference count or second line.
-    orgs: DashMap<OrgId, OrgCounters, ahash::RandomState>,
+    /// Indexed by the organisation's slot: one array index per request, whatever the tenant count.
+    orgs: PerOrg<OrgCounters>,
 }
 
 impl Limiter {
     pub fn new(clock: Clock) -> Self {
-        Limiter { clock, orgs: DashMap::default() }
+        Limiter { clock, orgs: PerOrg::default() }
     }
 }
 
 impl Limiter {
     /// The organisation's limits for one request.
     pub fn org<'l>(&'l self, org: &'l Org) -> OrgLimits<'l> {
-        OrgLimits { limiter: self, tier: &org.tier, org: &org.id }
-    }
-
-    /// Runs `f` on the organisation's counters under the shard's guard (never across an await).
-    fn with_counters<R>(&self, org: &OrgId, f: impl FnOnce(&OrgCounters) -> R) -> R {
-        if let Some(c) = self.orgs.get(org) {
-            return f(&c);
-        }
-        let c = self.orgs.entry(org.clone()).or_default();
-        f(&c)
+        OrgLimits { clock: &self.clock, tier: &org.tier, counters: self.orgs.get(org.id.slot()) }
     }
 
     /// Sets an organisation's count for `month` (restoring saved counts at start).
     pub fn restore_month(&self, org: &OrgId, month: u32, used: u64) {
-        self.with_counters(org, |c| {
-            c.month.store(month, Ordering::Release);
-            c.month_events.store(used, Ordering::Release);
-        })
+        let c = self.orgs.get(org.slot());
+        c.month.store(month, Ordering::Release);
+        c.month_events.store(used, Ordering::Release);
     }
 
     /// Every organisation's count charged in `month` (zero counts left out).
     pub fn month_counts(&self, month: u32) -> Vec<(OrgId, u64)> {
-        self.orgs.iter().map(|e| (e.key().clone(), e.value().used_in(month))).filter(|(_, used)| *used > 0).collect()
+        self.orgs
+            .iter()
+            .filter_map(|(slot, c)| Some((slot, c.used_in(month))).filter(|(_, used)| *used > 0))
+            .filter_map(|(slot, used)| Some((OrgId::from_slot(slot)?, used)))
+            .collect()
     }
 
     /// Events charged in the month of `now_unix_secs` (`/quotas`, tests): zero once it has turned.
     pub fn month_events(&self, org: &OrgId, now_unix_secs: i64) -> u64 {
-        self.orgs.get(org).map_or(0, |c| c.used_in(month_index(now_unix_secs)))
+        self.orgs.get(org.slot()).used_in(month_index(now_unix_secs))
     }
 }
 
 /// One organisation's limits, looked up once per request.
 pub struct OrgLimits<'l> {
-    limiter: &'l Limiter,
+    clock: &'l Clock,
     pub tier: &'l Tier,
-    org: &'l OrgId,
+    counters: &'l OrgCounters,
 }
 
 impl OrgLimits<'_> {
@@ -109,7 +103,7 @@ impl OrgLimits<'_> {
     pub fn check_quota(&self, now_unix_secs: i64) -> Result<(), LimitError> {
         let limit = self.tier.events_per_month;
         let month = month_index(now_unix_secs);
-        if self.limiter.with_counters(self.org, |c| c.used_in(month) >= limit) {
+        if self.counters.used_in(month) >= limit {
             return Err(self.quota_exceeded());
         }
         Ok(())
@@ -123,8 +117,8 @@ impl OrgLimits<'_> {
     pub fn check_rate(&self, n: u64) -> Result<(), LimitError> {
         let tier = self.tier;
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
-        let now = self.limiter.clock.monotonic_ns();
-        match self.limiter.with_counters(self.org, |c| c.bucket.check(now, n, tier.events_per_second, burst)) {
+        let now = self.clock.monotonic_ns();
+        match self.counters.bucket.check(now, n, tier.events_per_second, burst) {
             RateDecision::Allow => Ok(()),
             RateDecision::Limit { retry_after } => {
                 Err(LimitError::RateLimited { tier: tier.name, limit_per_sec: tier.events_per_second, retry_after })
@@ -138,15 +132,14 @@ impl OrgLimits<'_> {
     pub fn reserve(&self, n: u64, now_unix_secs: i64) -> u64 {
         let limit = self.tier.events_per_month;
         let month = month_index(now_unix_secs);
-        self.limiter.with_counters(self.org, |c| {
-            c.roll_to(month);
-            match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < limit).then(|| used + n.min(limit - used))
-            }) {
-                Ok(before) => n.min(limit - before),
-                Err(_) => 0,
-            }
-        })
+        let c = self.counters;
+        c.roll_to(month);
+        match c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used < limit).then(|| used + n.min(limit - used))
+        }) {
+            Ok(before) => n.min(limit - before),
+            Err(_) => 0,
+        }
     }
 
     /// Counts one control-plane request against the tier's per-minute allowance (a fixed
@@ -154,11 +147,9 @@ impl OrgLimits<'_> {
     pub fn check_api(&self, now_unix_secs: u64) -> Result<(), LimitError> {
         let limit = u64::from(self.tier.api_requests_per_minute);
         let minute = now_unix_secs / 60;
-        let counted = self.limiter.with_counters(self.org, |c| {
-            c.api_window.fetch_update(Ordering::AcqRel, Ordering::Acquire, |window| {
-                let used = if window >> 32 == minute { window & 0xffff_ffff } else { 0 };
-                (used < limit).then_some((minute << 32) | (used + 1))
-            })
+        let counted = self.counters.api_window.fetch_update(Ordering::AcqRel, Ordering::Acquire, |window| {
+            let used = if window >> 32 == minute { window & 0xffff_ffff } else { 0 };
+            (used < limit).then_some((minute << 32) | (used + 1))
         });
         match counted {
             Ok(_) => Ok(()),
@@ -173,11 +164,10 @@ impl OrgLimits<'_> {
     /// Gives back `n` reserved events that were not stored after all.
     pub fn refund(&self, n: u64, now_unix_secs: i64) {
         let month = month_index(now_unix_secs);
-        self.limiter.with_counters(self.org, |c| {
-            if c.month.load(Ordering::Acquire) == month {
-                let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
-            }
-        })
+        let c = self.counters;
+        if c.month.load(Ordering::Acquire) == month {
+            let _ = c.month_events.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+        }
     }
 }
 

@@ -18,49 +18,77 @@ use sha2::{Digest, Sha256};
 
 use crate::plan::{Tier, TierTable};
 
-/// An organisation's id as it appears in tokens and in ClickHouse.
-#[derive(Clone, Eq, PartialOrd, Ord)]
-pub struct OrgId(Arc<str>);
+pub mod slots;
+pub use slots::PerOrg;
 
-/// By the text, as equality (pointer equality implies equal text).
+/// An organisation's id as it appears in tokens and in ClickHouse, with its process-wide
+/// slot ([`slots`]): per-organisation state is indexed by the slot, and ids compare by it.
+#[derive(Clone)]
+pub struct OrgId {
+    text: Arc<str>,
+    slot: u32,
+}
+
+/// By the text, as `str` hashes (maps keyed by id are looked up by `&str`).
 impl std::hash::Hash for OrgId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state)
+        self.text.hash(state)
     }
 }
 
-/// Ids handed out by one registry snapshot share their allocation: comparing the pointers
-/// first spares the per-request map lookups (limits, stats) a string comparison.
+/// Interned: one slot per text, so comparing slots compares the ids.
 impl PartialEq for OrgId {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+        self.slot == other.slot
+    }
+}
+impl Eq for OrgId {}
+
+impl Ord for OrgId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+impl PartialOrd for OrgId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl OrgId {
-    pub fn new(id: &str) -> Self {
-        OrgId(Arc::from(id))
+    /// The id of `text` (interned: cheap to compare, slot assigned on first sight).
+    pub fn new(text: &str) -> Self {
+        let (text, slot) = slots::intern(text);
+        OrgId { text, slot }
+    }
+    /// The id that holds `slot`, if one was ever made.
+    pub fn from_slot(slot: u32) -> Option<Self> {
+        slots::text_of(slot).map(|text| OrgId { text, slot })
     }
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+    /// Its index in [`PerOrg`] tables.
+    pub fn slot(&self) -> u32 {
+        self.slot
     }
 }
 
 impl Borrow<str> for OrgId {
     fn borrow(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl fmt::Debug for OrgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
 impl fmt::Display for OrgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
