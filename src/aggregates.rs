@@ -13,6 +13,7 @@
 //! sending over a month cost what the bound says, not a sketch each per day
 //! (plus one empty list per organisation the registry holds).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -25,17 +26,44 @@ const HLL_REGISTERS: usize = 1 << HLL_BITS;
 /// (1 byte for each of the 4 096): small days, the common case, stay small.
 const SPARSE_MAX: usize = 512;
 
+/// Registers a sketch keeps in place, with no allocation: as many as fit in the space a
+/// `Vec` takes anyway, so most organisation-days of a long tail of small tenants cost one
+/// entry and no second cache line.
+const INLINE_MAX: usize = 7;
+
 /// Distinct count estimator over 64-bit hashes: the registers of a 4 096-register
-/// HyperLogLog, kept sparse (sorted `index << 8 | rank`) while few are set.
+/// HyperLogLog, kept sparse (sorted `index << 8 | rank`) while few are set: in place,
+/// then in a vector, then dense.
 #[derive(Debug, Clone)]
 pub enum HyperLogLog {
+    Inline { len: u8, entries: [u32; INLINE_MAX] },
     Sparse(Vec<u32>),
     Dense(Box<[u8]>),
 }
 
 impl Default for HyperLogLog {
     fn default() -> Self {
-        HyperLogLog::Sparse(Vec::new())
+        HyperLogLog::Inline { len: 0, entries: [0; INLINE_MAX] }
+    }
+}
+
+/// Sets register `index` of sorted sparse `entries` to at least `rank`; `false` when the
+/// register is new and `entries` has no room for it.
+fn set_sparse(entries: &mut [u32], len: &mut usize, index: u32, rank: u8) -> bool {
+    match entries[..*len].binary_search_by_key(&index, |e| e >> 8) {
+        Ok(at) => {
+            if (entries[at] & 0xff) < u32::from(rank) {
+                entries[at] = index << 8 | u32::from(rank);
+            }
+            true
+        }
+        Err(at) if *len < entries.len() => {
+            entries.copy_within(at..*len, at + 1);
+            entries[at] = index << 8 | u32::from(rank);
+            *len += 1;
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -49,6 +77,18 @@ impl HyperLogLog {
                 let r = &mut registers[index as usize];
                 *r = (*r).max(rank);
                 0
+            }
+            HyperLogLog::Inline { len, entries } => {
+                let mut n = usize::from(*len);
+                if set_sparse(entries, &mut n, index, rank) {
+                    *len = n as u8;
+                    return 0;
+                }
+                let mut spilled = Vec::with_capacity(2 * INLINE_MAX + 2);
+                spilled.extend_from_slice(&entries[..n]);
+                let held = 4 * spilled.capacity() as isize;
+                *self = HyperLogLog::Sparse(spilled);
+                held + self.insert(hash)
             }
             HyperLogLog::Sparse(entries) => match entries.binary_search_by_key(&index, |e| e >> 8) {
                 Ok(at) => {
@@ -83,12 +123,8 @@ impl HyperLogLog {
                     *a = (*a).max(*r);
                 }
             }
-            HyperLogLog::Sparse(entries) => {
-                for e in entries {
-                    let a = &mut acc[(e >> 8) as usize];
-                    *a = (*a).max((e & 0xff) as u8);
-                }
-            }
+            HyperLogLog::Inline { len, entries } => merge_sparse(&entries[..usize::from(*len)], acc),
+            HyperLogLog::Sparse(entries) => merge_sparse(entries, acc),
         }
     }
 
@@ -100,9 +136,17 @@ impl HyperLogLog {
 
     fn bytes(&self) -> usize {
         match self {
+            HyperLogLog::Inline { .. } => 0,
             HyperLogLog::Dense(_) => HLL_REGISTERS,
             HyperLogLog::Sparse(entries) => 4 * entries.capacity(),
         }
+    }
+}
+
+fn merge_sparse(entries: &[u32], acc: &mut [u8]) {
+    for e in entries {
+        let a = &mut acc[(e >> 8) as usize];
+        *a = (*a).max((e & 0xff) as u8);
     }
 }
 
@@ -121,36 +165,76 @@ fn estimate(registers: &[u8]) -> u64 {
 }
 
 /// One organisation-day.
+#[derive(Default)]
 struct DayStats {
-    /// Days since the unix epoch (UTC).
-    day: u32,
     events: u64,
     revenue_cents: i64,
     devices: HyperLogLog,
 }
 
-impl DayStats {
-    fn new(day: u32) -> Self {
-        DayStats { day, events: 0, revenue_cents: 0, devices: HyperLogLog::default() }
+/// One organisation's consecutive days, `first` first: a day is found by subtraction, so a
+/// request touches its day's entry and sketch and nothing else. A day with no events costs an
+/// empty entry (no sketch allocated).
+#[derive(Default)]
+struct Days {
+    first: u32,
+    list: VecDeque<DayStats>,
+}
+
+impl Days {
+    /// The entry of `day`, extending the window to it if needed.
+    fn entry(&mut self, day: u32) -> &mut DayStats {
+        if self.list.is_empty() {
+            self.first = day;
+        }
+        if day < self.first {
+            for _ in day..self.first {
+                self.list.push_front(DayStats::default());
+            }
+            self.first = day;
+        }
+        let at = (day - self.first) as usize;
+        if at >= self.list.len() {
+            self.list.resize_with(at + 1, DayStats::default);
+        }
+        &mut self.list[at]
+    }
+
+    fn get_mut(&mut self, day: u32) -> Option<&mut DayStats> {
+        self.list.get_mut(day.checked_sub(self.first)? as usize)
+    }
+
+    /// Bytes of the window's own allocation (sketches are counted as they grow).
+    fn bytes(&self) -> isize {
+        (self.list.capacity() * std::mem::size_of::<DayStats>()) as isize
+    }
+
+    /// Drops every day up to `day`; returns the bytes freed.
+    fn drop_through(&mut self, day: u32) -> isize {
+        let before = self.bytes();
+        let mut freed = 0;
+        while !self.list.is_empty() && self.first <= day {
+            freed += self.list.pop_front().map_or(0, |d| d.devices.bytes() as isize);
+            self.first += 1;
+        }
+        if self.list.capacity() > 2 * self.list.len() {
+            self.list.shrink_to_fit();
+        }
+        freed + before - self.bytes()
     }
 }
 
-/// One organisation's days, oldest first, under one lock taken once per request.
+/// One organisation's days under one lock, taken once per request.
 #[derive(Default)]
 struct OrgDays {
-    days: Mutex<Vec<DayStats>>,
+    days: Mutex<Days>,
 }
 
 impl OrgDays {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DayStats>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Days> {
         // Every update leaves the days consistent, so a panic elsewhere poisons nothing real.
         self.days.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Bytes of a list of days' own allocation (its sketches are counted as they grow).
-fn list_bytes(days: &Vec<DayStats>) -> isize {
-    (days.capacity() * std::mem::size_of::<DayStats>()) as isize
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -200,9 +284,9 @@ impl Stats {
     /// the same day (usually the whole request), not per event.
     pub fn record(&self, org: &OrgId, events: &[EventSummary]) {
         let mut days = self.orgs.get(org.slot()).lock();
-        let mut grown = -list_bytes(&days);
+        let mut grown = -days.bytes();
         for_each_day(events, |day, run| {
-            let stats = day_entry(&mut days, day);
+            let stats = days.entry(day);
             let mut cents = 0i64;
             for e in run {
                 grown += stats.devices.insert(e.device_hash);
@@ -211,7 +295,7 @@ impl Stats {
             stats.events = stats.events.saturating_add(run.len() as u64);
             stats.revenue_cents = stats.revenue_cents.saturating_add(cents);
         });
-        grown += list_bytes(&days);
+        grown += days.bytes();
         drop(days);
         self.grew(grown);
     }
@@ -221,9 +305,8 @@ impl Stats {
     pub fn forget(&self, org: &OrgId, events: &[EventSummary]) {
         let mut days = self.orgs.get(org.slot()).lock();
         for_each_day(events, |day, run| {
-            if let Ok(at) = days.binary_search_by_key(&day, |d| d.day) {
+            if let Some(stats) = days.get_mut(day) {
                 let cents = run.iter().fold(0i64, |sum, e| sum.saturating_add(e.revenue_cents));
-                let stats = &mut days[at];
                 stats.events = stats.events.saturating_sub(run.len() as u64);
                 stats.revenue_cents = stats.revenue_cents.saturating_sub(cents);
             }
@@ -249,7 +332,9 @@ impl Stats {
         let Ok(_one) = self.evicting.try_lock() else { return };
         let mut by_age: Vec<(u32, u32)> = Vec::new();
         for (slot, org) in self.orgs.iter() {
-            by_age.extend(org.lock().iter().map(|d| (d.day, slot)));
+            let days = org.lock();
+            let first = days.first;
+            by_age.extend(days.list.iter().enumerate().filter(|(_, d)| d.events > 0 || d.devices.bytes() > 0).map(|(i, _)| (first + i as u32, slot)));
         }
         by_age.sort_unstable();
         let target = self.max_bytes / 10 * 9;
@@ -257,24 +342,14 @@ impl Stats {
             if self.bytes.load(Ordering::Relaxed) <= target {
                 break;
             }
-            let mut days = self.orgs.get(slot).lock();
-            let mut freed = list_bytes(&days);
-            if let Ok(at) = days.binary_search_by_key(&day, |d| d.day) {
-                freed += days.remove(at).devices.bytes() as isize;
-                if days.capacity() > 2 * days.len() {
-                    days.shrink_to_fit();
-                }
-            }
-            freed -= list_bytes(&days);
-            drop(days);
-            let freed = freed.max(0) as usize;
+            let freed = self.orgs.get(slot).lock().drop_through(day).max(0) as usize;
             let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(freed)));
         }
         metrics::counter!(crate::metrics::STATS_EVICTIONS).increment(1);
     }
 
     /// Per-day rows for `org` between `from` and `to` (days since the epoch, inclusive; at most
-    /// [`MAX_DAYS`], counted back from `to`).
+    /// [`MAX_DAYS`], counted back from `to`); days without events are left out.
     pub fn report(&self, org: &OrgId, from: u32, to: u32, today: u32) -> StatsReport {
         // No day past tomorrow holds events (they may be at most 24 h ahead).
         let to = to.min(today + 1);
@@ -289,13 +364,17 @@ impl Stats {
         };
         let mut total_cents = 0i64;
         let days = self.orgs.get(org.slot()).lock();
-        let first = days.partition_point(|d| d.day < from);
-        for d in days[first..].iter().take_while(|d| d.day <= to) {
+        let window = days.first..days.first + days.list.len() as u32;
+        for day in from.max(window.start)..to.saturating_add(1).min(window.end) {
+            let d = &days.list[(day - window.start) as usize];
+            if d.events == 0 {
+                continue; // a gap in the window, or every event taken back
+            }
             d.devices.merge_into(&mut merged);
             report.total_events = report.total_events.saturating_add(d.events);
             total_cents = total_cents.saturating_add(d.revenue_cents);
             report.days.push(DayRow {
-                date: day_to_date(d.day),
+                date: day_to_date(day),
                 events: d.events,
                 revenue: d.revenue_cents as f64 / 100.0,
                 unique_devices: d.devices.estimate(),
@@ -317,22 +396,6 @@ fn for_each_day(events: &[EventSummary], mut each: impl FnMut(u32, &[EventSummar
         each(first.day, same_day);
         rest = tail;
     }
-}
-
-/// The entry of `day` in `days` (kept sorted), created if new.
-fn day_entry(days: &mut Vec<DayStats>, day: u32) -> &mut DayStats {
-    // Events mostly arrive for the newest day: look there before searching.
-    let at = match days.last() {
-        Some(last) if last.day == day => days.len() - 1,
-        _ => match days.binary_search_by_key(&day, |d| d.day) {
-            Ok(at) => at,
-            Err(at) => {
-                days.insert(at, DayStats::new(day));
-                at
-            }
-        },
-    };
-    &mut days[at]
 }
 
 pub fn day_to_date(day: u32) -> String {
@@ -394,6 +457,19 @@ mod tests {
     }
 
     #[test]
+    fn small_sketches_take_no_more_room_than_a_vector() {
+        assert_eq!(std::mem::size_of::<HyperLogLog>(), std::mem::size_of::<Vec<u32>>() + 8);
+        let hasher = ahash::RandomState::with_seeds(9, 10, 11, 12);
+        let mut h = HyperLogLog::default();
+        let grown: isize = (0..INLINE_MAX as u64).map(|n| h.insert(hasher.hash_one(n))).sum();
+        assert_eq!((grown, h.bytes(), h.estimate()), (0, 0, INLINE_MAX as u64));
+        assert!(matches!(h, HyperLogLog::Inline { .. }));
+        let grown = h.insert(hasher.hash_one(INLINE_MAX as u64));
+        assert!(matches!(h, HyperLogLog::Sparse(_)));
+        assert_eq!((grown, h.bytes() as isize, h.estimate()), (h.bytes() as isize, grown, INLINE_MAX as u64 + 1));
+    }
+
+    #[test]
     fn sparse_and_dense_sketches_agree() {
         let hasher = ahash::RandomState::with_seeds(5, 6, 7, 8);
         let mut sparse = HyperLogLog::default();
@@ -449,5 +525,20 @@ mod tests {
         s.forget(&org, &e[..2]);
         let r = s.report(&org, 20_000, 20_000, TODAY);
         assert_eq!((r.total_events, r.total_revenue), (1, 2.5));
+    }
+
+    #[test]
+    fn days_arrive_in_any_order_and_gaps_cost_no_rows() {
+        let s = Stats::new(1 << 30);
+        let org = OrgId::new("o");
+        let on = |day| EventSummary { day, revenue_cents: 100, device_hash: u64::from(day), row_end: 0 };
+        for day in [20_010, 20_000, 20_020, 20_005, 20_010] {
+            s.record(&org, &[on(day)]);
+        }
+        let r = s.report(&org, 0, 30_000, TODAY);
+        let days: Vec<(&str, u64)> = r.days.iter().map(|d| (d.date.as_str(), d.events)).collect();
+        assert_eq!(days, [("2024-10-04", 1), ("2024-10-09", 1), ("2024-10-14", 2), ("2024-10-24", 1)]);
+        assert_eq!(s.report(&org, 20_001, 20_004, TODAY).days.len(), 0, "a gap has no rows");
+        assert_eq!(s.report(&OrgId::new("never_recorded"), 0, 30_000, TODAY).days.len(), 0);
     }
 }
