@@ -117,5 +117,43 @@ fn native_block(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_validate, jwt, limiter, key_lookup, native_block);
+/// Recording one event in the in-process daily aggregates: one organisation's 30 days (hot in
+/// cache) against ten thousand organisations' 30 days each (300 000 organisation-days).
+fn aggregates(c: &mut Criterion) {
+    use edge::aggregates::Stats;
+    use edge::event::EventSummary;
+    let mut group = c.benchmark_group("aggregates_record");
+    for orgs in [1usize, 10_000] {
+        let stats = Stats::new(1 << 30);
+        let ids: Vec<OrgId> = (0..orgs).map(|i| OrgId::new(&format!("org_bench_{i}"))).collect();
+        // A fixed pseudo-random walk over (organisation, day, device), five devices per day first.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let draws: Vec<(usize, EventSummary)> = (0..1 << 20)
+            .map(|_| {
+                let r = next();
+                let e = EventSummary { day: 20_000 + (r % 30) as u32, revenue_cents: 0, device_hash: next(), row_end: 0 };
+                ((r >> 32) as usize % orgs, e)
+            })
+            .collect();
+        for (org, e) in draws.iter().cycle().take(orgs * 30 * 5) {
+            stats.record(&ids[*org], std::slice::from_ref(e));
+        }
+        let mut at = 0;
+        group.bench_function(format!("{orgs}_orgs_30_days"), |b| {
+            b.iter(|| {
+                let (org, e) = &draws[at & (draws.len() - 1)];
+                at += 1;
+                stats.record(&ids[*org], std::slice::from_ref(e));
+            })
+        });
+    }
+}
+
+criterion_group!(benches, parse_validate, jwt, limiter, key_lookup, native_block, aggregates);
 criterion_main!(benches);
