@@ -28,6 +28,9 @@ pub const SPOOL_DAMAGED: &str = "edge_spool_damaged_records_total";
 pub const SPOOL_OLDEST_AGE: &str = "edge_spool_oldest_unshipped_seconds";
 pub const TENANTS: &str = "edge_tenants";
 pub const REDIS_SYNC_ERRORS: &str = "edge_redis_sync_errors_total";
+pub const FLEET_SYNC_DURATION: &str = "edge_fleet_sync_duration_seconds";
+pub const FLEET_NODES: &str = "edge_fleet_nodes";
+pub const FLEET_FALLBACK: &str = "edge_fleet_fallback";
 pub const OVERLOADED: &str = "edge_overloaded_total";
 pub const AUTH_FAILURES: &str = "edge_auth_failures_total";
 pub const AUDIT_SUPPRESSED: &str = "edge_audit_suppressed_total";
@@ -59,6 +62,9 @@ pub const ALL: &[&str] = &[
     SPOOL_OLDEST_AGE,
     TENANTS,
     REDIS_SYNC_ERRORS,
+    FLEET_SYNC_DURATION,
+    FLEET_NODES,
+    FLEET_FALLBACK,
     OVERLOADED,
     AUTH_FAILURES,
     CONNECTIONS_REFUSED,
@@ -113,7 +119,10 @@ fn describe() {
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Spool bytes accepted and not yet confirmed by the sink");
     describe_gauge!(SPOOL_EVENTS, "Events accepted and not yet confirmed by the sink");
     describe_gauge!(TENANTS, "Organisations in the registry");
-    describe_counter!(REDIS_SYNC_ERRORS, "Failed syncs of limits with Redis");
+    describe_counter!(REDIS_SYNC_ERRORS, "Failed syncs of limits with Redis (each tick counts)");
+    describe_histogram!(FLEET_SYNC_DURATION, Unit::Seconds, "Duration of one Redis sync tick of the fleet's limits");
+    describe_gauge!(FLEET_NODES, "Edge nodes with a heartbeat in Redis, as last seen");
+    describe_gauge!(FLEET_FALLBACK, "1 while this node keeps to its share of the limits because Redis is unreachable");
     describe_histogram!(SPOOL_FSYNC, Unit::Seconds, "Spool fdatasync duration (one per group commit)");
     describe_histogram!(SPOOL_GROUP, "Appends written and synced together per group commit");
     describe_counter!(SPOOL_REPLAYED, "Events found unshipped in the spool at start-up and shipped again");
@@ -134,6 +143,8 @@ fn describe() {
     );
     // Series that only appear on rare events are created now so dashboards see zeros.
     metrics::counter!(REDIS_SYNC_ERRORS).absolute(0);
+    metrics::gauge!(FLEET_NODES).set(1.0);
+    metrics::gauge!(FLEET_FALLBACK).set(0.0);
     metrics::counter!(CH_INSERT_ERRORS).absolute(0);
     metrics::counter!(CH_INSERT_ROWS).absolute(0);
     metrics::counter!(EVENTS_ACCEPTED).absolute(0);

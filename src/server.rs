@@ -44,6 +44,7 @@ use crate::http::budget::MemoryBudget;
 use crate::http::conn::Listener;
 use crate::http::cors::Cors;
 use crate::ingest::IngestState;
+use crate::limits::fleet::{FleetShare, FleetSync};
 use crate::limits::Limiter;
 use crate::pipeline::Pipeline;
 use crate::routes::{AdminState, DataRouter, Readiness};
@@ -93,6 +94,8 @@ pub enum StartError {
     SigningKey(#[from] crate::auth::signing::SigningKeyError),
     #[error(transparent)]
     Tls(#[from] crate::http::tls::TlsError),
+    #[error("node id in {}: {source}", dir.display())]
+    DataDir { dir: std::path::PathBuf, source: std::io::Error },
     #[error("{setting} {addr}: {source}")]
     Bind { setting: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -132,7 +135,19 @@ impl Server {
             None => (AuditLog::disabled(), None),
         };
         // This month's quota counts as the last run left them, before any request is served.
-        let limiter = Arc::new(Limiter::new(clock.clone()));
+        let fleet = match &config.redis_url {
+            Some(url) => Some(crate::limits::fleet::FleetConfig {
+                redis_url: url.clone(),
+                interval: config.redis_sync_interval,
+                timeout: config.redis_timeout,
+                node_ttl: config.redis_node_ttl,
+                node_id: crate::limits::fleet::node_id(config.node_id.clone(), &config.data_dir)
+                    .map_err(|source| StartError::DataDir { dir: config.data_dir.clone(), source })?,
+            }),
+            None => None,
+        };
+        let share = if fleet.is_some() { FleetShare::fleet() } else { FleetShare::local() };
+        let limiter = Arc::new(Limiter::with_fleet(clock.clone(), share));
         let restored = crate::limits::quota_store::restore(&limiter, &config.data_dir, &clock);
         if restored > 0 {
             tracing::info!(organizations = restored, "monthly quota counts restored from the data directory");
@@ -156,6 +171,10 @@ impl Server {
         let shipper = spawn_named("shipper", shipper.run(config.drain_timeout));
         background.spawn(named("sink-watcher", watch_sink(readiness.clone(), sink.clone(), last.clone())));
         background.spawn(named("metrics-upkeep", crate::metrics::upkeep(metrics, last.clone())));
+        if let Some(config) = fleet {
+            let sync = FleetSync { limiter: limiter.clone(), registry: registry.clone(), config };
+            background.spawn(named("fleet-sync", sync.run(last.clone())));
+        }
         let saver =
             crate::limits::quota_store::save_until(limiter, config.data_dir.clone(), clock.clone(), last.clone());
         background.spawn(named("quota-saver", saver));

@@ -64,6 +64,12 @@ pub struct Config {
     /// Wrong operator-token guesses per client address and minute before 429.
     pub operator_guesses_per_minute: u32,
     pub redis_url: Option<String>,
+    /// Fleet sync tick (and slot) length, its timeout, and how long a silent node counts as live.
+    pub redis_sync_interval: Duration,
+    pub redis_timeout: Duration,
+    pub redis_node_ttl: Duration,
+    /// This node's id in the fleet (else saved in the data directory).
+    pub node_id: Option<String>,
     pub jwt: JwtConfig,
     pub base_domain: Option<String>,
     pub data_dir: PathBuf,
@@ -157,6 +163,10 @@ impl Config {
                 }
             },
             redis_url: r.string("REDIS_URL"),
+            redis_sync_interval: r.duration("EDGE_REDIS_SYNC_INTERVAL", Duration::from_millis(50)),
+            redis_timeout: r.duration("EDGE_REDIS_TIMEOUT", Duration::from_millis(250)),
+            redis_node_ttl: r.duration("EDGE_REDIS_NODE_TTL", Duration::from_secs(3)),
+            node_id: r.string("EDGE_NODE_ID"),
             jwt,
             base_domain: r.string("EDGE_BASE_DOMAIN").map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
             data_dir: r.string("EDGE_SPOOL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),

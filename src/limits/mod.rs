@@ -11,10 +11,13 @@
 //! crosses the line is cut per event; events that could not be stored are
 //! given back with [`OrgLimits::refund`].
 //!
-//! State is per node today (counted from this node's traffic). The fleet-wide
-//! version syncs these counters through Redis; when Redis is unreachable each
-//! node keeps to its share of each limit, never to no limit at all.
+//! The rate holds across a fleet of nodes when `REDIS_URL` is set: [`fleet`]
+//! charges each node's buckets with what the other nodes admitted, in the
+//! background, and when Redis is unreachable each node keeps to its share of the
+//! limit, never to no limit at all. Monthly quotas are still per node (saved in
+//! the data directory, [`quota_store`]).
 
+pub mod fleet;
 pub mod quota_store;
 pub mod rate;
 
@@ -24,6 +27,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::plan::Tier;
 use crate::tenant::{Org, OrgId, PerOrg};
+use fleet::FleetShare;
 use rate::{Bucket, RateDecision};
 
 /// Why events are refused: a value, not an answer ([`crate::error`] makes the 429 and 402).
@@ -48,6 +52,8 @@ struct OrgCounters {
     month_events: AtomicU64,
     /// Control-plane requests: the minute (unix minutes) in the high half, its count in the low.
     api_window: AtomicU64,
+    /// Events admitted since the last fleet sync took them (only counted with a fleet).
+    unsynced: AtomicU64,
 }
 
 pub struct Limiter {
@@ -55,18 +61,53 @@ pub struct Limiter {
     clock: Clock,
     /// Indexed by the organisation's slot: one array index per request, whatever the tenant count.
     orgs: PerOrg<OrgCounters>,
+    /// This node's part of fleet-wide limits (all of them when alone).
+    fleet: FleetShare,
 }
 
 impl Limiter {
+    /// Limits of a node on its own.
     pub fn new(clock: Clock) -> Self {
-        Limiter { clock, orgs: PerOrg::default() }
+        Limiter::with_fleet(clock, FleetShare::local())
+    }
+
+    pub fn with_fleet(clock: Clock, fleet: FleetShare) -> Self {
+        Limiter { clock, orgs: PerOrg::default(), fleet }
+    }
+
+    pub fn fleet(&self) -> &FleetShare {
+        &self.fleet
+    }
+
+    /// Takes the events admitted since the last call, per organisation slot (the fleet sync).
+    pub fn take_unsynced(&self) -> Vec<(u32, u64)> {
+        self.orgs
+            .iter()
+            .filter(|(_, c)| c.unsynced.load(Ordering::Relaxed) > 0)
+            .map(|(slot, c)| (slot, c.unsynced.swap(0, Ordering::AcqRel)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// Gives back counts the fleet did not take (Redis unreachable): sent with the next tick.
+    pub fn give_back_unsynced(&self, slot: u32, n: u64) {
+        self.orgs.get(slot).unsynced.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Charges `n` events that other nodes admitted for `org` to its bucket here, at most
+    /// down to an empty bucket.
+    pub fn charge_fleet(&self, org: &Org, n: u64) {
+        let tier = &org.tier;
+        let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
+        let (rate, burst) = self.fleet.local_limits(tier.events_per_second, burst);
+        self.orgs.get(org.id.slot()).bucket.charge(self.clock.monotonic_ns(), n, rate, burst);
     }
 }
 
 impl Limiter {
     /// The organisation's limits for one request.
     pub fn org<'l>(&'l self, org: &'l Org) -> OrgLimits<'l> {
-        OrgLimits { clock: &self.clock, tier: &org.tier, counters: self.orgs.get(org.id.slot()) }
+        OrgLimits { clock: &self.clock, fleet: &self.fleet, tier: &org.tier, counters: self.orgs.get(org.id.slot()) }
     }
 
     /// Sets an organisation's count for `month` (restoring saved counts at start).
@@ -94,6 +135,7 @@ impl Limiter {
 /// One organisation's limits, looked up once per request.
 pub struct OrgLimits<'l> {
     clock: &'l Clock,
+    fleet: &'l FleetShare,
     pub tier: &'l Tier,
     counters: &'l OrgCounters,
 }
@@ -118,8 +160,14 @@ impl OrgLimits<'_> {
         let tier = self.tier;
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);
         let now = self.clock.monotonic_ns();
-        match self.counters.bucket.check(now, n, tier.events_per_second, burst) {
-            RateDecision::Allow => Ok(()),
+        let (rate, burst) = self.fleet.local_limits(tier.events_per_second, burst);
+        match self.counters.bucket.check(now, n, rate, burst) {
+            RateDecision::Allow => {
+                if self.fleet.enabled() {
+                    self.counters.unsynced.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             RateDecision::Limit { retry_after } => {
                 Err(LimitError::RateLimited { tier: tier.name, limit_per_sec: tier.events_per_second, retry_after })
             }

@@ -10,10 +10,13 @@
 //! larger than the burst through once and makes the next requests wait, so the
 //! long-run rate still holds, and no batch is unsendable by construction.
 //!
-//! Limits are per node for now; fleet-wide limits sync these buckets through Redis.
+//! With a fleet, [`super::fleet`] charges each bucket with what other nodes admitted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// The most a bucket owes beyond empty because of charges from other nodes: one second.
+pub const MAX_FLEET_DEBT_NS: u64 = 1_000_000_000;
 
 /// The outcome of a check: a value, not an error (the handler decides the response).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,29 @@ impl Bucket {
             let new_tat = tat.max(now_ns) + interval.saturating_mul(n);
             match self.tat.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return RateDecision::Allow,
+                Err(current) => tat = current,
+            }
+        }
+    }
+}
+
+impl Bucket {
+    /// Takes `n` tokens used elsewhere (other nodes of the fleet): like an admission that is
+    /// never refused. It may leave the bucket in debt (the others used this node's refill
+    /// too), but never more than [`MAX_FLEET_DEBT_NS`] beyond empty, so late news of a burst
+    /// of old traffic (after a Redis outage) cannot hold this node back for long.
+    pub fn charge(&self, now_ns: u64, n: u64, rate: u64, burst: u64) {
+        let interval = 1_000_000_000 / rate.max(1);
+        let capacity = interval.saturating_mul(burst.max(1));
+        let ceiling = now_ns.saturating_add(capacity).saturating_add(MAX_FLEET_DEBT_NS);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let new_tat = tat.max(now_ns).saturating_add(interval.saturating_mul(n)).min(ceiling);
+            if new_tat <= tat {
+                return;
+            }
+            match self.tat.compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
                 Err(current) => tat = current,
             }
         }
@@ -109,6 +135,22 @@ mod tests {
         }
         // burst (2000) + 10 s × 1000/s, within one token.
         assert!((11_999..=12_001).contains(&allowed), "allowed {allowed}");
+    }
+
+    #[test]
+    fn charges_from_elsewhere_put_the_bucket_in_bounded_debt() {
+        let b = Bucket::default();
+        // 10/s, burst 20: others used 5 tokens, 15 are left here.
+        b.charge(0, 5, 10, 20);
+        assert_eq!((0..20).filter(|_| b.check(0, 1, 10, 20) == RateDecision::Allow).count(), 15);
+        // Others keep using the refill: the bucket goes into debt and this node waits.
+        b.charge(0, 3, 10, 20);
+        assert!(matches!(b.check(SEC * 3 / 10, 1, 10, 20), RateDecision::Limit { .. }));
+        assert_eq!(b.check(SEC * 4 / 10, 1, 10, 20), RateDecision::Allow);
+        // A huge late charge owes at most one second beyond empty.
+        b.charge(SEC, 1_000_000, 10, 20);
+        assert!(matches!(b.check(SEC * 2 + SEC / 10 - 1, 1, 10, 20), RateDecision::Limit { .. }));
+        assert_eq!(b.check(SEC * 2 + SEC / 10, 1, 10, 20), RateDecision::Allow, "one second of debt, then a token");
     }
 
     #[test]
