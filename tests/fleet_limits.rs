@@ -71,6 +71,13 @@ fn node(dir: &std::path::Path, name: &str, tenants: &std::path::Path, redis: &st
 /// Sends single events for `key` at `3 × RATE × split[i]` per second to node `i` for
 /// [`SECONDS`]; returns how many were accepted (202) and how many refused (429).
 async fn load(nodes: &[String], key: &SdkKey, split: &[f64]) -> (u64, u64) {
+    let (accepted, limited, _) = load_for(nodes, key, split, Duration::from_secs(SECONDS)).await;
+    (accepted, limited)
+}
+
+/// [`load`] for `length`, also returning each request's latency and when it was sent.
+async fn load_for(nodes: &[String], key: &SdkKey, split: &[f64], length: Duration) -> (u64, u64, Vec<(Duration, Duration)>) {
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
@@ -84,12 +91,13 @@ async fn load(nodes: &[String], key: &SdkKey, split: &[f64]) -> (u64, u64) {
         }
         let (http, url, key) = (http.clone(), format!("http://{addr}/v1/events"), key.expose().to_string());
         let (accepted, limited, others) = (accepted.clone(), limited.clone(), others.clone());
+        let latencies = latencies.clone();
         senders.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut inflight = tokio::task::JoinSet::new();
             let mut n = 0u64;
-            while started.elapsed() < Duration::from_secs(SECONDS) {
+            while started.elapsed() < length {
                 ticker.tick().await;
                 n += 1;
                 let request = http
@@ -97,8 +105,12 @@ async fn load(nodes: &[String], key: &SdkKey, split: &[f64]) -> (u64, u64) {
                     .header("X-Api-Key", &key)
                     .json(&common::event(&format!("device-{n}")));
                 let (accepted, limited, others) = (accepted.clone(), limited.clone(), others.clone());
+                let latencies = latencies.clone();
                 inflight.spawn(async move {
-                    match request.send().await.map(|r| r.status().as_u16()) {
+                    let sent = started.elapsed();
+                    let status = request.send().await.map(|r| r.status().as_u16());
+                    latencies.lock().unwrap().push((sent, started.elapsed() - sent));
+                    match status {
                         Ok(202) => accepted.fetch_add(1, Ordering::Relaxed),
                         Ok(429) => limited.fetch_add(1, Ordering::Relaxed),
                         _ => others.fetch_add(1, Ordering::Relaxed),
@@ -112,7 +124,70 @@ async fn load(nodes: &[String], key: &SdkKey, split: &[f64]) -> (u64, u64) {
         s.await.unwrap();
     }
     assert_eq!(others.load(Ordering::Relaxed), 0, "every answer is 202 or 429");
-    (accepted.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
+    let latencies = std::mem::take(&mut *latencies.lock().unwrap());
+    (accepted.load(Ordering::Relaxed), limited.load(Ordering::Relaxed), latencies)
+}
+
+fn p99(latencies: impl Iterator<Item = Duration>) -> Duration {
+    let mut all: Vec<Duration> = latencies.collect();
+    all.sort();
+    all.get(all.len() * 99 / 100).copied().unwrap_or_default()
+}
+
+/// A Redis server of the test's own (`redis-server` from `scripts/services`), so that it can
+/// be stopped without touching anyone else's.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    fn start(dir: &std::path::Path) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services installs it)");
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { child, url }
+    }
+
+    fn signal(&self, signal: &str) {
+        std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn metric(http: &reqwest::Client, admin: &str, name: &str) -> f64 {
+    let text = http.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+async fn all_see(http: &reqwest::Client, edges: &[common::EdgeProcess], nodes: f64) {
+    for e in edges {
+        let seen = common::eventually(Duration::from_secs(10), || async {
+            metric(http, &e.admin, "edge_fleet_nodes").await == nodes
+                && metric(http, &e.admin, "edge_fleet_fallback").await == 0.0
+        })
+        .await;
+        assert!(seen, "node at {} sees {nodes} nodes, synced", e.admin);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,18 +200,7 @@ async fn three_nodes_hold_one_rate_together() {
     let addrs: Vec<String> = edges.iter().map(|e| e.addr.clone()).collect();
     // Every node has seen the other two's heartbeats before the load starts.
     let http = reqwest::Client::new();
-    for e in &edges {
-        let seen = common::eventually(Duration::from_secs(5), || {
-            let url = format!("http://{}/metrics", e.admin);
-            let http = http.clone();
-            async move {
-                let text = http.get(url).send().await.unwrap().text().await.unwrap();
-                text.lines().any(|l| l == "edge_fleet_nodes 3") && text.lines().any(|l| l == "edge_fleet_fallback 0")
-            }
-        })
-        .await;
-        assert!(seen, "node at {} sees three nodes, synced", e.admin);
-    }
+    all_see(&http, &edges, 3.0).await;
 
     let expected = (RATE * SECONDS) as f64;
     let burst = (RATE * BURST_SECS) as f64;
@@ -158,4 +222,67 @@ async fn three_nodes_hold_one_rate_together() {
         );
         assert!(limited > 0);
     }
+}
+
+/// Redis stopped (SIGSTOP: every sync tick times out) for 10 s in the middle of an 18 s run:
+/// no request fails or waits for it, the fleet keeps to the nodes' shares meanwhile, and the
+/// nodes sync again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
+    if redis_url().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis = OwnRedis::start(dir.path());
+    let (tenants, keys) = tenants(dir.path(), 1);
+    let edges: Vec<_> = ["node-x", "node-y", "node-z"].iter().map(|n| node(dir.path(), n, &tenants, &redis.url)).collect();
+    let addrs: Vec<String> = edges.iter().map(|e| e.addr.clone()).collect();
+    let http = reqwest::Client::new();
+    all_see(&http, &edges, 3.0).await;
+
+    let (before, outage) = (Duration::from_secs(4), Duration::from_secs(10));
+    let length = before + outage + Duration::from_secs(4);
+    let run = tokio::spawn({
+        let (addrs, key) = (addrs.clone(), SdkKey::from_string(keys[0].expose().to_string()));
+        async move { load_for(&addrs, &key, &[1.0 / 3.0; 3], length).await }
+    });
+    tokio::time::sleep(before).await;
+    redis.signal("STOP");
+    tokio::time::sleep(outage).await;
+    let errors: Vec<f64> =
+        futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_redis_sync_errors_total"))).await;
+    let fallback: Vec<f64> = futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_fleet_fallback"))).await;
+    redis.signal("CONT");
+    let (accepted, limited, latencies) = run.await.unwrap();
+
+    let expected = (RATE * length.as_secs()) as f64;
+    let burst = (RATE * BURST_SECS) as f64;
+    let in_outage = |sent: &Duration| *sent >= before + Duration::from_secs(1) && *sent < before + outage;
+    let p99_normal = p99(latencies.iter().filter(|(sent, _)| *sent < before).map(|(_, l)| *l));
+    let p99_outage = p99(latencies.iter().filter(|(sent, _)| in_outage(sent)).map(|(_, l)| *l));
+    eprintln!(
+        "Redis stopped {outage:?} of {length:?} at {} events/s offered, limit {RATE}/s: accepted {accepted} ({:.3} of {expected}), \
+         429 {limited}; p99 before {p99_normal:?}, during {p99_outage:?}; sync errors per node {errors:?}, \
+         fallback {fallback:?}",
+        3 * RATE,
+        accepted as f64 / expected
+    );
+    assert!(errors.iter().all(|&e| e > 0.0) && fallback.iter().all(|&f| f == 1.0), "every node fell back to its share");
+    // Each node on rate ÷ 3 during the outage: the fleet still holds the limit.
+    assert!(
+        accepted as f64 >= 0.95 * expected && accepted as f64 <= 1.05 * expected + burst,
+        "accepted {accepted}, expected {expected} ± 5 % (+ burst {burst})"
+    );
+    // No request waits on Redis: a stalled Redis would add its 250 ms timeout to every request.
+    assert!(p99_outage < p99_normal * 2 + Duration::from_millis(50), "p99 {p99_outage:?} during the outage, {p99_normal:?} before");
+    all_see(&http, &edges, 3.0).await;
+}
+
+/// Awaits every future in order (the test has no `futures` dependency for `join_all`).
+async fn futures_util_join<T>(futures: impl Iterator<Item = impl std::future::Future<Output = T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
 }
