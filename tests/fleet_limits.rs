@@ -15,19 +15,6 @@ const RATE: u64 = 200;
 const BURST_SECS: u64 = 1;
 const SECONDS: u64 = 10;
 
-fn redis_url() -> Option<String> {
-    match std::env::var("EDGE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("EDGE_TEST_REDIS_URL is not set; run scripts/test (it starts the services)")
-        }
-        _ => {
-            eprintln!("skipped: EDGE_TEST_REDIS_URL not set (scripts/test sets it)");
-            None
-        }
-    }
-}
-
 /// A Redis database of its own, emptied, so earlier runs' slots and heartbeats do not count.
 async fn fresh_redis(base: &str, db: u8) -> String {
     let url = format!("{}/{db}", base.trim_end_matches('/'));
@@ -192,7 +179,7 @@ async fn all_see(http: &reqwest::Client, edges: &[common::EdgeProcess], nodes: f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_hold_one_rate_together() {
-    let Some(base) = redis_url() else { return };
+    let Some(base) = common::redis_url() else { return };
     let redis = fresh_redis(&base, 5).await;
     let dir = tempfile::tempdir().unwrap();
     let (tenants, keys) = tenants(dir.path(), 3);
@@ -229,7 +216,7 @@ async fn three_nodes_hold_one_rate_together() {
 /// nodes sync again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
-    if redis_url().is_none() {
+    if common::redis_url().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

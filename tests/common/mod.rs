@@ -17,32 +17,32 @@ use edge::tenant::{Org, OrgStatus, Registry, SdkKey, SnapshotBuilder};
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 pub const OPERATOR_TOKEN: &str = "integration-operator-token-0123456789";
 
-/// The ClickHouse URL, or `None` (test skipped) unless `EDGE_REQUIRE_SERVICES=1`, which CI sets.
-/// The superuser URL of the PostgreSQL `scripts/services` runs (`None`: test skipped).
-pub fn postgres_url() -> Option<String> {
-    match std::env::var("EDGE_TEST_DATABASE_URL") {
+/// The URL `scripts/services env` exports in `var`, or `None` (test skipped) unless
+/// `EDGE_REQUIRE_SERVICES=1`, which CI sets.
+fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("EDGE_TEST_DATABASE_URL is not set; run scripts/test (it starts the services)")
+            panic!("{var} is not set; run scripts/test (it starts the services)")
         }
         _ => {
-            eprintln!("skipped: EDGE_TEST_DATABASE_URL not set (scripts/test sets it)");
+            eprintln!("skipped: {var} not set (scripts/test sets it)");
             None
         }
     }
 }
 
+/// The superuser URL of the PostgreSQL `scripts/services` runs.
+pub fn postgres_url() -> Option<String> {
+    service_url("EDGE_TEST_DATABASE_URL")
+}
+
 pub fn clickhouse_url() -> Option<String> {
-    match std::env::var("EDGE_TEST_CLICKHOUSE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("EDGE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("EDGE_TEST_CLICKHOUSE_URL is not set; run scripts/test (it starts the services)")
-        }
-        _ => {
-            eprintln!("skipped: EDGE_TEST_CLICKHOUSE_URL not set (scripts/test sets it)");
-            None
-        }
-    }
+    service_url("EDGE_TEST_CLICKHOUSE_URL")
+}
+
+pub fn redis_url() -> Option<String> {
+    service_url("EDGE_TEST_REDIS_URL")
 }
 
 pub struct Tenant {
