@@ -137,7 +137,8 @@ fn aggregates(c: &mut Criterion) {
         let draws: Vec<(usize, EventSummary)> = (0..1 << 20)
             .map(|_| {
                 let r = next();
-                let e = EventSummary { day: 20_000 + (r % 30) as u32, revenue_cents: 0, device_hash: next(), row_end: 0 };
+                let e =
+                    EventSummary { day: 20_000 + (r % 30) as u32, revenue_cents: 0, device_hash: next(), row_end: 0 };
                 ((r >> 32) as usize % orgs, e)
             })
             .collect();

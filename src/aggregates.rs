@@ -334,7 +334,13 @@ impl Stats {
         for (slot, org) in self.orgs.iter() {
             let days = org.lock();
             let first = days.first;
-            by_age.extend(days.list.iter().enumerate().filter(|(_, d)| d.events > 0 || d.devices.bytes() > 0).map(|(i, _)| (first + i as u32, slot)));
+            by_age.extend(
+                days.list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| d.events > 0 || d.devices.bytes() > 0)
+                    .map(|(i, _)| (first + i as u32, slot)),
+            );
         }
         by_age.sort_unstable();
         let target = self.max_bytes / 10 * 9;

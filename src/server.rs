@@ -156,8 +156,12 @@ impl Server {
             Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit, limiter: limiter.clone() };
         let router = Arc::new(data_router(&config, registry.clone(), surfaces, &clock)?);
         let registry_status = registry_status.map(|status| (status, clock.clone()));
-        let admin_state =
-            Arc::new(AdminState { metrics: metrics.clone(), readiness: readiness.clone(), registry: registry_status });
+        let admin_state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            registry: registry_status,
+            limiter: limiter.clone(),
+        });
         crate::routes::register_series();
 
         let (data, addr) = bind("EDGE_LISTEN", config.listen).await?;

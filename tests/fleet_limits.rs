@@ -63,7 +63,12 @@ async fn load(nodes: &[String], key: &SdkKey, split: &[f64]) -> (u64, u64) {
 }
 
 /// [`load`] for `length`, also returning each request's latency and when it was sent.
-async fn load_for(nodes: &[String], key: &SdkKey, split: &[f64], length: Duration) -> (u64, u64, Vec<(Duration, Duration)>) {
+async fn load_for(
+    nodes: &[String],
+    key: &SdkKey,
+    split: &[f64],
+    length: Duration,
+) -> (u64, u64, Vec<(Duration, Duration)>) {
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -87,10 +92,7 @@ async fn load_for(nodes: &[String], key: &SdkKey, split: &[f64], length: Duratio
             while started.elapsed() < length {
                 ticker.tick().await;
                 n += 1;
-                let request = http
-                    .post(&url)
-                    .header("X-Api-Key", &key)
-                    .json(&common::event(&format!("device-{n}")));
+                let request = http.post(&url).header("X-Api-Key", &key).json(&common::event(&format!("device-{n}")));
                 let (accepted, limited, others) = (accepted.clone(), limited.clone(), others.clone());
                 let latencies = latencies.clone();
                 inflight.spawn(async move {
@@ -222,7 +224,8 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
     let dir = tempfile::tempdir().unwrap();
     let redis = OwnRedis::start(dir.path());
     let (tenants, keys) = tenants(dir.path(), 1);
-    let edges: Vec<_> = ["node-x", "node-y", "node-z"].iter().map(|n| node(dir.path(), n, &tenants, &redis.url)).collect();
+    let edges: Vec<_> =
+        ["node-x", "node-y", "node-z"].iter().map(|n| node(dir.path(), n, &tenants, &redis.url)).collect();
     let addrs: Vec<String> = edges.iter().map(|e| e.addr.clone()).collect();
     let http = reqwest::Client::new();
     all_see(&http, &edges, 3.0).await;
@@ -238,7 +241,13 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
     tokio::time::sleep(outage).await;
     let errors: Vec<f64> =
         futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_redis_sync_errors_total"))).await;
-    let fallback: Vec<f64> = futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_fleet_fallback"))).await;
+    let fallback: Vec<f64> =
+        futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_fleet_fallback"))).await;
+    // Still ready (ingestion goes on), and the readiness detail says why the limits are shares.
+    let ready = http.get(format!("http://{}/readyz", edges[0].admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let detail = ready.text().await.unwrap();
+    assert!(detail.contains("limits: Redis unreachable, this node keeps to its share (1/3)"), "{detail}");
     redis.signal("CONT");
     let (accepted, limited, latencies) = run.await.unwrap();
 
@@ -261,8 +270,13 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
         "accepted {accepted}, expected {expected} ± 5 % (+ burst {burst})"
     );
     // No request waits on Redis: a stalled Redis would add its 250 ms timeout to every request.
-    assert!(p99_outage < p99_normal * 2 + Duration::from_millis(50), "p99 {p99_outage:?} during the outage, {p99_normal:?} before");
+    assert!(
+        p99_outage < p99_normal * 2 + Duration::from_millis(50),
+        "p99 {p99_outage:?} during the outage, {p99_normal:?} before"
+    );
     all_see(&http, &edges, 3.0).await;
+    let detail = http.get(format!("http://{}/readyz", edges[0].admin)).send().await.unwrap().text().await.unwrap();
+    assert!(detail.contains("limits: fleet-wide through Redis, 3 nodes"), "{detail}");
 }
 
 /// Awaits every future in order (the test has no `futures` dependency for `join_all`).

@@ -400,7 +400,7 @@ async fn metrics_and_health() {
     assert_eq!(h.post("/v1/events", &h.acme.key).json(&event("m1")).send().await.unwrap().status(), 202);
     let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "ready\nregistry: static\n");
+    assert_eq!(r.text().await.unwrap(), "ready\nregistry: static\nlimits: this node's own\n");
     let text = h.http.get(format!("{}/metrics", h.admin)).send().await.unwrap().text().await.unwrap();
     for name in [
         "edge_http_requests_total{",

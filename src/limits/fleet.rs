@@ -189,10 +189,8 @@ impl TickReply {
         let mut reply = TickReply { slot: int(items.first()?)?, live: int(items.get(1)?)? as u32, closed: Vec::new() };
         for pair in items[2..].chunks(2) {
             let [slot, Value::Array(hash)] = pair else { return None };
-            let counts = hash
-                .chunks(2)
-                .filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?.parse().ok()?)))
-                .collect();
+            let counts =
+                hash.chunks(2).filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?.parse().ok()?))).collect();
             reply.closed.push((int(slot)?, counts));
         }
         Some(reply)
@@ -246,7 +244,8 @@ impl FleetSync {
                 .arg(self.config.interval.as_millis().max(1) as u64)
                 .arg(from)
                 .arg(MAX_SLOTS_READ);
-            let ids: Vec<_> = deltas.iter().filter_map(|&(slot, n)| Some((crate::tenant::OrgId::from_slot(slot)?, n))).collect();
+            let ids: Vec<_> =
+                deltas.iter().filter_map(|&(slot, n)| Some((crate::tenant::OrgId::from_slot(slot)?, n))).collect();
             for (id, n) in &ids {
                 invocation.arg(id.as_str()).arg(*n);
             }
@@ -340,10 +339,7 @@ mod tests {
             TickReply {
                 slot: 100,
                 live: 3,
-                closed: vec![
-                    (98, vec![("org_a".into(), 12), ("org_b".into(), 3)]),
-                    (99, vec![("org_a".into(), 1)])
-                ],
+                closed: vec![(98, vec![("org_a".into(), 12), ("org_b".into(), 3)]), (99, vec![("org_a".into(), 1)])],
             }
         );
         assert_eq!(TickReply::parse(Value::Int(1)), None);

@@ -51,6 +51,8 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
     /// How current the registry is, when PostgreSQL feeds it.
     pub registry: Option<(Arc<crate::control::feed::FeedStatus>, crate::clock::Clock)>,
+    /// Whether the limits are the fleet's or this node's share (Redis unreachable).
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 /// Everything the data listener's dispatcher needs; built once at start.
@@ -213,7 +215,7 @@ pub async fn serve_admin(
         Some(r) if req.method() != r.method => Err(RouteError::MethodNotAllowed { allow: "GET".into() }),
         Some(r) => Ok(match r.handler {
             Handler::Metrics => response::metrics(state.metrics.render()),
-            Handler::Readyz => readiness(&state.readiness, state.registry.as_ref()),
+            Handler::Readyz => readiness(&state.readiness, state.registry.as_ref(), state.limiter.fleet()),
             _ => response::text(StatusCode::OK, "ok\n"),
         }),
     };
@@ -223,11 +225,12 @@ pub async fn serve_admin(
 }
 
 /// Ready when not draining and the sink is reachable (checked in the background).
-/// A stale registry does not make the node unready (ingestion serves from the last one), but
-/// the answer says how old it is.
+/// A stale registry does not make the node unready (ingestion serves from the last one), nor
+/// does an unreachable Redis (limits fall back to this node's share), but the answer says so.
 fn readiness(
     r: &Readiness,
     registry: Option<&(Arc<crate::control::feed::FeedStatus>, crate::clock::Clock)>,
+    fleet: &crate::limits::fleet::FleetShare,
 ) -> Response<Body> {
     let (status, state) = if r.draining.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -236,11 +239,18 @@ fn readiness(
     } else {
         (StatusCode::OK, "ready")
     };
-    let detail = match registry {
+    let mut detail = match registry {
         Some((feed, clock)) => {
             format!("{state}\nregistry: postgres, current {:.1} s ago\n", feed.age(clock).as_secs_f64())
         }
         None => format!("{state}\nregistry: static\n"),
+    };
+    detail += &match (fleet.enabled(), fleet.synced()) {
+        (false, _) => "limits: this node's own\n".to_string(),
+        (true, true) => format!("limits: fleet-wide through Redis, {} nodes\n", fleet.live_nodes()),
+        (true, false) => {
+            format!("limits: Redis unreachable, this node keeps to its share (1/{})\n", fleet.live_nodes())
+        }
     };
     response::text_owned(status, detail)
 }
