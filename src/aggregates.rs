@@ -3,8 +3,9 @@
 //! round trip to ClickHouse (and in `--dev` with no ClickHouse at all).
 //!
 //! Each organisation's days sit behind one lock, reached by its slot and taken
-//! once per request (uncontended across organisations). Unique devices are estimated (HyperLogLog, 4 096 registers, ≈ 1.6 %
-//! standard error), sparse while a day has few devices: a sum of per-day
+//! once per request (uncontended across organisations). Unique devices are
+//! estimated (HyperLogLog, 4 096 registers, ≈ 1.6 % standard error), sparse
+//! while a day has few devices: a sum of per-day
 //! uniques is not the unique count of the whole range, which is why registers
 //! are merged, not estimates added. Money totals saturate, never wrap.
 //!
@@ -369,24 +370,29 @@ impl Stats {
             unique_devices: 0,
         };
         let mut total_cents = 0i64;
-        let days = self.orgs.get(org.slot()).lock();
-        let window = days.first..days.first + days.list.len() as u32;
-        for day in from.max(window.start)..to.saturating_add(1).min(window.end) {
-            let d = &days.list[(day - window.start) as usize];
-            if d.events == 0 {
-                continue; // a gap in the window, or every event taken back
-            }
-            d.devices.merge_into(&mut merged);
-            report.total_events = report.total_events.saturating_add(d.events);
-            total_cents = total_cents.saturating_add(d.revenue_cents);
+        // Copied out under the lock, estimated after it: ingestion for this organisation never
+        // waits on a report's arithmetic.
+        let picked: Vec<(u32, u64, i64, HyperLogLog)> = {
+            let days = self.orgs.get(org.slot()).lock();
+            let window = days.first..days.first + days.list.len() as u32;
+            (from.max(window.start)..to.saturating_add(1).min(window.end))
+                .map(|day| (day, &days.list[(day - window.start) as usize]))
+                // A gap in the window, or every event taken back.
+                .filter(|(_, d)| d.events > 0)
+                .map(|(day, d)| (day, d.events, d.revenue_cents, d.devices.clone()))
+                .collect()
+        };
+        for (day, events, cents, devices) in picked {
+            devices.merge_into(&mut merged);
+            report.total_events = report.total_events.saturating_add(events);
+            total_cents = total_cents.saturating_add(cents);
             report.days.push(DayRow {
                 date: day_to_date(day),
-                events: d.events,
-                revenue: d.revenue_cents as f64 / 100.0,
-                unique_devices: d.devices.estimate(),
+                events,
+                revenue: cents as f64 / 100.0,
+                unique_devices: devices.estimate(),
             });
         }
-        drop(days);
         report.total_revenue = total_cents as f64 / 100.0;
         report.unique_devices = if report.total_events == 0 { 0 } else { estimate(&merged) };
         report

@@ -240,9 +240,8 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
     redis.signal("STOP");
     tokio::time::sleep(outage).await;
     let errors: Vec<f64> =
-        futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_redis_sync_errors_total"))).await;
-    let fallback: Vec<f64> =
-        futures_util_join(edges.iter().map(|e| metric(&http, &e.admin, "edge_fleet_fallback"))).await;
+        each_in_turn(edges.iter().map(|e| metric(&http, &e.admin, "edge_redis_sync_errors_total"))).await;
+    let fallback: Vec<f64> = each_in_turn(edges.iter().map(|e| metric(&http, &e.admin, "edge_fleet_fallback"))).await;
     // Still ready (ingestion goes on), and the readiness detail says why the limits are shares.
     let ready = http.get(format!("http://{}/readyz", edges[0].admin)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -280,7 +279,7 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
 }
 
 /// Awaits every future in order (the test has no `futures` dependency for `join_all`).
-async fn futures_util_join<T>(futures: impl Iterator<Item = impl std::future::Future<Output = T>>) -> Vec<T> {
+async fn each_in_turn<T>(futures: impl Iterator<Item = impl std::future::Future<Output = T>>) -> Vec<T> {
     let mut out = Vec::new();
     for f in futures {
         out.push(f.await);

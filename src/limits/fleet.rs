@@ -237,7 +237,8 @@ impl FleetSync {
             let Some(conn) = conn.as_mut() else { continue };
             let deltas = self.limiter.take_unsynced();
             let mut invocation = script.prepare_invoke();
-            let from = last_read.map_or(i64::MAX - 1, |s| s);
+            // The first tick reads nothing back: slots before this node started are not its news.
+            let from = last_read.unwrap_or(i64::MAX - 1);
             invocation
                 .arg(&self.config.node_id)
                 .arg(self.config.node_ttl.as_millis() as u64)

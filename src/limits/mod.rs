@@ -94,8 +94,8 @@ impl Limiter {
         self.orgs.get(slot).unsynced.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// Charges `n` events that other nodes admitted for `org` to its bucket here, at most
-    /// down to an empty bucket.
+    /// Charges `n` events that other nodes admitted for `org` to its bucket here (into
+    /// bounded debt, [`Bucket::charge`]).
     pub fn charge_fleet(&self, org: &Org, n: u64) {
         let tier = &org.tier;
         let burst = tier.events_per_second.saturating_mul(tier.burst_seconds);

@@ -41,8 +41,7 @@ impl Bucket {
         if rate == 0 {
             return RateDecision::Limit { retry_after: Duration::from_secs(60) };
         }
-        let interval = 1_000_000_000 / rate.max(1); // ns per token
-        let capacity = interval.saturating_mul(burst.max(1)); // ns of backlog the bucket absorbs
+        let (interval, capacity) = span(rate, burst);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let backlog = tat.saturating_sub(now_ns);
@@ -58,16 +57,13 @@ impl Bucket {
             }
         }
     }
-}
 
-impl Bucket {
     /// Takes `n` tokens used elsewhere (other nodes of the fleet): like an admission that is
     /// never refused. It may leave the bucket in debt (the others used this node's refill
     /// too), but never more than [`MAX_FLEET_DEBT_NS`] beyond empty, so late news of a burst
     /// of old traffic (after a Redis outage) cannot hold this node back for long.
     pub fn charge(&self, now_ns: u64, n: u64, rate: u64, burst: u64) {
-        let interval = 1_000_000_000 / rate.max(1);
-        let capacity = interval.saturating_mul(burst.max(1));
+        let (interval, capacity) = span(rate, burst);
         let ceiling = now_ns.saturating_add(capacity).saturating_add(MAX_FLEET_DEBT_NS);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
@@ -81,6 +77,12 @@ impl Bucket {
             }
         }
     }
+}
+
+/// Nanoseconds per token, and nanoseconds of backlog the bucket absorbs.
+fn span(rate: u64, burst: u64) -> (u64, u64) {
+    let interval = 1_000_000_000 / rate.max(1);
+    (interval, interval.saturating_mul(burst.max(1)))
 }
 
 #[cfg(test)]

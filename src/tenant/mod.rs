@@ -2,9 +2,9 @@
 //!
 //! Readers (every request) take a lock-free snapshot through `ArcSwap`;
 //! writers build a whole new [`Snapshot`] and swap it in atomically, so a
-//! request never sees half an update and never waits for one. Today the
-//! registry is filled from `--dev` or a TOML tenants file; the PostgreSQL
-//! control plane feeds the same [`Registry::replace`] later.
+//! request never sees half an update and never waits for one. The registry is
+//! filled from `--dev`, a TOML tenants file, or the PostgreSQL control plane's
+//! feed, all through [`Registry::replace`].
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
