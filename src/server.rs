@@ -12,8 +12,9 @@
 //! 3. `spool-writer` writes and syncs what is queued, then ends (the spool is closed);
 //! 4. `shipper` sees the writer gone and ships what remains within `drain_timeout`;
 //!    the rest stays in the spool for the next start;
-//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep`, `quota-saver` (saves the
-//!    monthly counts once more), `audit-writer` (with PostgreSQL: writes what is
+//! 5. `admin-listener`, `sink-watcher`, `metrics-upkeep`, `quota-saver` (alone: saves the
+//!    monthly counts once more), `fleet-sync` and `quota-ledger` (with Redis; the ledger
+//!    saves this node's quota charges to PostgreSQL once more), `audit-writer` (with PostgreSQL: writes what is
 //!    queued) and the tasks added with
 //!    [`Server::spawn`] (the SIGHUP reloader or the PostgreSQL registry feed; next
 //!    the Redis sync) end; only then does [`Server::wait`] return.
@@ -146,12 +147,29 @@ impl Server {
             }),
             None => None,
         };
-        let share = if fleet.is_some() { FleetShare::fleet() } else { FleetShare::local() };
+        let share = match &fleet {
+            Some(f) => FleetShare::fleet(f.interval),
+            None => FleetShare::local(),
+        };
         let limiter = Arc::new(Limiter::with_fleet(clock.clone(), share));
-        let restored = crate::limits::quota_store::restore(&limiter, &config.data_dir, &clock);
-        if restored > 0 {
-            tracing::info!(organizations = restored, "monthly quota counts restored from the data directory");
+        match (&fleet, &db) {
+            (None, _) => {
+                let restored = crate::limits::quota_store::restore(&limiter, &config.data_dir, &clock);
+                if restored > 0 {
+                    tracing::info!(organizations = restored, "monthly quota counts restored from the data directory");
+                }
+            }
+            (Some(f), Some(db)) => {
+                let month = crate::limits::fleet_quota::current_month(&clock);
+                let snapshot = registry.snapshot();
+                match crate::limits::fleet_quota::restore(db, &limiter, &snapshot, &f.node_id, month).await {
+                    Ok(n) => tracing::info!(organizations = n, "monthly quota counts restored from PostgreSQL"),
+                    Err(e) => tracing::warn!(error = %e, "could not load quota counts from PostgreSQL; Redis will say"),
+                }
+            }
+            (Some(_), None) => {}
         }
+        let surfaces_db = db.clone();
         let surfaces =
             Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit, limiter: limiter.clone() };
         let router = Arc::new(data_router(&config, registry.clone(), surfaces, &clock)?);
@@ -175,13 +193,31 @@ impl Server {
         let shipper = spawn_named("shipper", shipper.run(config.drain_timeout));
         background.spawn(named("sink-watcher", watch_sink(readiness.clone(), sink.clone(), last.clone())));
         background.spawn(named("metrics-upkeep", crate::metrics::upkeep(metrics, last.clone())));
+        if let (Some(config), Some(db)) = (&fleet, &surfaces_db) {
+            let ledger = crate::limits::fleet_quota::save_until(
+                db.clone(),
+                limiter.clone(),
+                config.node_id.clone(),
+                last.clone(),
+            );
+            background.spawn(named("quota-ledger", ledger));
+        }
+        let local_quotas = fleet.is_none();
         if let Some(config) = fleet {
-            let sync = FleetSync { limiter: limiter.clone(), registry: registry.clone(), config };
+            let sync = FleetSync {
+                limiter: limiter.clone(),
+                registry: registry.clone(),
+                config,
+                clock: clock.clone(),
+                db: surfaces_db.clone(),
+            };
             background.spawn(named("fleet-sync", sync.run(last.clone())));
         }
-        let saver =
-            crate::limits::quota_store::save_until(limiter, config.data_dir.clone(), clock.clone(), last.clone());
-        background.spawn(named("quota-saver", saver));
+        if local_quotas {
+            let saver =
+                crate::limits::quota_store::save_until(limiter, config.data_dir.clone(), clock.clone(), last.clone());
+            background.spawn(named("quota-saver", saver));
+        }
         if let Some(writer) = audit_writer {
             background.spawn(named("audit-writer", writer.run(last.clone())));
         }

@@ -123,46 +123,6 @@ fn p99(latencies: impl Iterator<Item = Duration>) -> Duration {
     all.get(all.len() * 99 / 100).copied().unwrap_or_default()
 }
 
-/// A Redis server of the test's own (`redis-server` from `scripts/services`), so that it can
-/// be stopped without touching anyone else's.
-struct OwnRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl OwnRedis {
-    fn start(dir: &std::path::Path) -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/services installs it)");
-        let url = format!("redis://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        OwnRedis { child, url }
-    }
-
-    fn signal(&self, signal: &str) {
-        std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn metric(http: &reqwest::Client, admin: &str, name: &str) -> f64 {
     let text = http.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
@@ -222,7 +182,7 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let redis = OwnRedis::start(dir.path());
+    let redis = common::OwnRedis::start(dir.path());
     let (tenants, keys) = tenants(dir.path(), 1);
     let edges: Vec<_> =
         ["node-x", "node-y", "node-z"].iter().map(|n| node(dir.path(), n, &tenants, &redis.url)).collect();

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::provision::{self, NewOrganization};
 use super::{password, reply, ControlError, ControlState};
-use crate::auth::Principal;
+use crate::auth::{Credential, Principal};
 use crate::http::response::Body;
 
 #[derive(Deserialize)]
@@ -131,7 +131,9 @@ mod tests {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrganizationChange {
-    name: String,
+    name: Option<String>,
+    /// Only the platform operator changes tiers; every node applies it within a second.
+    tier: Option<String>,
 }
 
 pub async fn update(
@@ -139,15 +141,33 @@ pub async fn update(
     caller: &Principal,
     req: OrganizationChange,
 ) -> Result<Response<Body>, ControlError> {
-    validate_name(&req.name)?;
+    if req.name.is_none() && req.tier.is_none() {
+        return Err(invalid("name", "give a name or a tier to change"));
+    }
+    if let Some(name) = &req.name {
+        validate_name(name)?;
+    }
+    let tier = match (&req.tier, &caller.credential) {
+        (None, _) => None,
+        (Some(t), Credential::Operator) => {
+            Some(state.tiers.get(t).map(|t| t.name).ok_or(invalid("tier", "is not a tier"))?)
+        }
+        (Some(_), _) => return Err(invalid("tier", "only the platform operator changes the tier")),
+    };
     let org = caller.org.id.as_str();
     let tx = state.db()?.tenant(org).await?;
-    let n =
-        tx.execute("UPDATE organizations SET name = $2, updated_at = now() WHERE id = $1", &[&org, &req.name]).await?;
+    let n = tx
+        .execute(
+            "UPDATE organizations SET name = coalesce($2, name), tier = coalesce($3, tier), updated_at = now() \
+             WHERE id = $1",
+            &[&org, &req.name, &tier],
+        )
+        .await?;
     if n == 0 {
         return Err(ControlError::NotFound("organization"));
     }
-    super::apps::audit(&tx, org, caller, "organization_updated", org).await?;
+    let action = if tier.is_some() { "organization_tier_changed" } else { "organization_updated" };
+    super::apps::audit(&tx, org, caller, action, org).await?;
     tx.commit().await?;
     get(state, caller).await
 }

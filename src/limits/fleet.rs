@@ -39,7 +39,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::fleet_quota::{current_month, QuotaSync};
 use super::Limiter;
+use crate::clock::Clock;
+use crate::control::db::Db;
 use crate::metrics as m;
 use crate::tenant::Registry;
 
@@ -56,17 +59,34 @@ pub struct FleetShare {
     live_nodes: AtomicU32,
     /// The last tick succeeded: the full rate, charged with the fleet's consumption.
     synced: AtomicBool,
+    /// The sync's tick, which sizes quota chunks.
+    tick: Duration,
+    /// The month (index) the quota leases count for.
+    quota_month: AtomicU32,
 }
 
 impl FleetShare {
     /// One node alone: every limit is this node's.
     pub fn local() -> Self {
-        FleetShare { enabled: false, live_nodes: AtomicU32::new(1), synced: AtomicBool::new(true) }
+        FleetShare {
+            enabled: false,
+            live_nodes: AtomicU32::new(1),
+            synced: AtomicBool::new(true),
+            tick: Duration::ZERO,
+            quota_month: AtomicU32::new(0),
+        }
     }
 
-    /// A node of a fleet; until its first tick it assumes it is alone but not synced.
-    pub fn fleet() -> Self {
-        FleetShare { enabled: true, live_nodes: AtomicU32::new(1), synced: AtomicBool::new(false) }
+    /// A node of a fleet syncing every `tick`; until its first tick it assumes it is alone
+    /// but not synced.
+    pub fn fleet(tick: Duration) -> Self {
+        FleetShare {
+            enabled: true,
+            live_nodes: AtomicU32::new(1),
+            synced: AtomicBool::new(false),
+            tick,
+            quota_month: AtomicU32::new(0),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -96,7 +116,26 @@ impl FleetShare {
         }
     }
 
-    fn set(&self, synced: bool, live_nodes: Option<u32>) {
+    /// How much monthly quota this node takes from Redis at a time for an organisation on
+    /// `tier` (see [`super::fleet_quota`]): what its rate could admit in
+    /// [`super::fleet_quota::CHUNK_TICKS`] ticks plus its share of the burst, so that a lease
+    /// refilled every tick does not run dry at the tier's rate.
+    pub fn quota_chunk(&self, tier: &crate::plan::Tier) -> u64 {
+        let burst = tier.events_per_second.saturating_mul(tier.burst_seconds) / u64::from(self.live_nodes());
+        let ticks = self.tick.as_nanos() as u64 * super::fleet_quota::CHUNK_TICKS;
+        let per_ticks = (u128::from(tier.events_per_second) * u128::from(ticks) / 1_000_000_000) as u64;
+        per_ticks.saturating_add(burst).max(1)
+    }
+
+    pub fn quota_month(&self) -> u32 {
+        self.quota_month.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_quota_month(&self, month: u32) {
+        self.quota_month.store(month, Ordering::Release);
+    }
+
+    pub(super) fn set(&self, synced: bool, live_nodes: Option<u32>) {
         if let Some(n) = live_nodes {
             self.live_nodes.store(n.max(1), Ordering::Relaxed);
         }
@@ -202,6 +241,9 @@ pub struct FleetSync {
     pub limiter: Arc<Limiter>,
     pub registry: Arc<Registry>,
     pub config: FleetConfig,
+    pub clock: Clock,
+    /// Where monthly quota counts are saved, and re-seeded from when Redis loses them.
+    pub db: Option<Db>,
 }
 
 impl FleetSync {
@@ -223,6 +265,8 @@ impl FleetSync {
         }
         let share = self.limiter.fleet();
         share.set(false, None);
+        let mut quota = QuotaSync::new(self.config.node_id.clone(), self.db.clone(), current_month(&self.clock));
+        let mut quota_failing = false;
         // Own counts per slot not yet read back: (slot → organisation slot → events).
         let mut own: HashMap<i64, HashMap<u32, u64>> = HashMap::new();
         let mut last_read: Option<i64> = None;
@@ -276,6 +320,7 @@ impl FleetSync {
                     self.limiter.give_back_unsynced(slot, n);
                 }
                 share.set(false, None);
+                quota.on_outage(&self.limiter, &self.registry.snapshot(), share.live_nodes());
                 continue;
             };
             if let Some(since) = failing_since.take() {
@@ -302,6 +347,21 @@ impl FleetSync {
             own.retain(|&slot, _| slot > reply.slot - MAX_SLOTS_READ);
             last_read = Some(reply.slot - 1);
             share.set(true, Some(reply.live));
+            let now = self.clock.unix_secs() as i64;
+            match quota.tick(conn, &self.limiter, &snapshot, reply.live, now, self.config.timeout).await {
+                Ok(()) => {
+                    if std::mem::take(&mut quota_failing) {
+                        tracing::info!("quota sync restored");
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(m::REDIS_SYNC_ERRORS).increment(1);
+                    if !std::mem::replace(&mut quota_failing, true) {
+                        tracing::warn!(error = %e, "quota sync failed; nodes overdraw at most their share");
+                    }
+                    quota.on_outage(&self.limiter, &snapshot, reply.live);
+                }
+            }
         }
     }
 }
@@ -313,7 +373,7 @@ mod tests {
 
     #[test]
     fn shares_split_bursts_always_and_rates_only_when_not_synced() {
-        let share = FleetShare::fleet();
+        let share = FleetShare::fleet(Duration::from_millis(50));
         share.set(true, Some(4));
         assert_eq!(share.local_limits(1_000, 2_000), (1_000, 500));
         share.set(false, None);

@@ -14,10 +14,14 @@
 //! The rate holds across a fleet of nodes when `REDIS_URL` is set: [`fleet`]
 //! charges each node's buckets with what the other nodes admitted, in the
 //! background, and when Redis is unreachable each node keeps to its share of the
-//! limit, never to no limit at all. Monthly quotas are still per node (saved in
-//! the data directory, [`quota_store`]).
+//! limit, never to no limit at all. Monthly quotas then hold fleet-wide too: each
+//! node admits from a lease of the quota that Redis grants it ([`fleet_quota`], [`lease`]),
+//! and saves its charges to PostgreSQL. Alone, a node keeps its own counts in the data
+//! directory ([`quota_store`]).
 
 pub mod fleet;
+pub mod fleet_quota;
+pub mod lease;
 pub mod quota_store;
 pub mod rate;
 
@@ -28,6 +32,7 @@ use crate::clock::Clock;
 use crate::plan::Tier;
 use crate::tenant::{Org, OrgId, PerOrg};
 use fleet::FleetShare;
+use lease::QuotaLease;
 use rate::{Bucket, RateDecision};
 
 /// Why events are refused: a value, not an answer ([`crate::error`] makes the 429 and 402).
@@ -54,6 +59,8 @@ struct OrgCounters {
     api_window: AtomicU64,
     /// Events admitted since the last fleet sync took them (only counted with a fleet).
     unsynced: AtomicU64,
+    /// This node's part of the fleet's monthly quota (only used with a fleet).
+    quota: QuotaLease,
 }
 
 pub struct Limiter {
@@ -94,6 +101,16 @@ impl Limiter {
         self.orgs.get(slot).unsynced.fetch_add(n, Ordering::AcqRel);
     }
 
+    /// The organisation's quota lease (the fleet's quota sync).
+    pub fn quota_lease(&self, slot: u32) -> &QuotaLease {
+        &self.orgs.get(slot).quota
+    }
+
+    /// Every organisation's quota lease, by slot.
+    pub fn quota_leases(&self) -> impl Iterator<Item = (u32, &QuotaLease)> {
+        self.orgs.iter().map(|(slot, c)| (slot, &c.quota))
+    }
+
     /// Charges `n` events that other nodes admitted for `org` to its bucket here (into
     /// bounded debt, [`Bucket::charge`]).
     pub fn charge_fleet(&self, org: &Org, n: u64) {
@@ -127,8 +144,13 @@ impl Limiter {
     }
 
     /// Events charged in the month of `now_unix_secs` (`/quotas`, tests): zero once it has turned.
+    /// With a fleet, the fleet's count as this node last learnt it.
     pub fn month_events(&self, org: &OrgId, now_unix_secs: i64) -> u64 {
-        self.orgs.get(org.slot()).used_in(month_index(now_unix_secs))
+        let c = self.orgs.get(org.slot());
+        if self.fleet.enabled() {
+            return c.quota.fleet_used();
+        }
+        c.used_in(month_index(now_unix_secs))
     }
 }
 
@@ -143,12 +165,23 @@ pub struct OrgLimits<'l> {
 impl OrgLimits<'_> {
     /// Is this month's quota used up? A cheap check before any body is read.
     pub fn check_quota(&self, now_unix_secs: i64) -> Result<(), LimitError> {
+        if self.fleet.enabled() {
+            return match self.counters.quota.exhausted(self.quota_chunk()) {
+                true => Err(self.quota_exceeded()),
+                false => Ok(()),
+            };
+        }
         let limit = self.tier.events_per_month;
         let month = month_index(now_unix_secs);
         if self.counters.used_in(month) >= limit {
             return Err(self.quota_exceeded());
         }
         Ok(())
+    }
+
+    /// The quota this node takes from Redis at a time for this organisation.
+    fn quota_chunk(&self) -> u64 {
+        self.fleet.quota_chunk(self.tier)
     }
 
     pub fn quota_exceeded(&self) -> LimitError {
@@ -178,6 +211,9 @@ impl OrgLimits<'_> {
     /// were granted: parallel requests can never together pass the limit. Events granted are
     /// charged now, before they are stored; [`OrgLimits::refund`] gives back what was not stored.
     pub fn reserve(&self, n: u64, now_unix_secs: i64) -> u64 {
+        if self.fleet.enabled() {
+            return self.counters.quota.take(n, self.quota_chunk());
+        }
         let limit = self.tier.events_per_month;
         let month = month_index(now_unix_secs);
         let c = self.counters;
@@ -211,6 +247,9 @@ impl OrgLimits<'_> {
 
     /// Gives back `n` reserved events that were not stored after all.
     pub fn refund(&self, n: u64, now_unix_secs: i64) {
+        if self.fleet.enabled() {
+            return self.counters.quota.refund(n);
+        }
         let month = month_index(now_unix_secs);
         let c = self.counters;
         if c.month.load(Ordering::Acquire) == month {

@@ -8,8 +8,8 @@
 //! counts of the current month are loaded before any request is served.
 //! Bound: a crash (not a clean stop) forgets at most what was charged since the
 //! last save, i.e. at most `events_per_second × SAVE_EVERY` per organisation
-//! (plus one burst). The fleet-wide, Redis- and PostgreSQL-backed counts of
-//! the fleet-limits work replace this file when configured.
+//! (plus one burst). With `REDIS_URL` set, [`super::fleet_quota`] keeps the
+//! counts instead (Redis and PostgreSQL) and this file is not written.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -358,3 +358,60 @@ impl ProcessFixture {
         self.dir.path().join("state")
     }
 }
+
+/// A Redis server of the test's own (`redis-server` from `scripts/services`), without
+/// persistence, so that it can be stopped or restarted empty without touching anyone else's.
+pub struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+    pub url: String,
+}
+
+impl OwnRedis {
+    pub fn start(dir: &std::path::Path) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        OwnRedis {
+            child: Self::spawn(dir, port),
+            port,
+            dir: dir.to_path_buf(),
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, self.port);
+    }
+
+    pub fn signal(&self, signal: &str) {
+        std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
