@@ -515,6 +515,13 @@ async fn sign_up_apps_and_keys_through_the_api_with_tenants_kept_apart() {
     let admin_b = user_token(&org_b, &["*"]);
     let (status, org) = api.call(Method::GET, "/api/v1/organization", Some(&admin_a), None).await;
     assert_eq!((status, org["id"].as_str(), org["subdomain"].as_str()), (200, Some(org_a.as_str()), Some("acme")));
+    // Renaming is the organisation's; its tier is the operator's alone.
+    let (status, body) =
+        api.call(Method::PATCH, "/api/v1/organization", Some(&admin_a), Some(json!({"tier": "enterprise"}))).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("tier")), "{body}");
+    let (status, body) =
+        api.call(Method::PATCH, "/api/v1/organization", Some(&admin_a), Some(json!({"name": "Acme Ltd"}))).await;
+    assert_eq!((status, body["name"].as_str(), body["tier"].as_str()), (200, Some("Acme Ltd"), Some("starter")));
 
     // Starter: two apps (the default one and one more), then 402 with the limit.
     let (status, app) = api.call(Method::POST, "/api/v1/apps", Some(&admin_a), Some(json!({"name": "iOS"}))).await;
