@@ -164,12 +164,7 @@ pub async fn accept(
 }
 
 fn count_limit(e: &LimitError) {
-    match e {
-        LimitError::RateLimited { tier, .. } | LimitError::ApiRateLimited { tier, .. } => {
-            metrics::counter!(m::RATE_LIMITED, "tier" => *tier).increment(1)
-        }
-        LimitError::QuotaExceeded { tier, .. } => metrics::counter!(m::QUOTA_EXCEEDED, "tier" => *tier).increment(1),
-    }
+    e.count();
 }
 
 /// The outcome of parsing, limiting and validating one request body.
@@ -258,6 +253,8 @@ fn decode(
             }
             if granted < valid {
                 metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
+                metrics::counter!(m::LIMIT_DECISIONS, "tier" => tier.name, "limit" => "quota", "outcome" => "cut")
+                    .increment(1);
                 decoded.cut(granted as usize);
             }
         }

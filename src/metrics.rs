@@ -41,6 +41,12 @@ pub const REGISTRY_AGE: &str = "edge_registry_age_seconds";
 pub const REGISTRY_FEED_ERRORS: &str = "edge_registry_feed_errors_total";
 pub const AUDIT_DROPPED: &str = "edge_audit_dropped_total";
 pub const SOURCE_EVENTS: &str = "edge_source_events_total";
+pub const LOGIN_EVENTS_DROPPED: &str = "edge_login_events_dropped_total";
+pub const LIMIT_DECISIONS: &str = "edge_limit_decisions_total";
+pub const FLEET_TOP_RATE: &str = "edge_fleet_top_org_events_per_second";
+pub const FLEET_TOP_RATIO: &str = "edge_fleet_top_org_rate_ratio";
+/// How many organisations the top-consumption gauges rank.
+pub const FLEET_TOP_RANKS: usize = 10;
 
 /// Every metric the edge exports (the dashboard test checks queries against this).
 pub const ALL: &[&str] = &[
@@ -75,6 +81,10 @@ pub const ALL: &[&str] = &[
     REGISTRY_FEED_ERRORS,
     AUDIT_DROPPED,
     SOURCE_EVENTS,
+    LOGIN_EVENTS_DROPPED,
+    LIMIT_DECISIONS,
+    FLEET_TOP_RATE,
+    FLEET_TOP_RATIO,
 ];
 
 /// Request latencies on loopback are tens of µs; ClickHouse inserts take ms to s.
@@ -136,6 +146,19 @@ fn describe() {
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener");
     describe_gauge!(REGISTRY_AGE, Unit::Seconds, "Time since the registry was last known current with PostgreSQL");
     describe_counter!(SOURCE_EVENTS, "Events accepted, by wire format (native, posthog, segment)");
+    describe_counter!(
+        LOGIN_EVENTS_DROPPED,
+        "Login outcomes not sent to Redis because the queue for the fleet sync was full"
+    );
+    describe_counter!(
+        LIMIT_DECISIONS,
+        "Limit decisions per request, by tier, limit (rate, quota, api) and outcome (allowed, refused, cut)"
+    );
+    describe_gauge!(
+        FLEET_TOP_RATE,
+        "Fleet-wide events/s admitted for the organisation at each rank (1 = most), over the last second"
+    );
+    describe_gauge!(FLEET_TOP_RATIO, "The same organisations' fleet-wide events/s over their tier's rate");
     describe_counter!(AUDIT_DROPPED, "Audit-log rows dropped: queue full or PostgreSQL refused them");
     describe_counter!(
         REGISTRY_FEED_ERRORS,
@@ -171,6 +194,15 @@ fn describe() {
     for tier in ["starter", "growth", "enterprise"] {
         metrics::counter!(RATE_LIMITED, "tier" => tier).absolute(0);
         metrics::counter!(QUOTA_EXCEEDED, "tier" => tier).absolute(0);
+        for limit in ["rate", "quota", "api"] {
+            for outcome in ["allowed", "refused"] {
+                metrics::counter!(LIMIT_DECISIONS, "tier" => tier, "limit" => limit, "outcome" => outcome).absolute(0);
+            }
+        }
+    }
+    for rank in RANKS {
+        metrics::gauge!(FLEET_TOP_RATE, "rank" => rank).set(0.0);
+        metrics::gauge!(FLEET_TOP_RATIO, "rank" => rank).set(0.0);
     }
     for code in AUTH_FAILURE_CODES {
         metrics::counter!(AUTH_FAILURES, "code" => *code).absolute(0);
@@ -180,6 +212,9 @@ fn describe() {
         metrics::counter!(ACCEPT_ERRORS, "listener" => listener).absolute(0);
     }
 }
+
+/// Rank labels of the top-consumption gauges.
+pub const RANKS: [&str; FLEET_TOP_RANKS] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
 /// Per-event rejection codes (`edge_events_rejected_total{reason}`).
 pub const REJECTION_REASONS: &[&str] = &[

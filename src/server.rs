@@ -170,8 +170,15 @@ impl Server {
             (Some(_), None) => {}
         }
         let surfaces_db = db.clone();
-        let surfaces =
-            Surfaces { pipeline: pipeline.clone(), stats: stats.clone(), db, audit, limiter: limiter.clone() };
+        let logins = Arc::new(LoginThrottle::new(&config.login, clock.clone(), fleet.is_some()));
+        let surfaces = Surfaces {
+            pipeline: pipeline.clone(),
+            stats: stats.clone(),
+            db,
+            audit,
+            limiter: limiter.clone(),
+            logins: logins.clone(),
+        };
         let router = Arc::new(data_router(&config, registry.clone(), surfaces, &clock)?);
         let registry_status = registry_status.map(|status| (status, clock.clone()));
         let admin_state = Arc::new(AdminState {
@@ -202,6 +209,8 @@ impl Server {
             );
             background.spawn(named("quota-ledger", ledger));
         }
+        let decisions = crate::limits::publish_decisions(limiter.clone(), registry.clone(), last.clone());
+        background.spawn(named("limit-metrics", decisions));
         let local_quotas = fleet.is_none();
         if let Some(config) = fleet {
             let sync = FleetSync {
@@ -210,6 +219,7 @@ impl Server {
                 config,
                 clock: clock.clone(),
                 db: surfaces_db.clone(),
+                logins,
             };
             background.spawn(named("fleet-sync", sync.run(last.clone())));
         }
@@ -356,6 +366,7 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
 /// What the data surfaces share with the rest of the server.
 struct Surfaces {
     limiter: Arc<Limiter>,
+    logins: Arc<LoginThrottle>,
     pipeline: Arc<Pipeline>,
     stats: Arc<Stats>,
     db: Option<Db>,
@@ -368,7 +379,7 @@ fn data_router(
     surfaces: Surfaces,
     clock: &Clock,
 ) -> Result<DataRouter, StartError> {
-    let Surfaces { pipeline, stats, db, audit, limiter } = surfaces;
+    let Surfaces { pipeline, stats, db, audit, limiter, logins } = surfaces;
     let jwt = JwtVerifier::from_config(&config.jwt, config.jwt_cache_capacity)?;
     let budget = MemoryBudget::new(config.max_inflight_body_bytes);
     let signer = match (&config.jwt.signing_key_file, &config.jwt.hs256_secret) {
@@ -402,7 +413,7 @@ fn data_router(
             budget,
             conn: config.conn.clone(),
             login: config.login.clone(),
-            logins: LoginThrottle::new(&config.login, clock.clone()),
+            logins,
             audit,
             limiter,
             signer,

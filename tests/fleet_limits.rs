@@ -158,7 +158,20 @@ async fn three_nodes_hold_one_rate_together() {
             .iter()
             .enumerate()
     {
+        // Mid-run, the top-consumer gauge of the least loaded node ranks this organisation
+        // first at about the fleet's rate (it sees the others' admissions too).
+        let quiet = edges[2].admin.clone();
+        let sample = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(SECONDS / 2)).await;
+            let http = reqwest::Client::new();
+            let rate = metric(&http, &quiet, "edge_fleet_top_org_events_per_second{rank=\"1\"}").await;
+            let ratio = metric(&http, &quiet, "edge_fleet_top_org_rate_ratio{rank=\"1\"}").await;
+            (rate, ratio)
+        });
         let (accepted, limited) = load(&addrs, &keys[i], split).await;
+        let (top_rate, top_ratio) = sample.await.unwrap();
+        eprintln!("{name}: top organisation seen by node-c: {top_rate:.0} events/s, {top_ratio:.2} of its rate");
+        assert!((0.5..1.5).contains(&top_ratio) && top_rate > 0.5 * RATE as f64, "{top_rate} {top_ratio}");
         eprintln!(
             "{name}: offered {} events/s for {SECONDS} s to a limit of {RATE}/s (burst {burst}): accepted {accepted}, \
              429 {limited}, {:.3} of {expected}",
@@ -171,6 +184,12 @@ async fn three_nodes_hold_one_rate_together() {
         );
         assert!(limited > 0);
     }
+    // Decisions by tier and outcome, allowed ones published every second.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let allowed = r#"edge_limit_decisions_total{tier="enterprise",limit="rate",outcome="allowed"}"#;
+    let refused = r#"edge_limit_decisions_total{tier="enterprise",limit="rate",outcome="refused"}"#;
+    assert!(metric(&http, &edges[0].admin, allowed).await > 0.0);
+    assert!(metric(&http, &edges[0].admin, refused).await > 0.0);
 }
 
 /// Redis stopped (SIGSTOP: every sync tick times out) for 10 s in the middle of an 18 s run:

@@ -163,7 +163,8 @@ pub struct ControlState {
     pub budget: Arc<MemoryBudget>,
     pub conn: ConnConfig,
     pub login: LoginConfig,
-    pub logins: throttle::LoginThrottle,
+    /// Failed logins; shared with the fleet sync, which makes the counts fleet-wide.
+    pub logins: Arc<throttle::LoginThrottle>,
     pub audit: audit_log::AuditLog,
     /// This node's event counts, for `/quotas`.
     pub limiter: Arc<crate::limits::Limiter>,
@@ -223,7 +224,9 @@ async fn route(
         // Before the body is read: an organisation over its allowance costs nothing more.
         let limited = state.limiter.org(&p.org).check_api(state.clock.unix_secs()).map_err(ControlError::Limited);
         if let Err(e) = limited {
-            metrics::counter!(crate::metrics::RATE_LIMITED, "tier" => p.org.tier.name).increment(1);
+            if let ControlError::Limited(limit) = &e {
+                limit.count();
+            }
             body::drain_unread(req.version(), req.into_body(), &state.conn).await;
             return Err(e);
         }

@@ -39,10 +39,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::fleet_control::ControlCounts;
 use super::fleet_quota::{current_month, QuotaSync};
 use super::Limiter;
 use crate::clock::Clock;
 use crate::control::db::Db;
+use crate::control::throttle::LoginThrottle;
 use crate::metrics as m;
 use crate::tenant::Registry;
 
@@ -182,17 +184,61 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local slot_ms = tonumber(ARGV[3])
 local slot = math.floor(now / slot_ms)
+local minute = math.floor(now / 60000)
 redis.call('ZADD', 'edge:nodes', now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', 'edge:nodes', '-inf', now - tonumber(ARGV[2]))
 local live = redis.call('ZCARD', 'edge:nodes')
-local key = 'edge:rate:' .. slot
-for i = 6, #ARGV, 2 do
-  redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+local i = 13
+-- Events admitted per organisation, into this slot.
+local rate_key = 'edge:rate:' .. slot
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('HINCRBY', rate_key, ARGV[i], ARGV[i + 1])
+  i = i + 2
 end
-if #ARGV >= 6 then
-  redis.call('PEXPIRE', key, slot_ms * 200)
+if tonumber(ARGV[6]) > 0 then
+  redis.call('PEXPIRE', rate_key, slot_ms * 200)
 end
-local out = {slot, live}
+-- Control-plane requests per organisation, into this minute; the minute's totals back.
+local api_key = 'edge:api:' .. minute
+for _ = 1, tonumber(ARGV[7]) do
+  redis.call('HINCRBY', api_key, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if tonumber(ARGV[7]) > 0 then
+  redis.call('PEXPIRE', api_key, 120000)
+end
+local api = {}
+if redis.call('HLEN', api_key) <= 10000 then
+  api = redis.call('HGETALL', api_key)
+end
+-- Login outcomes: failures counted per account or address; the allowance reached locks it.
+local window = tonumber(ARGV[8])
+local lockout = tonumber(ARGV[9])
+while i < #ARGV do
+  local kind = ARGV[i]
+  local id = ARGV[i + 1]
+  i = i + 2
+  if kind == 's' then
+    redis.call('DEL', 'edge:login:a:' .. id)
+  else
+    local key = 'edge:login:' .. kind .. ':' .. id
+    local n = redis.call('INCR', key)
+    if n == 1 then
+      redis.call('PEXPIRE', key, window)
+    end
+    local max = tonumber(ARGV[10])
+    if kind == 'i' then
+      max = tonumber(ARGV[11])
+    end
+    if n >= max then
+      redis.call('DEL', key)
+      redis.call('ZADD', 'edge:login:locks', now, kind .. ':' .. id .. ':' .. (now + lockout))
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', 'edge:login:locks', '-inf', now - lockout)
+local locks = redis.call('ZRANGEBYSCORE', 'edge:login:locks', ARGV[12], '+inf', 'WITHSCORES', 'LIMIT', 0, 1000)
+local out = {slot, live, minute, api, locks}
 local from = math.max(tonumber(ARGV[4]) + 1, slot - tonumber(ARGV[5]))
 for s = from, slot - 1 do
   local h = redis.call('HGETALL', 'edge:rate:' .. s)
@@ -204,33 +250,58 @@ end
 return out
 "#;
 
-/// What one tick learnt: the current slot, the live nodes, and each closed slot's counts.
+/// What one tick learnt: the current slot, the live nodes, each closed slot's counts, the
+/// minute's control-plane requests per organisation, and login locks.
 #[derive(Debug, Default, PartialEq)]
 struct TickReply {
     slot: i64,
     live: u32,
     closed: Vec<(i64, Vec<(String, u64)>)>,
+    control: super::fleet_control::ControlReply,
+}
+
+fn int(v: &redis::Value) -> Option<i64> {
+    match v {
+        redis::Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A flat `[field, value, …]` array as pairs whose value parses as a number.
+fn pairs(v: &redis::Value) -> Option<Vec<(String, u64)>> {
+    let redis::Value::Array(items) = v else { return None };
+    Some(
+        items
+            .chunks(2)
+            .filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?.parse::<f64>().ok()? as u64)))
+            .collect(),
+    )
 }
 
 impl TickReply {
     fn parse(value: redis::Value) -> Option<Self> {
-        use redis::Value;
-        let int = |v: &Value| match v {
-            Value::Int(i) => Some(*i),
-            _ => None,
+        let redis::Value::Array(items) = value else { return None };
+        let mut reply = TickReply {
+            slot: int(items.first()?)?,
+            live: int(items.get(1)?)? as u32,
+            closed: Vec::new(),
+            control: super::fleet_control::ControlReply {
+                minute: int(items.get(2)?)? as u64,
+                api: pairs(items.get(3)?)?,
+                locks: pairs(items.get(4)?)?,
+            },
         };
-        let text = |v: &Value| match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        };
-        let Value::Array(items) = value else { return None };
-        let mut reply = TickReply { slot: int(items.first()?)?, live: int(items.get(1)?)? as u32, closed: Vec::new() };
-        for pair in items[2..].chunks(2) {
-            let [slot, Value::Array(hash)] = pair else { return None };
-            let counts =
-                hash.chunks(2).filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?.parse().ok()?))).collect();
-            reply.closed.push((int(slot)?, counts));
+        for pair in items[5..].chunks(2) {
+            let [slot, hash] = pair else { return None };
+            reply.closed.push((int(slot)?, pairs(hash)?));
         }
         Some(reply)
     }
@@ -244,6 +315,8 @@ pub struct FleetSync {
     pub clock: Clock,
     /// Where monthly quota counts are saved, and re-seeded from when Redis loses them.
     pub db: Option<Db>,
+    /// Failed logins, counted fleet-wide by the same tick.
+    pub logins: Arc<LoginThrottle>,
 }
 
 impl FleetSync {
@@ -267,6 +340,8 @@ impl FleetSync {
         share.set(false, None);
         let mut quota = QuotaSync::new(self.config.node_id.clone(), self.db.clone(), current_month(&self.clock));
         let mut quota_failing = false;
+        let mut control = ControlCounts::default();
+        let mut top = TopConsumers::new();
         // Own counts per slot not yet read back: (slot → organisation slot → events).
         let mut own: HashMap<i64, HashMap<u32, u64>> = HashMap::new();
         let mut last_read: Option<i64> = None;
@@ -291,9 +366,12 @@ impl FleetSync {
                 .arg(MAX_SLOTS_READ);
             let ids: Vec<_> =
                 deltas.iter().filter_map(|&(slot, n)| Some((crate::tenant::OrgId::from_slot(slot)?, n))).collect();
+            let pending = control.take(&self.limiter, &self.logins);
+            control.head_args(&mut invocation, ids.len(), &pending, &self.logins);
             for (id, n) in &ids {
                 invocation.arg(id.as_str()).arg(*n);
             }
+            control.tail_args(&mut invocation, &pending);
             let started = Instant::now();
             let result = tokio::time::timeout(self.config.timeout, invocation.invoke_async::<redis::Value>(conn)).await;
             metrics::histogram!(m::FLEET_SYNC_DURATION).record(started.elapsed().as_secs_f64());
@@ -319,6 +397,7 @@ impl FleetSync {
                 for (slot, n) in deltas {
                     self.limiter.give_back_unsynced(slot, n);
                 }
+                control.failed(pending, &self.limiter, &self.logins, share.live_nodes());
                 share.set(false, None);
                 quota.on_outage(&self.limiter, &self.registry.snapshot(), share.live_nodes());
                 continue;
@@ -337,16 +416,19 @@ impl FleetSync {
                 let mine = own.remove(slot).unwrap_or_default();
                 for (org, total) in counts {
                     let Some(org) = snapshot.org(org) else { continue };
+                    top.add(org.id.slot(), *total);
                     let others = total.saturating_sub(mine.get(&org.id.slot()).copied().unwrap_or(0));
                     if others > 0 {
                         self.limiter.charge_fleet(org, others);
                     }
                 }
             }
+            top.publish_every_second(&snapshot);
             // Own counts of slots that can no longer be read back.
             own.retain(|&slot, _| slot > reply.slot - MAX_SLOTS_READ);
             last_read = Some(reply.slot - 1);
             share.set(true, Some(reply.live));
+            control.apply(&reply.control, pending, &self.limiter, &self.logins, &self.registry.snapshot());
             let now = self.clock.unix_secs() as i64;
             match quota.tick(conn, &self.limiter, &snapshot, reply.live, now, self.config.timeout).await {
                 Ok(()) => {
@@ -366,8 +448,60 @@ impl FleetSync {
     }
 }
 
+/// The organisations that admitted the most events fleet-wide over the last second, as
+/// rank-labelled gauges: at most [`m::FLEET_TOP_RANKS`] series whatever the tenant count.
+struct TopConsumers {
+    window: HashMap<u32, u64>,
+    since: Instant,
+}
+
+impl TopConsumers {
+    fn new() -> Self {
+        TopConsumers { window: HashMap::new(), since: Instant::now() }
+    }
+
+    fn add(&mut self, slot: u32, events: u64) {
+        *self.window.entry(slot).or_default() += events;
+    }
+
+    fn publish_every_second(&mut self, snapshot: &crate::tenant::Snapshot) {
+        let elapsed = self.since.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let top = top_ranked(std::mem::take(&mut self.window), m::FLEET_TOP_RANKS);
+        for (i, rank) in m::RANKS.iter().enumerate() {
+            let (rate, ratio) = match top.get(i) {
+                Some(&(slot, events)) => {
+                    let rate = events as f64 / elapsed.as_secs_f64();
+                    let limit = crate::tenant::OrgId::from_slot(slot)
+                        .and_then(|id| snapshot.org(id.as_str()).map(|o| o.tier.events_per_second))
+                        .unwrap_or(0);
+                    (rate, if limit > 0 { rate / limit as f64 } else { 0.0 })
+                }
+                None => (0.0, 0.0),
+            };
+            metrics::gauge!(m::FLEET_TOP_RATE, "rank" => *rank).set(rate);
+            metrics::gauge!(m::FLEET_TOP_RATIO, "rank" => *rank).set(ratio);
+        }
+        self.since = Instant::now();
+    }
+}
+
+/// The `k` largest counts, largest first.
+fn top_ranked(counts: HashMap<u32, u64>, k: usize) -> Vec<(u32, u64)> {
+    let mut all: Vec<(u32, u64)> = counts.into_iter().collect();
+    if all.len() > k {
+        all.select_nth_unstable_by(k, |a, b| b.1.cmp(&a.1));
+        all.truncate(k);
+    }
+    all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    all
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::fleet_control::ControlReply;
     use super::*;
     use redis::Value;
 
@@ -389,6 +523,9 @@ mod tests {
         let value = Value::Array(vec![
             Value::Int(100),
             Value::Int(3),
+            Value::Int(29_000_000),
+            Value::Array(vec![bulk("org_a"), bulk("7")]),
+            Value::Array(vec![bulk("i:192.0.2.1:1740000900000"), bulk("1740000000000")]),
             Value::Int(98),
             Value::Array(vec![bulk("org_a"), bulk("12"), bulk("org_b"), bulk("3")]),
             Value::Int(99),
@@ -401,9 +538,22 @@ mod tests {
                 slot: 100,
                 live: 3,
                 closed: vec![(98, vec![("org_a".into(), 12), ("org_b".into(), 3)]), (99, vec![("org_a".into(), 1)])],
+                control: ControlReply {
+                    minute: 29_000_000,
+                    api: vec![("org_a".into(), 7)],
+                    locks: vec![("i:192.0.2.1:1740000900000".into(), 1_740_000_000_000)],
+                },
             }
         );
         assert_eq!(TickReply::parse(Value::Int(1)), None);
+    }
+
+    #[test]
+    fn the_top_ranks_are_the_largest_counts_in_order() {
+        let counts: HashMap<u32, u64> = (0..100u32).map(|slot| (slot, u64::from(slot * 7 % 101))).collect();
+        let top = top_ranked(counts, 3);
+        assert_eq!(top, vec![(72, 100), (43, 99), (14, 98)]);
+        assert_eq!(top_ranked(HashMap::from([(1, 5)]), 3), vec![(1, 5)]);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! directory ([`quota_store`]).
 
 pub mod fleet;
+pub mod fleet_control;
 pub mod fleet_quota;
 pub mod lease;
 pub mod quota_store;
@@ -57,10 +58,50 @@ struct OrgCounters {
     month_events: AtomicU64,
     /// Control-plane requests: the minute (unix minutes) in the high half, its count in the low.
     api_window: AtomicU64,
+    /// Other nodes' control-plane requests in a minute (Redis's clock), packed the same way.
+    api_others: AtomicU64,
+    /// Control-plane requests admitted since the fleet sync last took them.
+    api_unsynced: AtomicU64,
     /// Events admitted since the last fleet sync took them (only counted with a fleet).
     unsynced: AtomicU64,
     /// This node's part of the fleet's monthly quota (only used with a fleet).
     quota: QuotaLease,
+    /// Requests allowed per limit ([`Decision`]) since `limit-metrics` last published them.
+    allowed: [AtomicU64; 3],
+}
+
+/// Which limit decided: the index into [`OrgCounters::allowed`] and the metric's `limit` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Rate = 0,
+    Quota = 1,
+    Api = 2,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 3] = [Decision::Rate, Decision::Quota, Decision::Api];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Rate => "rate",
+            Decision::Quota => "quota",
+            Decision::Api => "api",
+        }
+    }
+}
+
+impl LimitError {
+    /// Counts a refusal: `edge_limit_decisions_total{outcome="refused"}` and the per-kind counter.
+    pub fn count(&self) {
+        let (tier, decision, kind) = match self {
+            LimitError::RateLimited { tier, .. } => (*tier, Decision::Rate, crate::metrics::RATE_LIMITED),
+            LimitError::ApiRateLimited { tier, .. } => (*tier, Decision::Api, crate::metrics::RATE_LIMITED),
+            LimitError::QuotaExceeded { tier, .. } => (*tier, Decision::Quota, crate::metrics::QUOTA_EXCEEDED),
+        };
+        metrics::counter!(kind, "tier" => tier).increment(1);
+        metrics::counter!(crate::metrics::LIMIT_DECISIONS, "tier" => tier, "limit" => decision.label(), "outcome" => "refused")
+            .increment(1);
+    }
 }
 
 pub struct Limiter {
@@ -99,6 +140,39 @@ impl Limiter {
     /// Gives back counts the fleet did not take (Redis unreachable): sent with the next tick.
     pub fn give_back_unsynced(&self, slot: u32, n: u64) {
         self.orgs.get(slot).unsynced.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes the control-plane requests admitted since the last call, per organisation slot.
+    pub fn take_api_unsynced(&self) -> Vec<(u32, u64)> {
+        self.orgs
+            .iter()
+            .filter(|(_, c)| c.api_unsynced.load(Ordering::Relaxed) > 0)
+            .map(|(slot, c)| (slot, c.api_unsynced.swap(0, Ordering::AcqRel)))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    pub fn give_back_api_unsynced(&self, slot: u32, n: u64) {
+        self.orgs.get(slot).api_unsynced.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// What the other nodes counted of an organisation's control-plane requests in `minute`.
+    pub fn set_api_others(&self, slot: u32, minute: u64, n: u64) {
+        self.orgs.get(slot).api_others.store((minute << 32) | n.min(0xffff_ffff), Ordering::Release);
+    }
+
+    /// Takes the requests allowed since the last call, per organisation slot and limit.
+    pub fn take_allowed(&self) -> Vec<(u32, [u64; 3])> {
+        self.orgs
+            .iter()
+            .filter_map(|(slot, c)| {
+                let taken = [0, 1, 2].map(|i| match c.allowed[i].load(Ordering::Relaxed) {
+                    0 => 0,
+                    _ => c.allowed[i].swap(0, Ordering::AcqRel),
+                });
+                (taken != [0; 3]).then_some((slot, taken))
+            })
+            .collect()
     }
 
     /// The organisation's quota lease (the fleet's quota sync).
@@ -154,6 +228,46 @@ impl Limiter {
     }
 }
 
+/// How often allowed decisions are published (`limit-metrics`).
+pub const DECISIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes `edge_limit_decisions_total{outcome="allowed"}` per tier from the per-organisation
+/// counts the request path keeps (an atomic add in a line it already holds, not a labelled
+/// metric lookup per request), until `stop`.
+pub async fn publish_decisions(
+    limiter: std::sync::Arc<Limiter>,
+    registry: std::sync::Arc<crate::tenant::Registry>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(DECISIONS_EVERY) => false,
+            _ = stop.cancelled() => true,
+        };
+        let snapshot = registry.snapshot();
+        let mut per_tier: Vec<(&'static str, [u64; 3])> = Vec::new();
+        for (slot, allowed) in limiter.take_allowed() {
+            let Some(org) = OrgId::from_slot(slot).and_then(|id| snapshot.org(id.as_str()).cloned()) else { continue };
+            match per_tier.iter_mut().find(|(name, _)| *name == org.tier.name) {
+                Some((_, sum)) => (0..3).for_each(|i| sum[i] += allowed[i]),
+                None => per_tier.push((org.tier.name, allowed)),
+            }
+        }
+        for (tier, sums) in per_tier {
+            for decision in Decision::ALL {
+                let n = sums[decision as usize];
+                if n > 0 {
+                    let labels = [("tier", tier), ("limit", decision.label()), ("outcome", "allowed")];
+                    metrics::counter!(crate::metrics::LIMIT_DECISIONS, &labels).increment(n);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// One organisation's limits, looked up once per request.
 pub struct OrgLimits<'l> {
     clock: &'l Clock,
@@ -196,6 +310,7 @@ impl OrgLimits<'_> {
         let (rate, burst) = self.fleet.local_limits(tier.events_per_second, burst);
         match self.counters.bucket.check(now, n, rate, burst) {
             RateDecision::Allow => {
+                self.counters.allowed[Decision::Rate as usize].fetch_add(1, Ordering::Relaxed);
                 if self.fleet.enabled() {
                     self.counters.unsynced.fetch_add(n, Ordering::Relaxed);
                 }
@@ -211,6 +326,14 @@ impl OrgLimits<'_> {
     /// were granted: parallel requests can never together pass the limit. Events granted are
     /// charged now, before they are stored; [`OrgLimits::refund`] gives back what was not stored.
     pub fn reserve(&self, n: u64, now_unix_secs: i64) -> u64 {
+        let granted = self.reserve_uncounted(n, now_unix_secs);
+        if granted > 0 {
+            self.counters.allowed[Decision::Quota as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        granted
+    }
+
+    fn reserve_uncounted(&self, n: u64, now_unix_secs: i64) -> u64 {
         if self.fleet.enabled() {
             return self.counters.quota.take(n, self.quota_chunk());
         }
@@ -228,18 +351,34 @@ impl OrgLimits<'_> {
 
     /// Counts one control-plane request against the tier's per-minute allowance (a fixed
     /// window per calendar minute, lock-free).
+    /// With a fleet, what the other nodes counted in the same minute (as of the last sync)
+    /// counts too, and while Redis is unreachable the allowance is this node's share.
     pub fn check_api(&self, now_unix_secs: u64) -> Result<(), LimitError> {
-        let limit = u64::from(self.tier.api_requests_per_minute);
+        let full = u64::from(self.tier.api_requests_per_minute);
         let minute = now_unix_secs / 60;
+        let (limit, others) = if self.fleet.enabled() {
+            let others = self.counters.api_others.load(Ordering::Acquire);
+            let others = if others >> 32 == minute { others & 0xffff_ffff } else { 0 };
+            let (share, _) = self.fleet.local_limits(full, full);
+            (share, others)
+        } else {
+            (full, 0)
+        };
         let counted = self.counters.api_window.fetch_update(Ordering::AcqRel, Ordering::Acquire, |window| {
             let used = if window >> 32 == minute { window & 0xffff_ffff } else { 0 };
-            (used < limit).then_some((minute << 32) | (used + 1))
+            (used + others < limit).then_some((minute << 32) | (used + 1))
         });
         match counted {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.counters.allowed[Decision::Api as usize].fetch_add(1, Ordering::Relaxed);
+                if self.fleet.enabled() {
+                    self.counters.api_unsynced.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Err(_) => Err(LimitError::ApiRateLimited {
                 tier: self.tier.name,
-                limit_per_minute: limit,
+                limit_per_minute: full,
                 retry_after: Duration::from_secs(60 - now_unix_secs % 60),
             }),
         }
