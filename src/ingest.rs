@@ -132,6 +132,7 @@ pub async fn accept(
     let org = &principal.org;
     let org_limits = state.limiter.org(org);
     lease.grow(bytes.len() * PARSE_BYTES_PER_BODY_BYTE)?;
+    let body_bytes = bytes.len() as u64;
 
     let decoded = decode(state, principal, &org_limits, shape, bytes, received.as_millis() as i64)?;
     bytes.clear();
@@ -154,6 +155,8 @@ pub async fn accept(
         }
     };
     state.stats.record(&org.id, &decoded.summaries);
+    // Counted once the rows are handed to the spool, so a client hanging up now still counts.
+    org_limits.record_usage(accepted as u64, body_bytes);
     if let Err(e) = stored.stored().await {
         org_limits.refund(accepted as u64, now_secs);
         state.stats.forget(&org.id, &decoded.summaries);

@@ -136,16 +136,23 @@ impl Server {
             None => (AuditLog::disabled(), None),
         };
         // This month's quota counts as the last run left them, before any request is served.
-        let fleet = match &config.redis_url {
-            Some(url) => Some(crate::limits::fleet::FleetConfig {
+        // A fleet and usage rows name this node by an id that survives restarts.
+        let node_id = match config.redis_url.is_some() || db.is_some() {
+            true => Some(
+                crate::limits::fleet::node_id(config.node_id.clone(), &config.data_dir)
+                    .map_err(|source| StartError::DataDir { dir: config.data_dir.clone(), source })?,
+            ),
+            false => None,
+        };
+        let fleet = match (&config.redis_url, &node_id) {
+            (Some(url), Some(node_id)) => Some(crate::limits::fleet::FleetConfig {
                 redis_url: url.clone(),
                 interval: config.redis_sync_interval,
                 timeout: config.redis_timeout,
                 node_ttl: config.redis_node_ttl,
-                node_id: crate::limits::fleet::node_id(config.node_id.clone(), &config.data_dir)
-                    .map_err(|source| StartError::DataDir { dir: config.data_dir.clone(), source })?,
+                node_id: node_id.clone(),
             }),
-            None => None,
+            _ => None,
         };
         let share = match &fleet {
             Some(f) => FleetShare::fleet(f.interval),
@@ -208,6 +215,26 @@ impl Server {
                 last.clone(),
             );
             background.spawn(named("quota-ledger", ledger));
+        }
+        if let (Some(db), Some(node_id)) = (&surfaces_db, &node_id) {
+            let recorder = crate::control::usage::UsageRecorder {
+                db: db.clone(),
+                limiter: limiter.clone(),
+                node_id: node_id.clone(),
+                interval: config.usage_interval,
+                clock: clock.clone(),
+            };
+            background.spawn(named("usage-recorder", recorder.run(last.clone())));
+            if let Some(ch) = &config.clickhouse {
+                let rollup = crate::control::usage::UsageRollup {
+                    db: db.clone(),
+                    clickhouse: crate::sink::clickhouse::client(ch),
+                    interval: config.usage_rollup_interval,
+                    days: config.usage_rollup_days,
+                    clock: clock.clone(),
+                };
+                background.spawn(named("usage-rollup", rollup.run(last.clone())));
+            }
         }
         let decisions = crate::limits::publish_decisions(limiter.clone(), registry.clone(), last.clone());
         background.spawn(named("limit-metrics", decisions));

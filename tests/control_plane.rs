@@ -414,7 +414,7 @@ async fn serve_refuses_the_owner_role_and_migrate_needs_only_database_url() {
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("postgres: 0 applied, 4 already applied"), "{stdout}");
+    assert!(stdout.contains("postgres: 0 applied, 5 already applied"), "{stdout}");
     pg.drop().await;
 }
 

@@ -68,8 +68,13 @@ pub struct Config {
     pub redis_sync_interval: Duration,
     pub redis_timeout: Duration,
     pub redis_node_ttl: Duration,
-    /// This node's id in the fleet (else saved in the data directory).
+    /// This node's id in the fleet and in usage rows (else saved in the data directory).
     pub node_id: Option<String>,
+    /// Usage rows: how often a node saves its counts, how often events and devices are read
+    /// from ClickHouse, and over how many recent days.
+    pub usage_interval: Duration,
+    pub usage_rollup_interval: Duration,
+    pub usage_rollup_days: u32,
     pub jwt: JwtConfig,
     pub base_domain: Option<String>,
     pub data_dir: PathBuf,
@@ -167,6 +172,9 @@ impl Config {
             redis_timeout: r.duration("EDGE_REDIS_TIMEOUT", Duration::from_millis(250)),
             redis_node_ttl: r.duration("EDGE_REDIS_NODE_TTL", Duration::from_secs(3)),
             node_id: r.string("EDGE_NODE_ID"),
+            usage_interval: r.duration("EDGE_USAGE_INTERVAL", Duration::from_secs(60)),
+            usage_rollup_interval: r.duration("EDGE_USAGE_ROLLUP_INTERVAL", Duration::from_secs(60)),
+            usage_rollup_days: r.positive("EDGE_USAGE_ROLLUP_DAYS", 2).min(400) as u32,
             jwt,
             base_domain: r.string("EDGE_BASE_DOMAIN").map(|d| d.trim_start_matches('.').to_ascii_lowercase()),
             data_dir: r.string("EDGE_SPOOL_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),

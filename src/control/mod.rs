@@ -22,6 +22,7 @@ pub mod roles;
 pub mod sessions;
 pub mod stats;
 pub mod throttle;
+pub mod usage;
 pub mod users;
 
 use std::net::IpAddr;
@@ -60,6 +61,7 @@ pub enum Endpoint {
     UpdateOrganization,
     DeleteOrganization,
     Quotas,
+    Usage,
     AuditLog,
     ListUsers,
     InviteUser,
@@ -255,6 +257,7 @@ async fn route(
         Endpoint::UpdateOrganization => orgs::update(state, caller(), json(&body)?).await,
         Endpoint::DeleteOrganization => orgs::delete(state, caller()).await,
         Endpoint::Quotas => orgs::quotas(state, caller()).await,
+        Endpoint::Usage => usage::get(state, caller(), &parts).await,
         Endpoint::AuditLog => orgs::audit_log(state, caller(), &parts).await,
         Endpoint::ListUsers => users::list(state, caller(), &parts).await,
         Endpoint::InviteUser => users::invite(state, caller(), json(&body)?).await,

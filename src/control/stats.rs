@@ -25,18 +25,7 @@ const DEFAULT_DAYS: u32 = 30;
 /// `principal` holds `events:read` (checked by the route table).
 pub async fn handle(state: &ControlState, principal: &Principal, req: &Parts) -> Result<Response<Body>, ControlError> {
     let today = state.clock.today();
-    let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
-    let mut to = today;
-    for (key, value) in req.uri.query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
-        match key {
-            "from" => from = parse_date(value).ok_or(ControlError::InvalidDate { field: "from" })?,
-            "to" => to = parse_date(value).ok_or(ControlError::InvalidDate { field: "to" })?,
-            _ => {}
-        }
-    }
-    if from > to {
-        return Err(ControlError::InvalidRange);
-    }
+    let (from, to) = date_range(req, today)?;
     let report = match &state.clickhouse {
         Some(ch) => {
             let from = from.max(to.saturating_sub(crate::aggregates::MAX_DAYS - 1));
@@ -107,6 +96,23 @@ async fn from_clickhouse(ch: &clickhouse::Client, org: &str, from: u32, to: u32)
 }
 
 /// Days since the epoch of a `YYYY-MM-DD` date.
+/// `?from=YYYY-MM-DD&to=YYYY-MM-DD` as day numbers; the last 30 days by default.
+pub(super) fn date_range(req: &Parts, today: u32) -> Result<(u32, u32), ControlError> {
+    let mut from = today.saturating_sub(DEFAULT_DAYS - 1);
+    let mut to = today;
+    for (key, value) in req.uri.query().unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
+        match key {
+            "from" => from = parse_date(value).ok_or(ControlError::InvalidDate { field: "from" })?,
+            "to" => to = parse_date(value).ok_or(ControlError::InvalidDate { field: "to" })?,
+            _ => {}
+        }
+    }
+    if from > to {
+        return Err(ControlError::InvalidRange);
+    }
+    Ok((from, to))
+}
+
 fn parse_date(s: &str) -> Option<u32> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     let date = time::Date::parse(s, &format).ok()?;

@@ -68,6 +68,9 @@ struct OrgCounters {
     quota: QuotaLease,
     /// Requests allowed per limit ([`Decision`]) since `limit-metrics` last published them.
     allowed: [AtomicU64; 3],
+    /// Events accepted, control-plane requests and bytes ingested since `usage-recorder`
+    /// last took them.
+    usage: [AtomicU64; 3],
 }
 
 /// Which limit decided: the index into [`OrgCounters::allowed`] and the metric's `limit` label.
@@ -169,6 +172,21 @@ impl Limiter {
                 let taken = [0, 1, 2].map(|i| match c.allowed[i].load(Ordering::Relaxed) {
                     0 => 0,
                     _ => c.allowed[i].swap(0, Ordering::AcqRel),
+                });
+                (taken != [0; 3]).then_some((slot, taken))
+            })
+            .collect()
+    }
+
+    /// Takes the usage counted since the last call: per organisation slot, (events accepted,
+    /// control-plane requests, bytes ingested).
+    pub fn take_usage(&self) -> Vec<(u32, [u64; 3])> {
+        self.orgs
+            .iter()
+            .filter_map(|(slot, c)| {
+                let taken = [0, 1, 2].map(|i| match c.usage[i].load(Ordering::Relaxed) {
+                    0 => 0,
+                    _ => c.usage[i].swap(0, Ordering::AcqRel),
                 });
                 (taken != [0; 3]).then_some((slot, taken))
             })
@@ -371,6 +389,7 @@ impl OrgLimits<'_> {
         match counted {
             Ok(_) => {
                 self.counters.allowed[Decision::Api as usize].fetch_add(1, Ordering::Relaxed);
+                self.counters.usage[1].fetch_add(1, Ordering::Relaxed);
                 if self.fleet.enabled() {
                     self.counters.api_unsynced.fetch_add(1, Ordering::Relaxed);
                 }
@@ -382,6 +401,12 @@ impl OrgLimits<'_> {
                 retry_after: Duration::from_secs(60 - now_unix_secs % 60),
             }),
         }
+    }
+
+    /// Counts accepted events and the bytes of the body they came in, for the usage rows.
+    pub fn record_usage(&self, events: u64, bytes: u64) {
+        self.counters.usage[0].fetch_add(events, Ordering::Relaxed);
+        self.counters.usage[2].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Gives back `n` reserved events that were not stored after all.

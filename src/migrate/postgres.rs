@@ -18,6 +18,7 @@ pub const POSTGRES: &[Migration] = &[
     migration!("postgres", 2, "002_sessions.sql"),
     migration!("postgres", 3, "003_users.sql"),
     migration!("postgres", 4, "004_quota_usage.sql"),
+    migration!("postgres", 5, "005_usage.sql"),
 ];
 
 /// One key for every `edge migrate` of this database.

@@ -77,7 +77,7 @@ const fn vendor(slot: usize, path: &'static str, vendor: Vendor) -> Route {
 use Permission::{Needs, Open, Public};
 
 /// Data listener: SDK traffic and the control-plane API (`/api/v1`).
-pub static DATA: [Route; 42] = [
+pub static DATA: [Route; 43] = [
     route(0, "/v1/events", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Events),
     route(1, "/v1/events/batch", Method::POST, Needs("events:write"), Policy::AnyOrigin, Handler::Batch),
     route(3, "/healthz", Method::GET, Public, Policy::None, Handler::Healthz),
@@ -119,6 +119,7 @@ pub static DATA: [Route; 42] = [
     control(13, "/api/v1/auth/logout", Method::POST, Open, Endpoint::Logout),
     control(14, "/api/v1/auth/set-password", Method::POST, Open, Endpoint::SetPassword),
     control(15, "/api/v1/quotas", Method::GET, Needs("quotas:read"), Endpoint::Quotas),
+    control(37, "/api/v1/usage", Method::GET, Needs("quotas:read"), Endpoint::Usage),
     control(16, "/api/v1/audit-log", Method::GET, Needs("audit:read"), Endpoint::AuditLog),
     control(17, "/api/v1/users", Method::GET, Needs("users:read"), Endpoint::ListUsers),
     control(17, "/api/v1/users", Method::POST, Needs("users:write"), Endpoint::InviteUser),
