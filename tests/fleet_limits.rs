@@ -232,7 +232,9 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
     let expected = (RATE * length.as_secs()) as f64;
     let burst = (RATE * BURST_SECS) as f64;
     let in_outage = |sent: &Duration| *sent >= before + Duration::from_secs(1) && *sent < before + outage;
-    let p99_normal = p99(latencies.iter().filter(|(sent, _)| *sent < before).map(|(_, l)| *l));
+    // Steady state on both sides: the first second opens connections.
+    let normal = |sent: &Duration| *sent >= Duration::from_secs(1) && *sent < before;
+    let p99_normal = p99(latencies.iter().filter(|(sent, _)| normal(sent)).map(|(_, l)| *l));
     let p99_outage = p99(latencies.iter().filter(|(sent, _)| in_outage(sent)).map(|(_, l)| *l));
     eprintln!(
         "Redis stopped {outage:?} of {length:?} at {} events/s offered, limit {RATE}/s: accepted {accepted} ({:.3} of {expected}), \
@@ -247,9 +249,19 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
         accepted as f64 >= 0.95 * expected && accepted as f64 <= 1.05 * expected + burst,
         "accepted {accepted}, expected {expected} ± 5 % (+ burst {burst})"
     );
-    // No request waits on Redis: a stalled Redis would add its 250 ms timeout to every request.
+    // No request waited on Redis: by each node's own request-duration histogram, none of the
+    // run's requests took as long as the 250 ms Redis timeout that a stalled Redis would add.
+    for e in &edges {
+        let within =
+            metric(&http, &e.admin, r#"edge_http_request_duration_seconds_bucket{route="/v1/events",le="0.25"}"#);
+        let all = metric(&http, &e.admin, r#"edge_http_request_duration_seconds_count{route="/v1/events"}"#);
+        let (within, all) = (within.await, all.await);
+        assert!(all > 0.0 && within == all, "node {}: {within} of {all} requests under 250 ms", e.admin);
+    }
+    // The issue's bound, p99 within 10 % of the steady state before, plus 2 ms of slack for
+    // scheduler jitter on these two shared cores (a stalled Redis would add 250 ms).
     assert!(
-        p99_outage < p99_normal * 2 + Duration::from_millis(50),
+        p99_outage <= p99_normal.mul_f64(1.1) + Duration::from_millis(2),
         "p99 {p99_outage:?} during the outage, {p99_normal:?} before"
     );
     all_see(&http, &edges, 3.0).await;
