@@ -48,29 +48,34 @@ pub enum LimitError {
 }
 
 /// Counters for one organisation; lives as long as the process, across registry reloads.
-/// A cache line each, so cores serving different organisations never contend on one.
+/// Aligned to cache lines, so cores serving different organisations never contend on one;
+/// what every ingestion request touches comes first and fits the first line (`repr(C)` keeps
+/// the order), the control plane's and the fleet's counters follow.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 struct OrgCounters {
     bucket: Bucket,
+    month_events: AtomicU64,
+    /// Events admitted since the last fleet sync took them (only counted with a fleet).
+    unsynced: AtomicU64,
+    /// Events accepted and their bodies' bytes since `usage-recorder` last took them.
+    usage_events: AtomicU64,
+    usage_bytes: AtomicU64,
     /// Months since year 0 for which `month_events` counts.
     month: AtomicU32,
-    month_events: AtomicU64,
+    /// Requests allowed per limit ([`Decision`]) since `limit-metrics` last published them.
+    allowed: [AtomicU32; 3],
+    // Second line on: the control plane's and the fleet's.
+    /// Control-plane requests since `usage-recorder` last took them.
+    usage_api: AtomicU64,
     /// Control-plane requests: the minute (unix minutes) in the high half, its count in the low.
     api_window: AtomicU64,
     /// Other nodes' control-plane requests in a minute (Redis's clock), packed the same way.
     api_others: AtomicU64,
     /// Control-plane requests admitted since the fleet sync last took them.
     api_unsynced: AtomicU64,
-    /// Events admitted since the last fleet sync took them (only counted with a fleet).
-    unsynced: AtomicU64,
     /// This node's part of the fleet's monthly quota (only used with a fleet).
     quota: QuotaLease,
-    /// Requests allowed per limit ([`Decision`]) since `limit-metrics` last published them.
-    allowed: [AtomicU64; 3],
-    /// Events accepted, control-plane requests and bytes ingested since `usage-recorder`
-    /// last took them.
-    usage: [AtomicU64; 3],
 }
 
 /// Which limit decided: the index into [`OrgCounters::allowed`] and the metric's `limit` label.
@@ -171,7 +176,7 @@ impl Limiter {
             .filter_map(|(slot, c)| {
                 let taken = [0, 1, 2].map(|i| match c.allowed[i].load(Ordering::Relaxed) {
                     0 => 0,
-                    _ => c.allowed[i].swap(0, Ordering::AcqRel),
+                    _ => u64::from(c.allowed[i].swap(0, Ordering::AcqRel)),
                 });
                 (taken != [0; 3]).then_some((slot, taken))
             })
@@ -184,9 +189,9 @@ impl Limiter {
         self.orgs
             .iter()
             .filter_map(|(slot, c)| {
-                let taken = [0, 1, 2].map(|i| match c.usage[i].load(Ordering::Relaxed) {
+                let taken = [&c.usage_events, &c.usage_api, &c.usage_bytes].map(|n| match n.load(Ordering::Relaxed) {
                     0 => 0,
-                    _ => c.usage[i].swap(0, Ordering::AcqRel),
+                    _ => n.swap(0, Ordering::AcqRel),
                 });
                 (taken != [0; 3]).then_some((slot, taken))
             })
@@ -389,7 +394,7 @@ impl OrgLimits<'_> {
         match counted {
             Ok(_) => {
                 self.counters.allowed[Decision::Api as usize].fetch_add(1, Ordering::Relaxed);
-                self.counters.usage[1].fetch_add(1, Ordering::Relaxed);
+                self.counters.usage_api.fetch_add(1, Ordering::Relaxed);
                 if self.fleet.enabled() {
                     self.counters.api_unsynced.fetch_add(1, Ordering::Relaxed);
                 }
@@ -405,8 +410,8 @@ impl OrgLimits<'_> {
 
     /// Counts accepted events and the bytes of the body they came in, for the usage rows.
     pub fn record_usage(&self, events: u64, bytes: u64) {
-        self.counters.usage[0].fetch_add(events, Ordering::Relaxed);
-        self.counters.usage[2].fetch_add(bytes, Ordering::Relaxed);
+        self.counters.usage_events.fetch_add(events, Ordering::Relaxed);
+        self.counters.usage_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Gives back `n` reserved events that were not stored after all.
@@ -456,6 +461,12 @@ mod tests {
     /// An organisation on the first tier of `tiers` (starter).
     fn org_on(tiers: &TierTable) -> Org {
         Org::new("org_test", "Test", "test", tiers.get("starter").unwrap().clone(), OrgStatus::Active)
+    }
+
+    #[test]
+    fn what_every_request_touches_fits_one_cache_line() {
+        assert_eq!(std::mem::offset_of!(OrgCounters, usage_api), 56);
+        assert!(std::mem::offset_of!(OrgCounters, allowed) + 12 <= 64);
     }
 
     #[test]
