@@ -30,6 +30,12 @@
 //! (as last seen) as well as burst ÷ live nodes, never unlimited. The next successful tick
 //! restores the full rate and charges what the fleet admitted meanwhile, if its slots are still
 //! there (slots older than [`MAX_SLOTS_READ`] ticks are not read).
+//!
+//! **The same tick** also carries the control plane's counts (control-plane requests per minute
+//! and login failures, [`super::fleet_control`], in the same script) and then the monthly
+//! quota's leases ([`super::fleet_quota`], a second script); it publishes the top organisations'
+//! fleet-wide consumption as rank-labelled gauges. All of it needs one Redis (the scripts touch
+//! many keys), not Redis Cluster.
 
 use std::collections::HashMap;
 use std::path::Path;
