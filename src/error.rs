@@ -16,8 +16,8 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 pub use crate::auth::AuthError;
-pub use crate::control::db::DbError;
 pub use crate::control::ControlError;
+pub use crate::db::DbError;
 pub use crate::event::parse::ParseError;
 pub use crate::event::EventsRejected;
 pub use crate::http::body::BodyError;

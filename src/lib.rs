@@ -12,7 +12,8 @@
 //! - [`auth`]: credential (JWT, SDK key, operator token) + selectors → the caller's [`tenant::Org`].
 //! - [`tenant`]: the registry of organisations and keys: lock-free snapshot, atomically replaced.
 //! - [`plan`]: the tier table (SPEC §4): what each organisation's tier allows.
-//! - [`limits`]: per-organisation rate limits and monthly quota reservations.
+//! - [`limits`]: per-organisation rate limits, monthly quota reservations, control-plane
+//!   allowances and login lockouts; with Redis, the fleet sync that makes them fleet-wide.
 //! - [`event`]: parse request bodies, validate each event, encode it once to ClickHouse RowBinary.
 //! - [`ingest`]: the handler for `POST /v1/events*` and its state: runs the stages above.
 //! - [`vendor`]: PostHog's and Segment's/RudderStack's batch routes, each mapped to the edge's
@@ -22,7 +23,8 @@
 //! - [`shipper`]: spool records → large multi-tenant blocks → sink → checkpoint.
 //! - [`sink`]: where blocks go: ClickHouse (retry table), a bounded local directory, or memory.
 //! - [`aggregates`]: in-process per-tenant daily aggregates, bounded in bytes.
-//! - [`control`]: the control-plane API and its state (stats now; the PostgreSQL pool next).
+//! - [`control`]: the control-plane API and its state, the registry feed, usage rows.
+//! - [`db`]: the PostgreSQL pool and the tenant transaction (Row-Level Security).
 //! - [`migrate`]: `edge migrate`: versioned, idempotent ClickHouse DDL gated on `version()`.
 //! - [`error`]: every stage's error type (none holds an HTTP type) and the one mapping of each
 //!   to status, `code`, message, body fields and `Retry-After`.
@@ -35,7 +37,8 @@
 //! Where the next pieces go: control-plane routes are rows in [`routes::DATA`] with handlers in
 //! [`control`] and the PostgreSQL pool in [`control::ControlState`], their failures (not found,
 //! conflict, row-security denial, pool) variants of [`control::ControlError`]; the registry feed calls
-//! [`tenant::Registry::replace`]; the Redis sync of limits sits beside [`limits`]' counters;
+//! [`tenant::Registry::replace`]; the Redis sync of limits sits beside [`limits`]' counters
+//! ([`limits::fleet`]);
 //! vendor wire formats are routes whose handlers feed [`event`]. No top-level module imports
 //! another in a cycle (`scripts/module-cycles`, run in CI).
 
@@ -45,6 +48,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod db;
 pub mod dev;
 pub mod error;
 pub mod event;

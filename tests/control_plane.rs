@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use edge::clock::Clock;
 use edge::config::PostgresConfig;
-use edge::control::db::{Db, DbError, RoleError, TENANT_TABLES};
 use edge::control::feed::{self, Feed, FeedStatus, FEED_APPLICATION_NAME};
+use edge::db::{Db, DbError, RoleError, TENANT_TABLES};
 use edge::plan::TierTable;
 use edge::tenant::{Registry, SdkKey, SnapshotBuilder};
 use pg::{api_edge, connect, Pg, MIGRATIONS};

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use super::{fail, load_config};
 use crate::config::Config;
-use crate::control::db::Db;
 use crate::control::provision::{self, NewOrganization};
+use crate::db::Db;
 use crate::tenant::{load_tenants_file, SnapshotBuilder};
 
 fn database(config: &Config) -> Result<Db, ExitCode> {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{fail, load_config, settings, ServeArgs};
 use crate::clock::Clock;
-use crate::control::db::Db;
 use crate::control::feed::{self, Feed, FeedStatus};
+use crate::db::Db;
 use crate::server::{Server, Sources};
 use crate::sink::clickhouse::ClickHouseSink;
 use crate::sink::local::LocalSink;

@@ -122,7 +122,7 @@ pub async fn revoke_key(
     reply(StatusCode::OK, json!({"id": key_id, "app_id": app_id, "revoked_at": row.get::<_, String>(0)}))
 }
 
-async fn app_exists(tx: &super::db::TenantTx, org: &str, app_id: &str) -> Result<(), ControlError> {
+async fn app_exists(tx: &crate::db::TenantTx, org: &str, app_id: &str) -> Result<(), ControlError> {
     tx.query_opt("SELECT 1 FROM apps WHERE organization_id = $1 AND id = $2", &[&org, &app_id])
         .await?
         .map(|_| ())
@@ -131,7 +131,7 @@ async fn app_exists(tx: &super::db::TenantTx, org: &str, app_id: &str) -> Result
 
 /// An audit row in the caller's organisation, in the same transaction as the change.
 pub(super) async fn audit(
-    tx: &super::db::TenantTx,
+    tx: &crate::db::TenantTx,
     org: &str,
     caller: &Principal,
     action: &str,

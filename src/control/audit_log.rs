@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::db::{Db, DbError};
 use crate::auth::audit::truncated;
+use crate::db::{Db, DbError};
 
 /// Rows waiting for the writer; each is a few hundred bytes (fields truncated): about 1 MiB.
 pub const QUEUE_ROWS: usize = 4096;

@@ -7,9 +7,9 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::db::DbError;
 use super::{reply, ControlError, ControlState};
 use crate::auth::Principal;
+use crate::db::DbError;
 use crate::http::response::Body;
 
 /// PUT replaces every setting: what is left out is cleared.

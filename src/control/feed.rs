@@ -19,9 +19,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::db::{describe, Db, DbError};
 use crate::clock::Clock;
 use crate::config::PostgresConfig;
+use crate::db::{describe, Db, DbError};
 use crate::plan::TierTable;
 use crate::tenant::{KeyHash, LoadError, Org, OrgStatus, Registry, Snapshot, SnapshotBuilder};
 

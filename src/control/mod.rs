@@ -12,7 +12,6 @@
 pub mod apps;
 pub mod audit_log;
 pub mod branding;
-pub mod db;
 pub mod feed;
 mod ids;
 pub mod orgs;
@@ -21,7 +20,6 @@ pub mod provision;
 pub mod roles;
 pub mod sessions;
 pub mod stats;
-pub mod throttle;
 pub mod usage;
 pub mod users;
 
@@ -35,11 +33,11 @@ use serde::de::DeserializeOwned;
 use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::config::{ConnConfig, LoginConfig};
+use crate::db::{self, Db, DbError};
 use crate::http::body::{self, BodyError};
 use crate::http::budget::MemoryBudget;
 use crate::http::response::{self, Body};
 use crate::plan::TierTable;
-use db::{Db, DbError};
 
 /// Control-plane request bodies are small JSON objects.
 const MAX_BODY_BYTES: usize = 64 << 10;
@@ -166,7 +164,7 @@ pub struct ControlState {
     pub conn: ConnConfig,
     pub login: LoginConfig,
     /// Failed logins; shared with the fleet sync, which makes the counts fleet-wide.
-    pub logins: Arc<throttle::LoginThrottle>,
+    pub logins: Arc<crate::limits::logins::LoginThrottle>,
     pub audit: audit_log::AuditLog,
     /// This node's event counts, for `/quotas`.
     pub limiter: Arc<crate::limits::Limiter>,

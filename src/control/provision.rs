@@ -6,9 +6,9 @@
 
 use sha2::{Digest, Sha256};
 
-use super::db::{Db, DbError, TenantTx};
 use super::orgs::{validate_email, validate_name};
 use super::{ids, ControlError};
+use crate::db::{Db, DbError, TenantTx};
 use crate::tenant::{KeyHash, OrgStatus, SdkKey, Snapshot};
 
 /// Subdomains that name the platform, not a tenant.

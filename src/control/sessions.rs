@@ -127,7 +127,7 @@ pub async fn logout(state: &ControlState, client: IpAddr, req: Refresh) -> Resul
 /// A new access token and refresh token for `user`, the refresh token stored in `tx`.
 async fn issue(
     state: &ControlState,
-    tx: &super::db::TenantTx,
+    tx: &crate::db::TenantTx,
     org: &str,
     user: &str,
     role: &str,

@@ -26,11 +26,11 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::db::Db;
 use super::{reply, ControlError, ControlState};
 use crate::aggregates::day_to_date;
 use crate::auth::Principal;
 use crate::clock::Clock;
+use crate::db::Db;
 use crate::http::response::Body;
 use crate::limits::Limiter;
 use crate::tenant::OrgId;
@@ -145,7 +145,7 @@ impl UsageRecorder {
         }
     }
 
-    async fn save(&self, period: &Period) -> Result<(), super::db::DbError> {
+    async fn save(&self, period: &Period) -> Result<(), crate::db::DbError> {
         let date = day_to_date((period.start_ms / 86_400_000) as u32);
         let orgs: Vec<&str> = period.rows.iter().map(|r| r.0.as_str()).collect();
         let events: Vec<i64> = period.rows.iter().map(|r| r.1).collect();

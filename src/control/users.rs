@@ -19,10 +19,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::apps::audit;
-use super::db::{DbError, TenantTx};
 use super::orgs::{validate_email, validate_password};
 use super::{ids, password, reply, roles, ControlError, ControlState, Page};
 use crate::auth::{Credential, Principal};
+use crate::db::{DbError, TenantTx};
 use crate::http::response::Body;
 
 #[derive(Deserialize)]

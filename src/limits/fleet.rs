@@ -49,8 +49,8 @@ use super::fleet_control::ControlCounts;
 use super::fleet_quota::{current_month, QuotaSync};
 use super::Limiter;
 use crate::clock::Clock;
-use crate::control::db::Db;
-use crate::control::throttle::LoginThrottle;
+use crate::db::Db;
+use crate::limits::logins::LoginThrottle;
 use crate::metrics as m;
 use crate::tenant::Registry;
 

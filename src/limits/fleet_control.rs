@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::Limiter;
-use crate::control::throttle::{LoginEvent, LoginThrottle};
+use crate::limits::logins::{LoginEvent, LoginThrottle};
 use crate::tenant::{OrgId, Snapshot};
 
 /// The control-plane part of a tick's reply.

@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{month_index, Limiter};
 use crate::clock::Clock;
-use crate::control::db::Db;
+use crate::db::Db;
 use crate::tenant::{OrgId, Snapshot};
 
 /// A chunk covers this many ticks of the tier's rate.

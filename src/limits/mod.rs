@@ -23,6 +23,7 @@ pub mod fleet;
 pub mod fleet_control;
 pub mod fleet_quota;
 pub mod lease;
+pub mod logins;
 pub mod quota_store;
 pub mod rate;
 

@@ -112,7 +112,7 @@ async fn connect(config: &PostgresConfig) -> Result<Client, MigrateError> {
 async fn execute(client: &Client, sql: &str) -> Result<(), MigrateError> {
     client.batch_execute(sql).await.map_err(|e| MigrateError::Postgres {
         context: "executing",
-        message: format!("{} (in: {})", crate::control::db::describe(&e), super::first_line(sql)),
+        message: format!("{} (in: {})", crate::db::describe(&e), super::first_line(sql)),
     })
 }
 
@@ -128,5 +128,5 @@ where
 }
 
 fn pg(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> MigrateError {
-    move |e| MigrateError::Postgres { context, message: crate::control::db::describe(&e) }
+    move |e| MigrateError::Postgres { context, message: crate::db::describe(&e) }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edge::config::PostgresConfig;
-use edge::control::db::Db;
+use edge::db::Db;
 use edge::tenant::SdkKey;
 use tokio_postgres::{Client, NoTls};
 
