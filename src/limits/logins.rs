@@ -5,7 +5,7 @@
 //! With a fleet (`REDIS_URL`) the counts are fleet-wide: failures and successes queue here
 //! ([`LoginThrottle::take_events`], at most [`MAX_QUEUED`]) and the fleet sync's tick counts
 //! them in Redis, which locks an account or address once the fleet's count reaches the
-//! allowance; every node learns the lock on its next tick ([`LoginThrottle::lock`]). A login
+//! allowance; every node learns the lock on its next tick ([`LoginThrottle::lock_account`]). A login
 //! never waits on Redis: each node also counts its own failures, so it locks on its own
 //! count at once, and on the fleet's one tick later. While Redis is unreachable a node locks
 //! after its share of the allowance (allowance ÷ live nodes).

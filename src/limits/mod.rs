@@ -79,7 +79,7 @@ struct OrgCounters {
     quota: QuotaLease,
 }
 
-/// Which limit decided: the index into [`OrgCounters::allowed`] and the metric's `limit` label.
+/// Which limit decided: the index into the per-organisation allowed counts and the metric's `limit` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Rate = 0,
