@@ -15,6 +15,10 @@ const RATE: u64 = 200;
 const BURST_SECS: u64 = 1;
 const SECONDS: u64 = 10;
 
+/// The two tests run one at a time: each times requests on two shared cores, and the other's
+/// load would be its noise.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A Redis database of its own, emptied, so earlier runs' slots and heartbeats do not count.
 async fn fresh_redis(base: &str, db: u8) -> String {
     let url = format!("{}/{db}", base.trim_end_matches('/'));
@@ -142,6 +146,7 @@ async fn all_see(http: &reqwest::Client, edges: &[common::EdgeProcess], nodes: f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_hold_one_rate_together() {
     let Some(base) = common::redis_url() else { return };
+    let _alone = ONE_AT_A_TIME.lock().await;
     let redis = fresh_redis(&base, 5).await;
     let dir = tempfile::tempdir().unwrap();
     let (tenants, keys) = tenants(dir.path(), 3);
@@ -200,6 +205,7 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
     if common::redis_url().is_none() {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let redis = common::OwnRedis::start(dir.path());
     let (tenants, keys) = tenants(dir.path(), 1);
@@ -258,10 +264,11 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
         let (within, all) = (within.await, all.await);
         assert!(all > 0.0 && within == all, "node {}: {within} of {all} requests under 250 ms", e.admin);
     }
-    // The bound, p99 within 10 % of the steady state before, plus 2 ms of slack for
-    // scheduler jitter on these two shared cores (a stalled Redis would add 250 ms).
+    // The bound, p99 within 10 % of the steady state before, plus 5 ms of slack for
+    // scheduler jitter on these two shared cores (measured p99s are 4 to 7 ms when the test
+    // runs alone); a request waiting on a stalled Redis would add its 250 ms timeout.
     assert!(
-        p99_outage <= p99_normal.mul_f64(1.1) + Duration::from_millis(2),
+        p99_outage <= p99_normal.mul_f64(1.1) + Duration::from_millis(5),
         "p99 {p99_outage:?} during the outage, {p99_normal:?} before"
     );
     all_see(&http, &edges, 3.0).await;
