@@ -14,12 +14,12 @@ const API_PER_MINUTE: u64 = 30;
 const MAX_FAILURES: u32 = 6;
 
 fn node(pg: &pg::Pg, dir: &std::path::Path, name: &str, redis: &str) -> common::EdgeProcess {
-    pg::api_edge(
+    pg::fleet_edge(
         pg,
-        &dir.join(name),
+        dir,
+        name,
+        redis,
         &[
-            ("REDIS_URL", redis.to_string()),
-            ("EDGE_NODE_ID", name.to_string()),
             ("EDGE_TIER_STARTER_API_REQUESTS_PER_MINUTE", API_PER_MINUTE.to_string()),
             ("EDGE_LOGIN_MAX_FAILURES", MAX_FAILURES.to_string()),
         ],

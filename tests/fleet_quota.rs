@@ -23,12 +23,12 @@ const NODES: u64 = 2;
 const CHUNK: u64 = RATE * 4 * 50 / 1_000 + RATE * BURST_SECS / NODES;
 
 fn node(pg: &pg::Pg, dir: &std::path::Path, name: &str, redis: &str) -> common::EdgeProcess {
-    pg::api_edge(
+    pg::fleet_edge(
         pg,
-        &dir.join(name),
+        dir,
+        name,
+        redis,
         &[
-            ("REDIS_URL", redis.to_string()),
-            ("EDGE_NODE_ID", name.to_string()),
             ("EDGE_TIER_STARTER_EVENTS_PER_MONTH", QUOTA.to_string()),
             ("EDGE_TIER_STARTER_EVENTS_PER_SEC", RATE.to_string()),
             ("EDGE_TIER_STARTER_BURST_SECS", BURST_SECS.to_string()),
@@ -37,15 +37,17 @@ fn node(pg: &pg::Pg, dir: &std::path::Path, name: &str, redis: &str) -> common::
     )
 }
 
-async fn send(http: &reqwest::Client, addr: &str, key: &SdkKey) -> u16 {
-    let r = http
-        .post(format!("http://{addr}/v1/events"))
+async fn post_event(http: &reqwest::Client, addr: &str, key: &SdkKey) -> reqwest::Response {
+    http.post(format!("http://{addr}/v1/events"))
         .header("x-api-key", key.expose())
         .json(&common::event("dev-q"))
         .send()
         .await
-        .unwrap();
-    r.status().as_u16()
+        .unwrap()
+}
+
+async fn send(http: &reqwest::Client, addr: &str, key: &SdkKey) -> u16 {
+    post_event(http, addr, key).await.status().as_u16()
 }
 
 /// Sends from 8 tasks per node until each node has refused 100 requests with 402 in a row;
@@ -116,13 +118,7 @@ async fn a_quota_holds_across_nodes_restarts_and_a_redis_restart_and_lifts_on_up
     assert!(accepted <= QUOTA + bound, "accepted {accepted} > {QUOTA} + {bound}");
     assert!(accepted + bound >= QUOTA, "accepted {accepted}: refused too early");
     for addr in [&a.addr, &b.addr] {
-        let r = http
-            .post(format!("http://{addr}/v1/events"))
-            .header("x-api-key", key.expose())
-            .json(&common::event("dev-q"))
-            .send()
-            .await
-            .unwrap();
+        let r = post_event(&http, addr, key).await;
         assert_eq!(r.status(), 402);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"], "Monthly event quota exceeded", "{body}");

@@ -195,24 +195,21 @@ redis.call('ZADD', 'edge:nodes', now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', 'edge:nodes', '-inf', now - tonumber(ARGV[2]))
 local live = redis.call('ZCARD', 'edge:nodes')
 local i = 13
+-- Adds `pairs` (organisation, count) pairs from ARGV[i] on to the hash `key`.
+local function add(key, pairs, ttl_ms)
+  for _ = 1, pairs do
+    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  if pairs > 0 then
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+end
 -- Events admitted per organisation, into this slot.
-local rate_key = 'edge:rate:' .. slot
-for _ = 1, tonumber(ARGV[6]) do
-  redis.call('HINCRBY', rate_key, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if tonumber(ARGV[6]) > 0 then
-  redis.call('PEXPIRE', rate_key, slot_ms * 200)
-end
+add('edge:rate:' .. slot, tonumber(ARGV[6]), slot_ms * 200)
 -- Control-plane requests per organisation, into this minute; the minute's totals back.
 local api_key = 'edge:api:' .. minute
-for _ = 1, tonumber(ARGV[7]) do
-  redis.call('HINCRBY', api_key, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-if tonumber(ARGV[7]) > 0 then
-  redis.call('PEXPIRE', api_key, 120000)
-end
+add(api_key, tonumber(ARGV[7]), 120000)
 local api = {}
 if redis.call('HLEN', api_key) <= 10000 then
   api = redis.call('HGETALL', api_key)

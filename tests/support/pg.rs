@@ -139,6 +139,19 @@ pub fn api_edge(pg: &Pg, dir: &std::path::Path, extra: &[(&str, String)]) -> com
     common::EdgeProcess::spawn_with(&["--dev"], &envs)
 }
 
+/// A node of a fleet on this database and `redis`: named `name`, its data under `dir/name`.
+pub fn fleet_edge(
+    pg: &Pg,
+    dir: &std::path::Path,
+    name: &str,
+    redis: &str,
+    extra: &[(&str, String)],
+) -> common::EdgeProcess {
+    let mut envs = vec![("REDIS_URL", redis.to_string()), ("EDGE_NODE_ID", name.to_string())];
+    envs.extend(extra.iter().cloned());
+    api_edge(pg, &dir.join(name), &envs)
+}
+
 impl Pg {
     /// Everything of `org` a cross-tenant write could change, as text, for before/after checks.
     pub async fn state_of(&self, org: &str) -> String {
