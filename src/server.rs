@@ -371,6 +371,7 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
         max_bytes: config.spool_max_bytes,
         max_queued_bytes: config.spool_max_queued_bytes,
         ack: config.ack,
+        sync_interval: config.spool_sync_interval,
         clock: clock.clone(),
     };
     let (spool, reader, recovery) =

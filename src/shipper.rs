@@ -214,6 +214,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_queued_bytes: 1 << 20,
             ack: AckMode::Durable,
+            sync_interval: Duration::from_millis(100),
             clock: Default::default(),
         }
     }

@@ -96,6 +96,8 @@ pub struct Config {
     pub spool_max_bytes: u64,
     /// Segment size: the unit in which shipped data is deleted.
     pub spool_segment_bytes: u64,
+    /// With `EDGE_ACK=memory`: how often the spool is synced (what an OS crash may lose).
+    pub spool_sync_interval: Duration,
     /// In-process daily aggregates (`/api/v1/stats/events` without ClickHouse); oldest days go first.
     pub stats_max_bytes: usize,
     /// Accepted blocks waiting in memory for the spool writer; past it, 503.
@@ -190,6 +192,7 @@ impl Config {
             local_store_max_bytes: r.parse("EDGE_LOCAL_STORE_MAX_BYTES", DEFAULT_LOCAL_STORE_BYTES),
             spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES),
             spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", DEFAULT_SPOOL_SEGMENT_BYTES),
+            spool_sync_interval: r.duration("EDGE_SPOOL_SYNC_INTERVAL", Duration::from_millis(100)),
             stats_max_bytes: r.positive("EDGE_STATS_MAX_BYTES", DEFAULT_STATS_MAX_BYTES),
             spool_max_queued_bytes: r.parse("EDGE_SPOOL_MAX_QUEUED_BYTES", DEFAULT_SPOOL_MAX_QUEUED_BYTES),
             trusted_proxies: conn.trusted_proxies.clone(),

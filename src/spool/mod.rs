@@ -50,6 +50,9 @@ pub struct SpoolConfig {
     /// Bytes waiting in memory for the writer; past it appends are refused (503).
     pub max_queued_bytes: u64,
     pub ack: AckMode,
+    /// With memory acks, how often written data is synced to disk (the window an OS crash may
+    /// lose); durable acks sync every group before answering.
+    pub sync_interval: std::time::Duration,
     /// Stamps each record's write time (the shipper reports the oldest unshipped age from it).
     pub clock: crate::clock::Clock,
 }
@@ -83,6 +86,8 @@ struct Shared {
     shipped_rows: AtomicU64,
     /// Framed bytes handed to the writer and not yet written: memory, bounded too.
     queued_bytes: AtomicU64,
+    /// `fdatasync` calls of the writer (tests read it; the metric is a histogram).
+    syncs: AtomicU64,
 }
 
 impl Shared {
@@ -128,9 +133,12 @@ impl Spool {
             let segment_bytes = config.segment_bytes;
             let clock = config.clock.clone();
             let file = create_segment(&dir, write_seq)?;
-            std::thread::Builder::new()
-                .name("spool-writer".into())
-                .spawn(move || writer::run(Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock }))?
+            let sync_every = match config.ack {
+                AckMode::Durable => None,
+                AckMode::Memory => Some(config.sync_interval),
+            };
+            let writer = Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, sync_every };
+            std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
         let reader = SpoolReader {
             dir: config.dir.clone(),
@@ -246,6 +254,7 @@ mod tests {
             max_bytes,
             max_queued_bytes: 1 << 20,
             ack: AckMode::Durable,
+            sync_interval: std::time::Duration::from_millis(100),
             clock: Default::default(),
         }
     }
@@ -301,6 +310,32 @@ mod tests {
         drop(spool);
         let (_spool, _reader, recovery) = Spool::open(&config).unwrap();
         assert_eq!(recovery.replay_rows, 30);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_acks_sync_on_a_timer_not_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let interval = std::time::Duration::from_millis(300);
+        let config = SpoolConfig { ack: AckMode::Memory, sync_interval: interval, ..config(dir.path(), 1 << 30) };
+        let config = SpoolConfig { segment_bytes: 1 << 30, ..config };
+        let (spool, _reader, _) = Spool::open(&config).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..200 {
+            spool.append(block(3)).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        }
+        let syncs = spool.shared.syncs.load(Ordering::Acquire);
+        let windows = started.elapsed().as_millis() as u64 / 300 + 1;
+        assert!(syncs <= windows, "{syncs} syncs for 200 groups in {windows} windows");
+        // Idle: what was written is synced once its window is up.
+        tokio::time::sleep(interval * 2).await;
+        assert!(spool.shared.syncs.load(Ordering::Acquire) > syncs, "the last writes were synced while idle");
+        let durable = SpoolConfig { ack: AckMode::Durable, dir: dir.path().join("d"), ..config.clone() };
+        let (spool, _reader, _) = Spool::open(&durable).unwrap();
+        for _ in 0..20 {
+            spool.append(block(3)).await.unwrap();
+        }
+        assert_eq!(spool.shared.syncs.load(Ordering::Acquire), 20, "durable acks: one sync per group");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam::channel::Receiver;
@@ -40,15 +40,38 @@ pub(super) struct Writer {
     /// Tells the reader how far the written (and synced) data goes.
     pub head_tx: watch::Sender<Position>,
     pub clock: crate::clock::Clock,
+    /// `None`: sync every group before acknowledging it (durable acks). `Some(interval)`:
+    /// memory acks; written data is synced at most this long after it was written, on
+    /// rotation and on close, not per group.
+    pub sync_every: Option<Duration>,
 }
 
 /// Group commit: takes every append queued while the previous sync ran, writes them with one
-/// `write` and one `fdatasync`, then acknowledges each. Runs until the channel closes.
+/// `write` and (durable acks) one `fdatasync`, then acknowledges each. Runs until the channel
+/// closes.
 pub(super) fn run(writer: Writer) {
-    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock } = writer;
+    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, sync_every } = writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
+    // Memory acks: when the oldest write not yet synced happened.
+    let mut unsynced_since: Option<Instant> = None;
+    loop {
+        let next = match (sync_every, unsynced_since) {
+            (Some(every), Some(since)) => match rx.recv_timeout(every.saturating_sub(since.elapsed())) {
+                Ok(append) => Some(append),
+                Err(crossbeam::channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
+            },
+            _ => match rx.recv() {
+                Ok(append) => Some(append),
+                Err(_) => break,
+            },
+        };
+        let Some(first) = next else {
+            // Idle with unsynced data: its window is up (a failure is retried one window later).
+            unsynced_since = sync_timed(&file, &shared).is_err().then(Instant::now);
+            continue;
+        };
         buf.clear();
         let written_ms = clock.unix_millis();
         let mut rows = 0u64;
@@ -71,13 +94,21 @@ pub(super) fn run(writer: Writer) {
         let result = (|| -> io::Result<()> {
             if head.offset > 0 && head.offset + buf.len() as u64 > segment_bytes {
                 file.sync_data()?;
+                unsynced_since = None;
                 head = Position { seq: head.seq + 1, offset: 0 };
                 file = create_segment(&dir, head.seq)?;
             }
             file.write_all(&buf)?;
-            let started = Instant::now();
-            file.sync_data()?;
-            metrics::histogram!(m::SPOOL_FSYNC).record(started.elapsed().as_secs_f64());
+            match sync_every {
+                None => sync_timed(&file, &shared)?,
+                Some(every) => {
+                    let since = *unsynced_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= every {
+                        sync_timed(&file, &shared)?;
+                        unsynced_since = None;
+                    }
+                }
+            }
             Ok(())
         })();
         shared.queued_bytes.fetch_sub(dequeued, Ordering::AcqRel);
@@ -109,6 +140,15 @@ pub(super) fn run(writer: Writer) {
     }
     let _ = file.sync_data();
     tracing::info!(task = "spool-writer", "task stopped");
+}
+
+/// `fdatasync`, timed into `edge_spool_fsync_duration_seconds`.
+fn sync_timed(file: &File, shared: &Shared) -> io::Result<()> {
+    let started = Instant::now();
+    let result = file.sync_data();
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
+    metrics::histogram!(m::SPOOL_FSYNC).record(started.elapsed().as_secs_f64());
+    result
 }
 
 pub(super) fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
