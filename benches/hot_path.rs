@@ -30,7 +30,7 @@ fn ctx() -> EventContext<'static> {
 
 fn parse_validate(c: &mut Criterion) {
     let validator = Validator::new(BodyLimits::default());
-    let mut buffers = simd_json::Buffers::default();
+    let mut json = edge::event::parse::JsonScratch::default();
     let mut scratch = Vec::new();
     let mut group = c.benchmark_group("parse_validate_encode");
     let batch = format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","));
@@ -43,10 +43,11 @@ fn parse_validate(c: &mut Criterion) {
                 || body.as_bytes().to_vec(),
                 |mut body| {
                     let mut block = RowBlock::new(OrgId::new("org_bench"), body.len());
-                    let parsed = parse_body(&mut body, shape, 10_000, &mut buffers).unwrap();
+                    let parsed = parse_body(&mut body, shape, 10_000, &mut json).unwrap();
                     parsed.for_each(|_, e| {
                         black_box(validator.encode(e.unwrap(), &ctx(), &mut scratch, &mut block).unwrap());
                     });
+                    parsed.recycle(&mut json);
                     block
                 },
                 BatchSize::SmallInput,

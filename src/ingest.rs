@@ -21,7 +21,7 @@ use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::config::ConnConfig;
 use crate::error::Error;
-use crate::event::parse::{parse_body, Shape};
+use crate::event::parse::{parse_body, JsonScratch, Shape};
 use crate::event::validate::EventContext;
 use crate::event::validate::Validator;
 use crate::event::{EventSummary, EventsRejected, Rejection, RowBlock};
@@ -31,10 +31,11 @@ use crate::http::response::{self, Body};
 use crate::limits::{LimitError, Limiter, OrgLimits};
 use crate::metrics as m;
 use crate::pipeline::Pipeline;
+use smallvec::SmallVec;
 
 thread_local! {
     /// simd-json's scratch buffers, reused by every request this thread parses.
-    static JSON_BUFFERS: RefCell<simd_json::Buffers> = RefCell::new(simd_json::Buffers::default());
+    static JSON_BUFFERS: RefCell<JsonScratch> = RefCell::new(JsonScratch::default());
     /// Scratch for serialising property objects.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -173,7 +174,8 @@ fn count_limit(e: &LimitError) {
 /// The outcome of parsing, limiting and validating one request body.
 struct Decoded {
     block: RowBlock,
-    summaries: Vec<EventSummary>,
+    /// Inline for a single event: no allocation on the commonest request.
+    summaries: SmallVec<[EventSummary; 1]>,
     /// Refused events by index in the request, in order; the other indices were accepted.
     errors: Vec<(usize, Rejection)>,
 }
@@ -231,7 +233,7 @@ fn decode(
         };
         let mut decoded = Decoded {
             block: RowBlock::new(org.id.clone(), capacity),
-            summaries: Vec::with_capacity(n),
+            summaries: SmallVec::with_capacity(n),
             errors: Vec::new(),
         };
         SCRATCH.with_borrow_mut(|scratch| {
@@ -246,6 +248,7 @@ fn decode(
                 }
             });
         });
+        parsed.recycle(buffers);
         let valid = decoded.summaries.len() as u64;
         if valid > 0 {
             let granted = limits.reserve(valid, received_ms / 1000);
@@ -280,7 +283,7 @@ mod tests {
         let invalid = || Rejection::new("missing_field", "device_id is required");
         let mut d = Decoded {
             block,
-            summaries: vec![summary(10), summary(20), summary(30), summary(40)],
+            summaries: SmallVec::from_vec(vec![summary(10), summary(20), summary(30), summary(40)]),
             errors: vec![(1, invalid()), (4, invalid())],
         };
         d.cut(2);

@@ -11,6 +11,7 @@
 use simd_json::prelude::*;
 use simd_json::value::tape::Value;
 use simd_json::{Buffers, Tape};
+use smallvec::{smallvec, SmallVec};
 
 use super::validate::parse_timestamp_ms;
 use super::Rejection;
@@ -22,9 +23,17 @@ pub enum Shape {
     Ndjson,
 }
 
+/// A thread's parsing buffers, kept between requests: simd-json's scratch and a spare tape,
+/// so a JSON body is parsed without allocating either.
+#[derive(Default)]
+pub struct JsonScratch {
+    buffers: Buffers,
+    spare: Option<Tape<'static>>,
+}
+
 pub struct ParsedBody<'b> {
-    /// One tape for a JSON body; one per line for NDJSON.
-    tapes: Vec<Result<Tape<'b>, Rejection>>,
+    /// One tape for a JSON body (inline: no allocation); one per line for NDJSON.
+    tapes: SmallVec<[Result<Tape<'b>, Rejection>; 1]>,
     /// `tapes[0]` holds an array of events (bare, or under `"events"`).
     batch: bool,
     len: usize,
@@ -55,6 +64,13 @@ impl<'b> ParsedBody<'b> {
         }
         for (i, tape) in self.tapes.iter().enumerate() {
             each(i, tape.as_ref().map(|t| t.as_value()));
+        }
+    }
+
+    /// Gives a JSON body's tape back to `scratch` for the next request.
+    pub fn recycle(self, scratch: &mut JsonScratch) {
+        if let Some(Ok(tape)) = self.tapes.into_iter().next() {
+            scratch.spare = Some(tape.reset());
         }
     }
 }
@@ -123,19 +139,20 @@ pub fn parse_body<'b>(
     body: &'b mut [u8],
     shape: Shape,
     max_events: usize,
-    buffers: &mut Buffers,
+    scratch: &mut JsonScratch,
 ) -> Result<ParsedBody<'b>, ParseError> {
     replace_lone_surrogates(body);
     if shape == Shape::Ndjson {
-        return parse_ndjson(body, max_events, buffers);
+        return parse_ndjson(body, max_events, &mut scratch.buffers);
     }
-    let tape = simd_json::to_tape_with_buffers(body, buffers).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    let mut tape = scratch.spare.take().map_or_else(Tape::null, Tape::reset);
+    simd_json::fill_tape(body, &mut scratch.buffers, &mut tape).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
     let root = tape.as_value();
     if shape == Shape::Single {
         if !root.is_object() {
             return Err(ParseError::NotAnObject);
         }
-        return Ok(ParsedBody { tapes: vec![Ok(tape)], batch: false, len: 1, sent_at_ms: None });
+        return Ok(ParsedBody { tapes: smallvec![Ok(tape)], batch: false, len: 1, sent_at_ms: None });
     }
     let sent_at_ms = match root.as_object().and_then(|o| o.get("sent_at")) {
         None => None,
@@ -149,7 +166,7 @@ pub fn parse_body<'b>(
     if len == 0 {
         return Err(ParseError::EmptyBatch);
     }
-    Ok(ParsedBody { tapes: vec![Ok(tape)], batch: true, len, sent_at_ms })
+    Ok(ParsedBody { tapes: smallvec![Ok(tape)], batch: true, len, sent_at_ms })
 }
 
 fn parse_ndjson<'b>(
@@ -157,7 +174,7 @@ fn parse_ndjson<'b>(
     max_events: usize,
     buffers: &mut Buffers,
 ) -> Result<ParsedBody<'b>, ParseError> {
-    let mut tapes = Vec::new();
+    let mut tapes = SmallVec::new();
     for line in body.split_mut(|&b| b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -184,12 +201,31 @@ mod tests {
 
     fn parse(body: &str, shape: Shape) -> Result<(usize, usize, Option<i64>), ParseError> {
         let mut buf = body.as_bytes().to_vec();
-        let mut buffers = Buffers::default();
-        let p = parse_body(&mut buf, shape, 3, &mut buffers)?;
+        let mut scratch = JsonScratch::default();
+        let p = parse_body(&mut buf, shape, 3, &mut scratch)?;
         let (mut ok, mut bad) = (0, 0);
         p.for_each(|_, e| if e.is_ok() { ok += 1 } else { bad += 1 });
         assert_eq!(ok + bad, p.len());
         Ok((ok, bad, p.sent_at_ms))
+    }
+
+    #[test]
+    fn a_recycled_tape_parses_the_next_body_the_same() {
+        let mut scratch = JsonScratch::default();
+        let mut first = br#"{"events":[{"a":1},{"b":2}]}"#.to_vec();
+        let p = parse_body(&mut first, Shape::Batch, 3, &mut scratch).unwrap();
+        assert_eq!(p.len(), 2);
+        p.recycle(&mut scratch);
+        assert!(scratch.spare.is_some());
+        let mut second = br#"{"event_type":"t"}"#.to_vec();
+        let p = parse_body(&mut second, Shape::Single, 3, &mut scratch).unwrap();
+        let mut seen = Vec::new();
+        p.for_each(|_, e| {
+            let event = e.unwrap();
+            let value = event.get("event_type");
+            seen.push(value.and_then(|v| v.as_str().map(str::to_string)));
+        });
+        assert_eq!(seen, [Some("t".to_string())]);
     }
 
     #[test]

@@ -102,13 +102,19 @@ pub fn problem(p: &Problem) -> Response<Body> {
 /// 202 for a request: `{"accepted":n,"rejected":m,"errors":[…]}`.
 /// The all-accepted case is written by hand: it is the hot path.
 pub fn accepted(accepted: usize, errors: &[(usize, Rejection)]) -> Response<Body> {
+    const HEAD: &[u8] = b"{\"accepted\":";
+    const TAIL: &[u8] = b",\"rejected\":0,\"errors\":[]}";
     if errors.is_empty() {
+        if accepted == 1 {
+            return json(StatusCode::ACCEPTED, Bytes::from_static(b"{\"accepted\":1,\"rejected\":0,\"errors\":[]}"));
+        }
         let mut buf = itoa::Buffer::new();
         let n = buf.format(accepted);
-        let mut out = Vec::with_capacity(40 + n.len());
-        out.extend_from_slice(b"{\"accepted\":");
+        // Exactly its length: a full Vec becomes `Bytes` without another allocation.
+        let mut out = Vec::with_capacity(HEAD.len() + n.len() + TAIL.len());
+        out.extend_from_slice(HEAD);
         out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b",\"rejected\":0,\"errors\":[]}");
+        out.extend_from_slice(TAIL);
         return json(StatusCode::ACCEPTED, out);
     }
     let body = serde_json::json!({

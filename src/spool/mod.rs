@@ -187,7 +187,7 @@ impl Spool {
             }
             AckMode::Memory => (None, None),
         };
-        let append = Append { size, org: block.org, rows: block.rows as u32, payload: block.data.freeze(), ack };
+        let append = Append { size, org: block.org, rows: block.rows as u32, payload: block.data, ack };
         let tx = self.tx.load();
         let Some(tx) = tx.as_ref() else { return Err(SpoolError::Closed) };
         self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);

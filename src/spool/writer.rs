@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam::channel::Receiver;
 use tokio::sync::{oneshot, watch};
 
@@ -21,7 +20,9 @@ pub(super) struct Append {
     pub size: u64,
     pub org: crate::tenant::OrgId,
     pub rows: u32,
-    pub payload: Bytes,
+    /// As the request encoded it: kept mutable, since freezing a buffer whose length is not its
+    /// capacity allocates (a shared header), and the writer only copies it out.
+    pub payload: bytes::BytesMut,
     pub ack: Option<oneshot::Sender<Result<(), super::SpoolError>>>,
 }
 
