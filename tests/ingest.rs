@@ -445,8 +445,15 @@ async fn metrics_and_health() {
 #[tokio::test]
 async fn client_retries_collapse_to_one_copy() {
     let Some(h) = Harness::start(Options::default()).await else { return };
+    // A retry resends the same body, timestamps included (SDKs stamp events when they happen);
+    // without one, each send would be stamped on arrival and two sends a second apart would
+    // differ in the order key, which FINAL does not collapse.
+    let stamped = h.clock.unix_millis() - 60_000;
     let batch: Vec<Value> = (0..20)
-        .map(|i| json!({"event_type":"t","event_name":"n","device_id":"d","event_id":format!("retry-{i}")}))
+        .map(|i| {
+            json!({"event_type":"t","event_name":"n","device_id":"d","event_id":format!("retry-{i}"),
+                   "event_timestamp": stamped})
+        })
         .collect();
     for _ in 0..2 {
         assert_eq!(h.post("/v1/events/batch", &h.acme.key).json(&batch).send().await.unwrap().status(), 202);
