@@ -137,7 +137,17 @@ impl Spool {
                 AckMode::Durable => None,
                 AckMode::Memory => Some(config.sync_interval),
             };
-            let writer = Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, sync_every };
+            // Durable acks are completed on the runtime when there is one (there always is in
+            // the server; some unit tests have none).
+            let fanout = match (config.ack, tokio::runtime::Handle::try_current()) {
+                (AckMode::Durable, Ok(runtime)) => {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    runtime.spawn(writer::fan_out(rx));
+                    Some(tx)
+                }
+                _ => None,
+            };
+            let writer = Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every };
             std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
         let reader = SpoolReader {

@@ -41,6 +41,9 @@ pub(super) struct Writer {
     /// Tells the reader how far the written (and synced) data goes.
     pub head_tx: watch::Sender<Position>,
     pub clock: crate::clock::Clock,
+    /// Durable acks of a group go to a task on the runtime, which completes them there: one
+    /// wake-up from this thread per group, not one per request (`None`: completed here).
+    pub fanout: Option<tokio::sync::mpsc::UnboundedSender<AckGroup>>,
     /// `None`: sync every group before acknowledging it (durable acks). `Some(interval)`:
     /// memory acks; written data is synced at most this long after it was written, on
     /// rotation and on close, not per group.
@@ -51,7 +54,7 @@ pub(super) struct Writer {
 /// `write` and (durable acks) one `fdatasync`, then acknowledges each. Runs until the channel
 /// closes.
 pub(super) fn run(writer: Writer) {
-    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, sync_every } = writer;
+    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, fanout, sync_every } = writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
     // Memory acks: when the oldest write not yet synced happened.
@@ -135,12 +138,37 @@ pub(super) fn run(writer: Writer) {
                 Err(super::SpoolError::Io(Arc::new(e)))
             }
         };
-        for ack in acks.drain(..) {
-            let _ = ack.send(reply.clone());
+        if acks.is_empty() {
+            continue;
+        }
+        let group = (std::mem::take(&mut acks), reply);
+        match &fanout {
+            Some(tx) => {
+                if let Err(tokio::sync::mpsc::error::SendError(group)) = tx.send(group) {
+                    complete(group);
+                }
+            }
+            None => complete(group),
         }
     }
     let _ = file.sync_data();
     tracing::info!(task = "spool-writer", "task stopped");
+}
+
+/// A group's acknowledgements and its outcome.
+pub(super) type AckGroup = (Vec<oneshot::Sender<Result<(), super::SpoolError>>>, Result<(), super::SpoolError>);
+
+pub(super) fn complete((acks, reply): AckGroup) {
+    for ack in acks {
+        let _ = ack.send(reply.clone());
+    }
+}
+
+/// Completes each group's acknowledgements on the runtime, until the writer is gone.
+pub(super) async fn fan_out(mut groups: tokio::sync::mpsc::UnboundedReceiver<AckGroup>) {
+    while let Some(group) = groups.recv().await {
+        complete(group);
+    }
 }
 
 /// `fdatasync`, timed into `edge_spool_fsync_duration_seconds`.
