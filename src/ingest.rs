@@ -94,7 +94,7 @@ async fn ingest(
     };
     let org = &principal.org;
     let org_limits = state.limiter.org(org);
-    org_limits.check_quota(received.as_secs() as i64).inspect_err(count_limit)?;
+    org_limits.check_quota(received.as_secs() as i64).inspect_err(LimitError::count)?;
     let limits = state.validator.limits();
     let (limit, what) = match shape {
         Shape::Single => (limits.max_event_bytes, "event"),
@@ -167,10 +167,6 @@ pub async fn accept(
     Ok(Outcome { accepted, errors: decoded.errors })
 }
 
-fn count_limit(e: &LimitError) {
-    e.count();
-}
-
 /// The outcome of parsing, limiting and validating one request body.
 struct Decoded {
     block: RowBlock,
@@ -222,7 +218,7 @@ fn decode(
     JSON_BUFFERS.with_borrow_mut(|buffers| {
         let parsed = parse_body(body, shape, state.validator.limits().max_batch_events, buffers)?;
         let n = parsed.len();
-        limits.check_rate(n as u64).inspect_err(count_limit)?;
+        limits.check_rate(n as u64).inspect_err(LimitError::count)?;
         let ctx = EventContext {
             org_id: org.id.as_str(),
             credential_app: principal.app_id(),
@@ -254,7 +250,7 @@ fn decode(
             let granted = limits.reserve(valid, received_ms / 1000);
             if granted == 0 {
                 let e = limits.quota_exceeded();
-                count_limit(&e);
+                e.count();
                 return Err(e.into());
             }
             if granted < valid {

@@ -136,14 +136,14 @@ impl Limiter {
         &self.fleet
     }
 
+    /// Every organisation's non-zero `counter`, taken (set back to zero), by slot.
+    fn take_each(&self, counter: impl Fn(&OrgCounters) -> &AtomicU64) -> Vec<(u32, u64)> {
+        self.orgs.iter().map(|(slot, c)| (slot, take(counter(c)))).filter(|&(_, n)| n > 0).collect()
+    }
+
     /// Takes the events admitted since the last call, per organisation slot (the fleet sync).
     pub fn take_unsynced(&self) -> Vec<(u32, u64)> {
-        self.orgs
-            .iter()
-            .filter(|(_, c)| c.unsynced.load(Ordering::Relaxed) > 0)
-            .map(|(slot, c)| (slot, c.unsynced.swap(0, Ordering::AcqRel)))
-            .filter(|&(_, n)| n > 0)
-            .collect()
+        self.take_each(|c| &c.unsynced)
     }
 
     /// Gives back counts the fleet did not take (Redis unreachable): sent with the next tick.
@@ -153,12 +153,7 @@ impl Limiter {
 
     /// Takes the control-plane requests admitted since the last call, per organisation slot.
     pub fn take_api_unsynced(&self) -> Vec<(u32, u64)> {
-        self.orgs
-            .iter()
-            .filter(|(_, c)| c.api_unsynced.load(Ordering::Relaxed) > 0)
-            .map(|(slot, c)| (slot, c.api_unsynced.swap(0, Ordering::AcqRel)))
-            .filter(|&(_, n)| n > 0)
-            .collect()
+        self.take_each(|c| &c.api_unsynced)
     }
 
     pub fn give_back_api_unsynced(&self, slot: u32, n: u64) {
@@ -190,10 +185,7 @@ impl Limiter {
         self.orgs
             .iter()
             .filter_map(|(slot, c)| {
-                let taken = [&c.usage_events, &c.usage_api, &c.usage_bytes].map(|n| match n.load(Ordering::Relaxed) {
-                    0 => 0,
-                    _ => n.swap(0, Ordering::AcqRel),
-                });
+                let taken = [&c.usage_events, &c.usage_api, &c.usage_bytes].map(take);
                 (taken != [0; 3]).then_some((slot, taken))
             })
             .collect()
@@ -443,6 +435,14 @@ impl OrgCounters {
         if seen != month && self.month.compare_exchange(seen, month, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.month_events.store(0, Ordering::Release);
         }
+    }
+}
+
+/// Swaps a counter to zero; a zero one is only read, so idle organisations' lines stay shared.
+fn take(counter: &AtomicU64) -> u64 {
+    match counter.load(Ordering::Relaxed) {
+        0 => 0,
+        _ => counter.swap(0, Ordering::AcqRel),
     }
 }
 
