@@ -50,52 +50,38 @@ const SCHEMA: [(&str, &str, Kind); 23] = [
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
 
-/// Transposes RowBinary rows (`chunks` hold whole rows; `rows` in all) into one Native block.
+/// Transposes RowBinary rows (`chunks` hold whole rows; `rows` in all) into one Native block,
+/// its rows sorted by the table's `ORDER BY` key.
+///
+/// ClickHouse checks whether an inserted block is already in key order and only sorts and
+/// permutes every column when it is not; for `events` that sort was more than half of its insert
+/// time (1 M rows here: 3.3–3.9 s as they came, 1.5–1.7 s sorted; README, "Measuring").
 pub fn to_native<'a>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
     rows: usize,
     format: RowFormat,
 ) -> Result<Bytes, Malformed> {
     let schema = &SCHEMA[..format.column_count()];
+    let sorted = rows_in_key_order(chunks, rows, schema)?;
     let mut columns: Vec<Vec<u8>> = schema.iter().map(|_| Vec::new()).collect();
     // Nullable columns keep their null map apart from the values.
     let mut null_map = Vec::with_capacity(rows);
-    let mut parsed = 0;
-    for mut input in chunks {
-        while !input.is_empty() {
-            for ((_, _, kind), column) in schema.iter().zip(columns.iter_mut()) {
-                input = match kind {
-                    Kind::Str => {
-                        let (len, header) = read_varint(input).ok_or(Malformed)?;
-                        let total = header + usize::try_from(len).map_err(|_| Malformed)?;
-                        // Native strings are encoded exactly as in RowBinary.
-                        copy_fixed(input, total, column)?
-                    }
-                    Kind::DateTime => copy_fixed(input, 4, column)?,
-                    Kind::Decimal64 => copy_fixed(input, 8, column)?,
-                    Kind::NullableDateTime => {
-                        let (&flag, rest) = input.split_first().ok_or(Malformed)?;
-                        null_map.push(flag);
-                        if flag == 0 {
-                            copy_fixed(rest, 4, column)?
-                        } else {
-                            column.extend_from_slice(&[0; 4]); // a placeholder under the null
-                            rest
-                        }
-                    }
-                };
+    for (n, row) in sorted.iter().enumerate() {
+        walk_row(row, schema, |i, field| match schema[i].2 {
+            Kind::NullableDateTime => {
+                null_map.push(field[0]);
+                // A null keeps a placeholder under it.
+                columns[i].extend_from_slice(if field[0] == 0 { &field[1..] } else { &[0; 4] });
             }
-            parsed += 1;
-            if parsed == 1 {
-                // Rows are alike: size every column from the first so none regrows.
-                for column in columns.iter_mut() {
-                    column.reserve(column.len() * rows.saturating_sub(1) * 5 / 4 + 64);
-                }
+            // Native strings are encoded exactly as in RowBinary.
+            _ => columns[i].extend_from_slice(field),
+        })?;
+        if n == 0 {
+            // Rows are alike: size every column from the first so none regrows.
+            for column in columns.iter_mut() {
+                column.reserve(column.len() * rows.saturating_sub(1) * 5 / 4 + 64);
             }
         }
-    }
-    if parsed != rows {
-        return Err(Malformed);
     }
     let size: usize = columns.iter().map(Vec::len).sum::<usize>() + null_map.len() + 1024;
     let mut out = BytesMut::with_capacity(size);
@@ -112,10 +98,134 @@ pub fn to_native<'a>(
     Ok(out.freeze())
 }
 
-fn copy_fixed<'a>(input: &'a [u8], width: usize, column: &mut Vec<u8>) -> Result<&'a [u8], Malformed> {
-    let value = input.get(..width).ok_or(Malformed)?;
-    column.extend_from_slice(value);
-    Ok(&input[width..])
+/// Positions of the `ORDER BY (organization_id, event_timestamp, device_id, event_id)` columns.
+const ORG: usize = 0;
+const EVENT_ID: usize = 2;
+const DEVICE: usize = 5;
+const TIMESTAMP: usize = 8;
+
+/// What a row is sorted by after its packed key (see [`rows_in_key_order`]).
+struct Tail<'a> {
+    device: &'a [u8],
+    event_id: &'a [u8],
+}
+
+/// Organisation rank (24 bits) · timestamp (32 bits) · device id prefix (9 bytes, zero-padded:
+/// a shorter id is a prefix of any longer one it ties with, so the order agrees with memcmp's).
+const RANK_SHIFT: u32 = 104;
+const MAX_RANKS: usize = 1 << 24;
+const DEVICE_PREFIX: usize = 9;
+
+/// Splits the chunks into rows and orders them by the table's key, comparing strings as
+/// ClickHouse does (bytewise, then by length).
+fn rows_in_key_order<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+    rows: usize,
+    schema: &[(&str, &str, Kind)],
+) -> Result<Vec<&'a [u8]>, Malformed> {
+    // The sort moves only (packed key, row number): 32 bytes a row, most comparisons one
+    // integer compare; ties look up the rest of the key on the side.
+    let mut keys: Vec<(u128, u32)> = Vec::with_capacity(rows);
+    let mut tails: Vec<Tail<'a>> = Vec::with_capacity(rows);
+    let mut row_bytes: Vec<&'a [u8]> = Vec::with_capacity(rows);
+    // Organisations in first-seen order; a block holds few, in runs (the shipper groups them).
+    let mut orgs: Vec<&'a [u8]> = Vec::new();
+    for mut input in chunks {
+        while !input.is_empty() {
+            let (mut org, mut ts, mut device, mut event_id) = (&[][..], 0u32, &[][..], &[][..]);
+            let row = walk_row(input, schema, |i, field| match i {
+                ORG => org = str_value(field),
+                EVENT_ID => event_id = str_value(field),
+                DEVICE => device = str_value(field),
+                TIMESTAMP => ts = u32::from_le_bytes(field.try_into().expect("4 bytes")),
+                _ => {}
+            })?;
+            input = &input[row.len()..];
+            if row_bytes.len() == rows {
+                return Err(Malformed);
+            }
+            let seen = match orgs.last() {
+                Some(last) if *last == org => orgs.len() - 1,
+                _ => match orgs.iter().rposition(|o| *o == org) {
+                    Some(i) => i,
+                    None => {
+                        orgs.push(org);
+                        orgs.len() - 1
+                    }
+                },
+            };
+            let mut prefix = [0u8; 16];
+            let take = device.len().min(DEVICE_PREFIX);
+            prefix[16 - DEVICE_PREFIX..16 - DEVICE_PREFIX + take].copy_from_slice(&device[..take]);
+            let packed = (seen as u128) << RANK_SHIFT | (ts as u128) << 72 | u128::from_be_bytes(prefix);
+            keys.push((packed, row_bytes.len() as u32));
+            tails.push(Tail { device, event_id });
+            row_bytes.push(row);
+        }
+    }
+    if row_bytes.len() != rows {
+        return Err(Malformed);
+    }
+    if orgs.len() > MAX_RANKS || rows > u32::MAX as usize {
+        // More than the key has bits for: ClickHouse sorts this block itself.
+        return Ok(row_bytes);
+    }
+    if orgs.len() > 1 {
+        // First-seen order → name order.
+        let mut by_name: Vec<usize> = (0..orgs.len()).collect();
+        by_name.sort_unstable_by_key(|&i| orgs[i]);
+        let mut rank = vec![0u128; orgs.len()];
+        for (r, &i) in by_name.iter().enumerate() {
+            rank[i] = r as u128;
+        }
+        let low = (1u128 << RANK_SHIFT) - 1;
+        for (packed, _) in &mut keys {
+            *packed = rank[(*packed >> RANK_SHIFT) as usize] << RANK_SHIFT | (*packed & low);
+        }
+    }
+    keys.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            let (x, y) = (&tails[a.1 as usize], &tails[b.1 as usize]);
+            x.device.cmp(y.device).then_with(|| x.event_id.cmp(y.event_id))
+        })
+    });
+    Ok(keys.iter().map(|&(_, i)| row_bytes[i as usize]).collect())
+}
+
+/// Walks one row at the front of `input`, handing each column's encoded bytes to `field` (a
+/// string with its length prefix, a nullable with its flag); returns the row's bytes.
+#[inline(always)]
+fn walk_row<'a>(
+    input: &'a [u8],
+    schema: &[(&str, &str, Kind)],
+    mut field: impl FnMut(usize, &'a [u8]),
+) -> Result<&'a [u8], Malformed> {
+    let mut at = 0;
+    for (i, (_, _, kind)) in schema.iter().enumerate() {
+        let rest = &input[at..];
+        let width = match kind {
+            Kind::Str => {
+                let (len, header) = read_varint(rest).ok_or(Malformed)?;
+                header + usize::try_from(len).map_err(|_| Malformed)?
+            }
+            Kind::DateTime => 4,
+            Kind::Decimal64 => 8,
+            Kind::NullableDateTime => match rest.first() {
+                Some(0) => 5,
+                Some(_) => 1,
+                None => return Err(Malformed),
+            },
+        };
+        field(i, rest.get(..width).ok_or(Malformed)?);
+        at += width;
+    }
+    Ok(&input[..at])
+}
+
+/// A string field's bytes without their length prefix.
+fn str_value(field: &[u8]) -> &[u8] {
+    let header = read_varint(field).map_or(0, |(_, h)| h);
+    &field[header..]
 }
 
 /// (value, bytes it took)
@@ -213,6 +323,101 @@ mod tests {
         assert_eq!(read_str(&mut v).unwrap(), b"Nullable(DateTime('UTC'))");
         assert_eq!(&v[..2], [0, 1], "null map");
         assert_eq!(&v[2..10], [7, 0, 0, 0, 0, 0, 0, 0], "values, placeholder under the null");
+    }
+
+    /// The values of string column `name` in a Native block.
+    fn string_column(native: &[u8], name: &str) -> Vec<Vec<u8>> {
+        let (columns, a) = read_varint(native).unwrap();
+        let (rows, b) = read_varint(&native[a..]).unwrap();
+        let (columns, rows) = (columns as usize, rows as usize);
+        let mut v = &native[a + b..];
+        for (i, (column, _, kind)) in SCHEMA[..columns].iter().enumerate() {
+            assert_eq!(read_str(&mut v).unwrap(), column.as_bytes(), "column {i}");
+            read_str(&mut v);
+            let mut values = Vec::new();
+            for _ in 0..rows {
+                match kind {
+                    Kind::Str => values.push(read_str(&mut v).unwrap().to_vec()),
+                    Kind::DateTime => v = &v[4..],
+                    Kind::Decimal64 => v = &v[8..],
+                    Kind::NullableDateTime => v = &v[5..],
+                }
+            }
+            if *column == name {
+                return values;
+            }
+        }
+        panic!("no column {name}")
+    }
+
+    /// A row with the key columns set and the rest filler.
+    fn keyed_row(out: &mut BytesMut, org: &str, ts: u32, device: &str, id: &str) {
+        for value in [org, "app", id, "t", "n", device, "s", "p"] {
+            put_str(out, value.as_bytes());
+        }
+        put_datetime(out, ts);
+        put_datetime(out, 11);
+        put_nullable_datetime(out, Some(ts));
+        put_str(out, b"{}");
+        put_str(out, b"{}");
+        put_decimal_18_2(out, 0);
+        for _ in 0..7 {
+            put_str(out, b"y");
+        }
+    }
+
+    #[test]
+    fn rows_come_out_in_the_tables_key_order() {
+        // Keys chosen to hit each tie-break: organisation names against their first-seen order,
+        // timestamps, device ids sharing the packed prefix, ids that are prefixes of others,
+        // and a few thousand pseudo-random rows over several chunks.
+        let mut rows: Vec<(String, u32, String, String)> = vec![
+            ("org_b".into(), 5, "device-1".into(), "e1".into()),
+            ("org_a".into(), 9, "device-1".into(), "e2".into()),
+            ("org_a".into(), 5, "device-10".into(), "e3".into()),
+            ("org_a".into(), 5, "device-1".into(), "e4".into()),
+            ("org_a".into(), 5, "device-123456789b".into(), "e5".into()),
+            ("org_a".into(), 5, "device-123456789a".into(), "e6".into()),
+            ("org_a".into(), 5, "device-123456789a".into(), "e6x".into()),
+            ("org_a".into(), 5, "device-123456789".into(), "e7".into()),
+            ("".into(), 5, "".into(), "e8".into()),
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..3000 {
+            let r = next();
+            rows.push((
+                format!("org_{}", r % 7),
+                (r >> 8) as u32 % 4,
+                format!("dev-{}", (r >> 16) % 50),
+                format!("id-{i}"),
+            ));
+        }
+        let chunks: Vec<BytesMut> = rows
+            .chunks(700)
+            .map(|part| {
+                let mut c = BytesMut::new();
+                for (org, ts, device, id) in part {
+                    keyed_row(&mut c, org, *ts, device, id);
+                }
+                c
+            })
+            .collect();
+        let native = to_native(chunks.iter().map(|c| &c[..]), rows.len(), RowFormat::V1).unwrap();
+        let mut expected = rows.clone();
+        expected.sort_by(|a, b| {
+            (a.0.as_bytes(), a.1, a.2.as_bytes(), a.3.as_bytes()).cmp(&(b.0.as_bytes(), b.1, b.2.as_bytes(), b.3.as_bytes()))
+        });
+        let ids: Vec<Vec<u8>> = expected.iter().map(|r| r.3.clone().into_bytes()).collect();
+        assert_eq!(string_column(&native, "event_id"), ids);
+        // Every column moved with its row.
+        let devices: Vec<Vec<u8>> = expected.iter().map(|r| r.2.clone().into_bytes()).collect();
+        assert_eq!(string_column(&native, "device_id"), devices);
     }
 
     #[test]
