@@ -1,20 +1,30 @@
 //! Shipping: spool records → large blocks → the sink → the checkpoint.
 //!
 //! The shipper reads accepted records from the spool in order and gathers
-//! them until a block holds `max_rows` rows or `max_bytes` bytes, or until
-//! `interval` has passed since it started gathering. One insert then carries
-//! many organisations, which keeps ClickHouse's part count independent of the
-//! tenant count; records are sorted by organisation first so each tenant's
-//! rows are contiguous, as `ORDER BY organization_id, …` wants them.
+//! them until a block holds `max_rows` rows or `max_bytes` bytes, until
+//! `interval` has passed while events kept arriving, or until the spool is
+//! drained and has been quiet for `idle` (no sooner than `min_spacing` after
+//! the last insert, so a trickle does not become a stream of tiny parts).
+//! One insert then carries many organisations, which keeps ClickHouse's part
+//! count independent of the tenant count.
+//!
+//! Blocks are a pipeline two deep: while one is in flight, the next is
+//! gathered and encoded for the sink on a blocking thread (sorting and
+//! transposing 100k rows takes tens of milliseconds, too long to hold a
+//! runtime worker); the checkpoint moves in spool order, after each send.
+//! Memory holds at most those two blocks, each as read and as encoded.
 //!
 //! A failed send is retried with capped exponential backoff and the block is
 //! kept (the spool still has it: nothing is dropped). A block the sink calls
 //! permanently bad goes to the dead-letter directory, then the checkpoint
-//! moves on. Memory holds one block at a time, whatever ClickHouse does.
+//! moves on.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
 
 use crate::config::BatchConfig;
 use crate::event::rowbinary::RowFormat;
@@ -30,18 +40,53 @@ pub struct Shipper {
     pub clock: crate::clock::Clock,
 }
 
+/// A batch whose blocks a task is sending; confirmed in the spool once the task is done.
+struct InFlight {
+    batch: ReadBatch,
+    task: JoinHandle<Sent>,
+}
+
+enum Sent {
+    /// Every block is in the sink (or, refused for good, in the dead-letter directory).
+    All,
+    /// The drain timeout passed while the sink was failing: the rest stays in the spool.
+    GaveUp,
+}
+
+/// When shutting down stops retrying: `drain_timeout` after the spool writer closed, as first
+/// seen by the shipper or its send task.
+#[derive(Clone)]
+struct Drain {
+    timeout: Duration,
+    deadline: Arc<OnceLock<Instant>>,
+}
+
+impl Drain {
+    fn start(&self) {
+        self.deadline.get_or_init(|| Instant::now() + self.timeout);
+    }
+    fn started(&self) -> bool {
+        self.deadline.get().is_some()
+    }
+    fn expired(&self) -> bool {
+        self.deadline.get().is_some_and(|d| Instant::now() >= *d)
+    }
+}
+
 impl Shipper {
     /// Ships until the spool writer has closed (the last step of the drain before this one),
     /// then ships what remains, giving up after `drain_timeout` (the rest stays in the spool).
     pub async fn run(mut self, drain_timeout: Duration) {
+        let drain = Drain { timeout: drain_timeout, deadline: Default::default() };
         let mut backoff = Backoff::default();
-        let mut deadline: Option<Instant> = None;
+        let mut in_flight: Option<InFlight> = None;
+        let mut last_send: Option<Instant> = None;
         loop {
             let stopping = self.reader.writer_closed();
-            if stopping && deadline.is_none() {
-                deadline = Some(Instant::now() + drain_timeout);
+            if stopping {
+                drain.start();
             }
-            let batch = match self.gather(stopping).await {
+            let batch = match self.gather(stopping, last_send).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the spool failed; retrying");
@@ -49,74 +94,140 @@ impl Shipper {
                     continue;
                 }
             };
-            self.publish_lag();
+            backoff.reset();
+            self.publish_lag(in_flight.as_ref().map(|f| &f.batch).unwrap_or(&batch));
             if batch.records.is_empty() {
-                if stopping && self.reader.caught_up() {
+                let done = stopping && self.reader.caught_up();
+                if (done || in_flight.as_ref().is_some_and(|f| f.task.is_finished()))
+                    && !self.settle(in_flight.take()).await
+                {
+                    return;
+                }
+                if done {
                     return;
                 }
                 continue;
             }
-            for block in to_blocks(&batch) {
-                loop {
-                    match self.sink.send(&block).await {
-                        Ok(()) => break,
-                        Err(e) if !e.retryable => {
-                            tracing::error!(error = %e.message, rows = block.rows, "sink refused a block for good; writing it to the dead-letter directory");
-                            self.sink.dead_letter(&block).await;
-                            break;
-                        }
-                        Err(e) => {
-                            if deadline.is_some_and(|d| Instant::now() >= d) {
-                                tracing::warn!(error = %e.message, "drain timeout: unshipped events stay in the spool for the next start");
-                                return;
-                            }
-                            let wait = backoff.next();
-                            tracing::warn!(error = %e.message, retry_in_ms = wait.as_millis() as u64, rows = block.rows, "sink send failed; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = self.reader.closed(), if deadline.is_none() => {
-                                    deadline = Some(Instant::now() + drain_timeout);
-                                }
-                            }
-                        }
-                    }
-                }
+            let (batch, blocks) = self.prepare(batch).await;
+            if !self.settle(in_flight.take()).await {
+                return;
             }
-            backoff.reset();
-            if let Err(e) = self.reader.confirm(&batch) {
-                // The insert stands; a stale checkpoint only means a harmless replay after a crash.
-                tracing::error!(error = %e, "could not record the spool checkpoint");
-            }
-            self.publish_lag();
+            last_send = Some(Instant::now());
+            let task = tokio::spawn(send_all(self.sink.clone(), blocks, drain.clone(), self.reader.closed()));
+            in_flight = Some(InFlight { batch, task });
         }
     }
 
-    /// Reads records until the block is full, `interval` passes, or (stopping) the spool is drained.
-    async fn gather(&mut self, stopping: bool) -> std::io::Result<ReadBatch> {
+    /// Waits for the batch in flight, then moves the checkpoint past it; false when the drain
+    /// gave up on it (shipping stops, the spool keeps it).
+    async fn settle(&mut self, in_flight: Option<InFlight>) -> bool {
+        let Some(InFlight { batch, task }) = in_flight else { return true };
+        match task.await {
+            Ok(Sent::All) => {}
+            Ok(Sent::GaveUp) => return false,
+            Err(e) => {
+                // A panicking send is a bug; the block stays in the spool for the next start.
+                tracing::error!(error = %e, "the sink's send task failed; shipping stops");
+                return false;
+            }
+        }
+        if let Err(e) = self.reader.confirm(&batch) {
+            // The insert stands; a stale checkpoint only means a harmless replay after a crash.
+            tracing::error!(error = %e, "could not record the spool checkpoint");
+        }
+        self.publish_lag(&ReadBatch::default());
+        true
+    }
+
+    /// Splits the batch into blocks and encodes them for the sink, off the runtime.
+    async fn prepare(&self, batch: ReadBatch) -> (ReadBatch, Vec<Block>) {
+        let sink = self.sink.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let mut blocks = to_blocks(&batch);
+            for block in &mut blocks {
+                // A block that cannot be encoded is sent as it is; its send fails for good
+                // and it goes to the dead-letter directory.
+                if let Err(e) = sink.prepare(block) {
+                    tracing::error!(error = %e.message, rows = block.rows, "could not encode a block");
+                }
+            }
+            (batch, blocks)
+        });
+        prepared.await.expect("encoding blocks does not panic")
+    }
+
+    /// Reads records until the block is full, `interval` passes while data keeps coming, the
+    /// spool is drained and quiet (see the module docs), or (stopping) the spool is drained.
+    async fn gather(&mut self, stopping: bool, last_send: Option<Instant>) -> std::io::Result<ReadBatch> {
         let started = Instant::now();
+        let BatchConfig { max_rows, max_bytes, interval, idle, min_spacing } = self.config;
         // Reads hit the page cache (the writer just wrote these bytes) and are bounded in size,
         // so they run inline rather than hopping to the blocking pool.
-        let mut batch = self.reader.read(self.config.max_rows, self.config.max_bytes)?;
-        while batch.rows < self.config.max_rows && batch.bytes < self.config.max_bytes {
+        let mut batch = self.reader.read(max_rows, max_bytes)?;
+        while batch.rows < max_rows && batch.bytes < max_bytes {
             // Closing ends the wait for more: what the writer had is all there is.
             if (stopping || self.reader.writer_closed()) && self.reader.caught_up() {
                 break;
             }
-            let Some(left) = self.config.interval.checked_sub(started.elapsed()) else { break };
-            self.reader.wait_for_data(left).await;
-            let more = self.reader.read(self.config.max_rows - batch.rows, self.config.max_bytes - batch.bytes)?;
+            let Some(left) = interval.checked_sub(started.elapsed()) else { break };
+            if batch.records.is_empty() {
+                self.reader.wait_for_data(left).await;
+            } else {
+                let spaced = last_send.map_or(Duration::ZERO, |t| min_spacing.saturating_sub(t.elapsed()));
+                if !self.reader.wait_for_data(idle.max(spaced).min(left)).await {
+                    break; // drained and quiet: the tail ships now
+                }
+            }
+            let more = self.reader.read(max_rows - batch.rows, max_bytes - batch.bytes)?;
             batch.extend(more);
         }
         Ok(batch)
     }
 
-    fn publish_lag(&self) {
-        let age = self
-            .reader
-            .oldest_unshipped_ms()
+    /// The age of the oldest record read and not yet confirmed (in `oldest`, the batch in
+    /// flight or else the one being gathered).
+    fn publish_lag(&self, oldest: &ReadBatch) {
+        let age = oldest
+            .first_written_ms()
             .map_or(0.0, |written| self.clock.unix_millis().saturating_sub(written) as f64 / 1000.0);
         metrics::gauge!(m::SPOOL_OLDEST_AGE).set(age);
     }
+}
+
+/// Sends each block until the sink takes it (or refuses it for good: dead-letter directory).
+async fn send_all(
+    sink: Arc<Sink>,
+    blocks: Vec<Block>,
+    drain: Drain,
+    closed: impl Future<Output = ()> + Send + 'static,
+) -> Sent {
+    let mut backoff = Backoff::default();
+    let mut closed = std::pin::pin!(closed);
+    for block in &blocks {
+        loop {
+            match sink.send(block).await {
+                Ok(()) => break,
+                Err(e) if !e.retryable => {
+                    tracing::error!(error = %e.message, rows = block.rows, "sink refused a block for good; writing it to the dead-letter directory");
+                    sink.dead_letter(block).await;
+                    break;
+                }
+                Err(e) => {
+                    if drain.expired() {
+                        tracing::warn!(error = %e.message, "drain timeout: unshipped events stay in the spool for the next start");
+                        return Sent::GaveUp;
+                    }
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e.message, retry_in_ms = wait.as_millis() as u64, rows = block.rows, "sink send failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut closed, if !drain.started() => drain.start(),
+                    }
+                }
+            }
+        }
+    }
+    Sent::All
 }
 
 /// Records → one block per row format (a spool from an earlier release may hold older rows),
@@ -161,7 +272,7 @@ fn to_blocks(batch: &ReadBatch) -> Vec<Block> {
     for i in order {
         let r = &records[i];
         if blocks.last().is_none_or(|b| b.format != r.format) {
-            blocks.push(Block { format: r.format, chunks: Vec::new(), rows: 0, bytes: 0 });
+            blocks.push(Block { format: r.format, chunks: Vec::new(), rows: 0, bytes: 0, encoded: None });
         }
         let block = blocks.last_mut().expect("pushed above");
         block.rows += r.rows as usize;
@@ -220,7 +331,13 @@ mod tests {
     }
 
     fn batch_config() -> BatchConfig {
-        BatchConfig { max_rows: 50, max_bytes: 1 << 20, interval: Duration::from_millis(20) }
+        BatchConfig {
+            max_rows: 50,
+            max_bytes: 1 << 20,
+            interval: Duration::from_millis(20),
+            idle: Duration::from_millis(5),
+            min_spacing: Duration::from_millis(5),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,6 +389,61 @@ mod tests {
             std::fs::read_dir(&dead).unwrap().flat_map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
         assert_eq!(kept, "a;".repeat(20).into_bytes(), "every refused row is kept on disk");
         assert_eq!(spool.unshipped_bytes(), 0, "and the spool does not retry it forever");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_drained_spool_ships_its_tail_without_waiting_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, reader, _) = Spool::open(&config(dir.path())).unwrap();
+        let sink = Arc::new(Sink::Memory(MemorySink::default()));
+        let interval = Duration::from_secs(30);
+        let config = BatchConfig { max_rows: 1000, interval, ..batch_config() };
+        let task = tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(interval));
+        let started = Instant::now();
+        for _ in 0..3 {
+            spool.append(block("a", 2)).await.unwrap();
+        }
+        while sink.memory_rows() < 6 {
+            assert!(started.elapsed() < interval / 2, "the tail waited for the interval");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::task::block_in_place(|| spool.close());
+        task.await.unwrap();
+        assert_eq!(sink.memory_rows(), 6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickle_is_not_a_stream_of_tiny_inserts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, reader, _) = Spool::open(&config(dir.path())).unwrap();
+        let sink = Arc::new(Sink::Memory(MemorySink::default()));
+        let spacing = Duration::from_millis(300);
+        let config = BatchConfig {
+            max_rows: 1000,
+            interval: Duration::from_secs(30),
+            idle: Duration::from_millis(2),
+            min_spacing: spacing,
+            ..batch_config()
+        };
+        let task = tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(spacing));
+        // One record every 20 ms for 1.2 s: quiet for longer than `idle` between each.
+        let started = Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_millis(1200) {
+            spool.append(block("a", 1)).await.unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed();
+        tokio::task::block_in_place(|| spool.close());
+        task.await.unwrap();
+        assert_eq!(sink.memory_rows(), sent);
+        let Sink::Memory(mem) = &*sink else { unreachable!() };
+        let inserts = mem.blocks.lock().unwrap().len();
+        // Spaced: one insert per `min_spacing` while the trickle lasts, and the last one at close.
+        let bound = (elapsed.as_millis() / spacing.as_millis()) as usize + 2;
+        assert!(inserts <= bound, "{inserts} inserts for {sent} records in {elapsed:?}, bound {bound}");
+        assert!(inserts >= 2, "the tail shipped before the 30 s interval ({inserts} inserts)");
     }
 
     #[test]

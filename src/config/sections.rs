@@ -194,13 +194,24 @@ pub struct BatchConfig {
     /// ClickHouse likes blocks of 10k–1M rows; 100k keeps parts few without long waits.
     pub max_rows: usize,
     pub max_bytes: usize,
-    /// Upper bound on how stale a quiet tenant's events get before they ship.
+    /// Upper bound on how stale events get before they ship while more keep arriving.
     pub interval: Duration,
+    /// Once the spool is drained and nothing new has come for this long, the tail ships.
+    pub idle: Duration,
+    /// At least this long between two inserts that are not full blocks, so a trickle of events
+    /// does not become a stream of tiny inserts (each one a part ClickHouse must merge).
+    pub min_spacing: Duration,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_rows: 100_000, max_bytes: 32 << 20, interval: Duration::from_secs(1) }
+        BatchConfig {
+            max_rows: 100_000,
+            max_bytes: 32 << 20,
+            interval: Duration::from_secs(1),
+            idle: Duration::from_millis(20),
+            min_spacing: Duration::from_millis(250),
+        }
     }
 }
 
@@ -340,6 +351,8 @@ impl BatchConfig {
             max_rows: r.positive("EDGE_BATCH_MAX_ROWS", d.max_rows),
             max_bytes: r.positive("EDGE_BATCH_MAX_BYTES", d.max_bytes),
             interval: r.duration("EDGE_BATCH_INTERVAL", d.interval),
+            idle: r.duration("EDGE_BATCH_IDLE", d.idle),
+            min_spacing: r.duration("EDGE_BATCH_MIN_SPACING", d.min_spacing),
         }
     }
 }

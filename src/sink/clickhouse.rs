@@ -60,9 +60,9 @@ impl ClickHouseSink {
                 self.schema_behind.store(false, std::sync::atomic::Ordering::Release);
                 Ok(())
             }
-            Err(InsertError::Malformed) => {
+            Err(InsertError::Malformed(e)) => {
                 metrics::counter!(m::CH_INSERT_ERRORS).increment(1);
-                Err(SinkError { retryable: false, message: "block is not valid RowBinary for events".into() })
+                Err(e)
             }
             Err(InsertError::ClickHouse(e)) => {
                 metrics::counter!(m::CH_INSERT_ERRORS).increment(1);
@@ -77,8 +77,10 @@ impl ClickHouseSink {
     }
 
     async fn insert(&self, block: &Block) -> Result<(), InsertError> {
-        let data = super::native::to_native(block.chunks.iter().map(|c| &c[..]), block.rows, block.format)
-            .map_err(|_| InsertError::Malformed)?;
+        let data = match &block.encoded {
+            Some(data) => data.clone(),
+            None => encode(block).map_err(InsertError::Malformed)?,
+        };
         let sql = match block.format {
             RowFormat::V1 => &self.sql[0],
             RowFormat::V2 => &self.sql[1],
@@ -110,9 +112,15 @@ impl ClickHouseSink {
     }
 }
 
+/// The block as one sorted `Native` block (see [`super::native`]).
+pub fn encode(block: &Block) -> Result<bytes::Bytes, SinkError> {
+    super::native::to_native(block.chunks.iter().map(|c| &c[..]), block.rows, block.format)
+        .map_err(|_| SinkError { retryable: false, message: "block is not valid RowBinary for events".into() })
+}
+
 enum InsertError {
     /// Our own encoding is broken: no retry can help.
-    Malformed,
+    Malformed(SinkError),
     ClickHouse(clickhouse::error::Error),
 }
 

@@ -22,6 +22,8 @@ pub struct Block {
     pub chunks: Vec<Bytes>,
     pub rows: usize,
     pub bytes: usize,
+    /// The rows in the sink's own wire format, made by [`Sink::prepare`] before the send.
+    pub encoded: Option<Bytes>,
 }
 
 impl Block {
@@ -56,6 +58,19 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// Encodes `block` for the sink ahead of its send. CPU-bound (sorting and transposing a
+    /// whole block): the shipper runs it on a blocking thread while the previous block is in
+    /// flight. An error means no send of this block can ever succeed.
+    pub fn prepare(&self, block: &mut Block) -> Result<(), SinkError> {
+        match self {
+            Sink::ClickHouse(_) => {
+                block.encoded = Some(clickhouse::encode(block)?);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
         match self {
             Sink::ClickHouse(s) => s.send(block).await,

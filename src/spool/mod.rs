@@ -159,7 +159,6 @@ impl Spool {
             },
             head: head_rx,
             shared: shared.clone(),
-            next_written_ms: None,
         };
         let spool = Spool {
             tx: arc_swap::ArcSwapOption::from_pointee(tx),

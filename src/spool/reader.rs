@@ -29,6 +29,11 @@ pub struct ReadBatch {
 }
 
 impl ReadBatch {
+    /// When the oldest record in the batch was written.
+    pub fn first_written_ms(&self) -> Option<u64> {
+        self.records.first().map(|r| r.written_ms)
+    }
+
     pub fn extend(&mut self, more: ReadBatch) {
         self.records.extend(more.records);
         self.rows += more.rows;
@@ -45,7 +50,6 @@ pub struct SpoolReader {
     pub(super) at: Position,
     pub(super) head: watch::Receiver<Position>,
     pub(super) shared: Arc<Shared>,
-    pub(super) next_written_ms: Option<u64>,
 }
 
 /// Read at most this much of a segment at once.
@@ -109,19 +113,17 @@ impl SpoolReader {
                 break; // a record still being written
             }
         }
-        // The first record read since the last confirm is the oldest unshipped one.
-        if self.next_written_ms.is_none() {
-            self.next_written_ms = batch.records.first().map(|r| r.written_ms);
-        }
         Ok(batch)
     }
 
-    /// Waits until the writer has more than the reader has read, or `timeout` passes.
-    pub async fn wait_for_data(&mut self, timeout: Duration) {
+    /// Waits until the writer has more than the reader has read, or `timeout` passes;
+    /// says whether there is more.
+    pub async fn wait_for_data(&mut self, timeout: Duration) -> bool {
         if *self.head.borrow() > self.at {
-            return;
+            return true;
         }
         let _ = tokio::time::timeout(timeout, self.head.changed()).await;
+        *self.head.borrow() > self.at
     }
 
     /// Has the writer stopped (the spool closed)? Nothing more will be written then.
@@ -129,10 +131,10 @@ impl SpoolReader {
         self.head.has_changed().is_err()
     }
 
-    /// Resolves once the writer has stopped.
-    pub async fn closed(&self) {
+    /// Resolves once the writer has stopped; owns what it needs, so a send task can hold it.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut head = self.head.clone();
-        while head.changed().await.is_ok() {}
+        async move { while head.changed().await.is_ok() {} }
     }
 
     /// Is everything written also read?
@@ -148,17 +150,10 @@ impl SpoolReader {
                 fs::remove_file(segment::segment_path(&self.dir, seq))?;
             }
         }
-        // The oldest unshipped record is now the next one read, not this batch's first.
-        self.next_written_ms = None;
         self.shared.shipped_bytes.fetch_add(batch.consumed, Ordering::AcqRel);
         self.shared.shipped_rows.fetch_add(batch.rows as u64, Ordering::AcqRel);
         self.shared.publish();
         Ok(())
-    }
-
-    /// Age of the oldest record read and not yet confirmed, for the lag gauge.
-    pub fn oldest_unshipped_ms(&self) -> Option<u64> {
-        self.next_written_ms
     }
 }
 
