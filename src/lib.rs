@@ -44,6 +44,7 @@
 
 pub mod aggregates;
 pub mod auth;
+pub mod buffers;
 pub mod cli;
 pub mod clock;
 pub mod config;

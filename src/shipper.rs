@@ -131,7 +131,7 @@ impl Shipper {
                 return false;
             }
         }
-        if let Err(e) = self.reader.confirm(&batch) {
+        if let Err(e) = self.reader.confirm(batch) {
             // The insert stands; a stale checkpoint only means a harmless replay after a crash.
             tracing::error!(error = %e, "could not record the spool checkpoint");
         }
@@ -203,13 +203,13 @@ async fn send_all(
 ) -> Sent {
     let mut backoff = Backoff::default();
     let mut closed = std::pin::pin!(closed);
-    for block in &blocks {
+    for block in blocks {
         loop {
-            match sink.send(block).await {
+            match sink.send(&block).await {
                 Ok(()) => break,
                 Err(e) if !e.retryable => {
                     tracing::error!(error = %e.message, rows = block.rows, "sink refused a block for good; writing it to the dead-letter directory");
-                    sink.dead_letter(block).await;
+                    sink.dead_letter(&block).await;
                     break;
                 }
                 Err(e) => {
@@ -226,6 +226,7 @@ async fn send_all(
                 }
             }
         }
+        sink.recycle(block);
     }
     Sent::All
 }

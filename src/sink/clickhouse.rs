@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use clickhouse::{Client, Compression};
 
+use super::native::NativeEncoder;
 use super::{Block, SinkError};
+use crate::buffers::BufferPool;
 use crate::config::ClickHouseConfig;
 use crate::event::rowbinary::RowFormat;
 use crate::metrics as m;
@@ -35,7 +37,14 @@ pub struct ClickHouseSink {
     /// The last insert failed for a column the table lacks: `edge migrate` has not run for
     /// this build. Blocks are held (retried) and `/readyz` says so.
     schema_behind: std::sync::atomic::AtomicBool,
+    /// Sorting and transposing memory, and encoded blocks' buffers, reused block after block.
+    encoder: std::sync::Mutex<NativeEncoder>,
+    buffers: BufferPool,
 }
+
+/// Encoded blocks kept for reuse: one is in flight while the next is encoded.
+const ENCODED_BUFFERS: usize = 2;
+const MAX_KEPT_BUFFER: usize = 128 << 20;
 
 impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig, data_dir: PathBuf) -> Self {
@@ -47,6 +56,8 @@ impl ClickHouseSink {
             sql: [RowFormat::V1, RowFormat::V2].map(|f| format!("INSERT INTO events ({}) FORMAT Native", f.columns())),
             data_dir,
             schema_behind: Default::default(),
+            encoder: Default::default(),
+            buffers: BufferPool::new(ENCODED_BUFFERS, MAX_KEPT_BUFFER),
         }
     }
 
@@ -79,7 +90,7 @@ impl ClickHouseSink {
     async fn insert(&self, block: &Block) -> Result<(), InsertError> {
         let data = match &block.encoded {
             Some(data) => data.clone(),
-            None => encode(block).map_err(InsertError::Malformed)?,
+            None => self.encode(block).map_err(InsertError::Malformed)?,
         };
         let sql = match block.format {
             RowFormat::V1 => &self.sql[0],
@@ -98,6 +109,24 @@ impl ClickHouseSink {
         insert.end().await.map_err(InsertError::ClickHouse)
     }
 
+    /// The block as one sorted `Native` block (see [`super::native`]).
+    pub fn encode(&self, block: &Block) -> Result<bytes::Bytes, SinkError> {
+        let chunks: Vec<&[u8]> = block.chunks.iter().map(|c| &c[..]).collect();
+        let out = self.buffers.take(0);
+        let mut encoder = self.encoder.lock().expect("encoder lock");
+        match encoder.encode(&chunks, block.rows, block.format, out) {
+            Ok(native) => Ok(bytes::Bytes::from(native)),
+            Err(_) => Err(SinkError { retryable: false, message: "block is not valid RowBinary for events".into() }),
+        }
+    }
+
+    /// A block is done with: its encoded buffer is kept for the next.
+    pub fn recycle(&self, block: Block) {
+        if let Some(encoded) = block.encoded {
+            self.buffers.give(encoded);
+        }
+    }
+
     /// Reachable, and not refusing rows for columns it lacks.
     pub async fn ping(&self) -> bool {
         !self.schema_behind.load(std::sync::atomic::Ordering::Acquire)
@@ -112,11 +141,6 @@ impl ClickHouseSink {
     }
 }
 
-/// The block as one sorted `Native` block (see [`super::native`]).
-pub fn encode(block: &Block) -> Result<bytes::Bytes, SinkError> {
-    super::native::to_native(block.chunks.iter().map(|c| &c[..]), block.rows, block.format)
-        .map_err(|_| SinkError { retryable: false, message: "block is not valid RowBinary for events".into() })
-}
 
 enum InsertError {
     /// Our own encoding is broken: no retry can help.

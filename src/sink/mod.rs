@@ -63,11 +63,18 @@ impl Sink {
     /// flight. An error means no send of this block can ever succeed.
     pub fn prepare(&self, block: &mut Block) -> Result<(), SinkError> {
         match self {
-            Sink::ClickHouse(_) => {
-                block.encoded = Some(clickhouse::encode(block)?);
+            Sink::ClickHouse(s) => {
+                block.encoded = Some(s.encode(block)?);
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The block is sent (or dead-lettered): its buffers may serve the next one.
+    pub fn recycle(&self, block: Block) {
+        if let Sink::ClickHouse(s) = self {
+            s.recycle(block)
         }
     }
 

@@ -7,7 +7,9 @@
 //! rows over HTTP, server CPU from /proc: RowBinary 1.22–1.74 s, Native
 //! 1.00–1.05 s (README, "Measuring"). The transposition is a copy per field.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::cmp::Ordering;
+
+use bytes::{BufMut, Bytes};
 
 use crate::event::rowbinary::{put_str, RowFormat};
 
@@ -51,51 +53,201 @@ const SCHEMA: [(&str, &str, Kind); 23] = [
 pub struct Malformed;
 
 /// Transposes RowBinary rows (`chunks` hold whole rows; `rows` in all) into one Native block,
-/// its rows sorted by the table's `ORDER BY` key.
-///
-/// ClickHouse checks whether an inserted block is already in key order and only sorts and
-/// permutes every column when it is not; for `events` that sort was more than half of its insert
-/// time (1 M rows here: 3.3–3.9 s as they came, 1.5–1.7 s sorted; README, "Measuring").
+/// its rows sorted by the table's `ORDER BY` key. One-off: the shipper keeps a
+/// [`NativeEncoder`] so its working memory is reused from block to block.
 pub fn to_native<'a>(
     chunks: impl IntoIterator<Item = &'a [u8]>,
     rows: usize,
     format: RowFormat,
 ) -> Result<Bytes, Malformed> {
-    let schema = &SCHEMA[..format.column_count()];
-    let sorted = rows_in_key_order(chunks, rows, schema)?;
-    let mut columns: Vec<Vec<u8>> = schema.iter().map(|_| Vec::new()).collect();
-    // Nullable columns keep their null map apart from the values.
-    let mut null_map = Vec::with_capacity(rows);
-    for (n, row) in sorted.iter().enumerate() {
-        walk_row(row, schema, |i, field| match schema[i].2 {
-            Kind::NullableDateTime => {
-                null_map.push(field[0]);
-                // A null keeps a placeholder under it.
-                columns[i].extend_from_slice(if field[0] == 0 { &field[1..] } else { &[0; 4] });
-            }
-            // Native strings are encoded exactly as in RowBinary.
-            _ => columns[i].extend_from_slice(field),
-        })?;
-        if n == 0 {
-            // Rows are alike: size every column from the first so none regrows.
-            for column in columns.iter_mut() {
-                column.reserve(column.len() * rows.saturating_sub(1) * 5 / 4 + 64);
+    let chunks: Vec<&[u8]> = chunks.into_iter().collect();
+    NativeEncoder::default().encode(&chunks, rows, format, Vec::new()).map(Bytes::from)
+}
+
+/// Sorts and transposes blocks (see [`to_native`]), keeping its working memory between them:
+/// the sort keys and every column, tens of megabytes for a large block, which would otherwise
+/// be faulted in and zeroed by the kernel each time.
+///
+/// ClickHouse checks whether an inserted block is already in key order and only sorts and
+/// permutes every column when it is not; for `events` that sort was more than half of its insert
+/// time (1 M rows here: 3.3–3.9 s as they came, 1.5–1.7 s sorted; README, "Measuring").
+#[derive(Default)]
+pub struct NativeEncoder {
+    /// What the sort moves.
+    keys: Vec<SortKey>,
+    rows: Vec<RowAt>,
+    columns: Vec<Vec<u8>>,
+    /// Nullable columns keep their null map apart from the values.
+    null_map: Vec<u8>,
+}
+
+/// A row's sort key, packed so most comparisons are integer compares (see [`RANK_SHIFT`]).
+struct SortKey {
+    packed: u128,
+    /// Device id length (8 bits) · event id prefix (15 bytes, zero-padded): orders rows that tie
+    /// on `packed` when both device ids fit in its prefix (many events of one device in one
+    /// second: a batch from one SDK).
+    then: u128,
+    row: u32,
+}
+
+/// Where a row and the strings that break ties in its packed key are, in its chunk.
+struct RowAt {
+    chunk: u32,
+    start: u32,
+    end: u32,
+    device: (u32, u32),
+    event_id: (u32, u32),
+}
+
+impl NativeEncoder {
+    /// The Native block, written into `out` (cleared first; pass a reused buffer).
+    pub fn encode(&mut self, chunks: &[&[u8]], rows: usize, format: RowFormat, mut out: Vec<u8>) -> Result<Vec<u8>, Malformed> {
+        let schema = &SCHEMA[..format.column_count()];
+        self.sort_rows(chunks, rows, schema)?;
+        self.columns.resize_with(schema.len(), Vec::new);
+        for column in &mut self.columns {
+            column.clear();
+        }
+        self.null_map.clear();
+        let (columns, null_map) = (&mut self.columns, &mut self.null_map);
+        for (n, key) in self.keys.iter().enumerate() {
+            let at = &self.rows[key.row as usize];
+            let bytes = &chunks[at.chunk as usize][at.start as usize..at.end as usize];
+            walk_row(bytes, schema, |i, field| match schema[i].2 {
+                Kind::NullableDateTime => {
+                    null_map.push(field[0]);
+                    // A null keeps a placeholder under it.
+                    columns[i].extend_from_slice(if field[0] == 0 { &field[1..] } else { &[0; 4] });
+                }
+                // Native strings are encoded exactly as in RowBinary.
+                _ => columns[i].extend_from_slice(field),
+            })?;
+            if n == 0 {
+                // Rows are alike: size every column from the first so none regrows.
+                for column in columns.iter_mut() {
+                    column.reserve(column.len() * rows.saturating_sub(1) * 5 / 4 + 64);
+                }
             }
         }
-    }
-    let size: usize = columns.iter().map(Vec::len).sum::<usize>() + null_map.len() + 1024;
-    let mut out = BytesMut::with_capacity(size);
-    crate::event::rowbinary::put_varint(&mut out, schema.len() as u64);
-    crate::event::rowbinary::put_varint(&mut out, rows as u64);
-    for ((name, type_name, kind), column) in schema.iter().zip(&columns) {
-        put_str(&mut out, name.as_bytes());
-        put_str(&mut out, type_name.as_bytes());
-        if matches!(kind, Kind::NullableDateTime) {
-            out.put_slice(&null_map);
+        let size: usize = columns.iter().map(Vec::len).sum::<usize>() + null_map.len() + 1024;
+        out.clear();
+        out.reserve(size);
+        crate::event::rowbinary::put_varint(&mut out, schema.len() as u64);
+        crate::event::rowbinary::put_varint(&mut out, rows as u64);
+        for ((name, type_name, kind), column) in schema.iter().zip(columns.iter()) {
+            put_str(&mut out, name.as_bytes());
+            put_str(&mut out, type_name.as_bytes());
+            if matches!(kind, Kind::NullableDateTime) {
+                out.put_slice(null_map);
+            }
+            out.put_slice(column);
         }
-        out.put_slice(column);
+        Ok(out)
     }
-    Ok(out.freeze())
+
+    /// Splits the chunks into rows and leaves `keys` in the table's key order, strings compared
+    /// as ClickHouse does (bytewise, then by length).
+    fn sort_rows(&mut self, chunks: &[&[u8]], rows: usize, schema: &[(&str, &str, Kind)]) -> Result<(), Malformed> {
+        // The sort moves only (packed key, row number): 32 bytes a row, most comparisons one
+        // integer compare; ties look up the rest of the key on the side.
+        self.keys.clear();
+        self.rows.clear();
+        if chunks.iter().any(|c| c.len() > u32::MAX as usize) || rows > u32::MAX as usize {
+            return Err(Malformed);
+        }
+        // Organisations in first-seen order; a block holds few, in runs (the shipper groups them).
+        let mut orgs: Vec<&[u8]> = Vec::new();
+        for (chunk, &bytes) in chunks.iter().enumerate() {
+            let mut at = 0;
+            while at < bytes.len() {
+                let (mut org, mut ts, mut device, mut event_id) = ((0, 0), 0u32, (0, 0), (0, 0));
+                let row = walk_row(&bytes[at..], schema, |i, field| {
+                    // Absolute position of the value (past its length prefix) in the chunk.
+                    let value = |f: &[u8]| {
+                        let header = read_varint(f).map_or(0, |(_, h)| h);
+                        let start = f.as_ptr() as usize - bytes.as_ptr() as usize + header;
+                        (start as u32, (f.len() - header) as u32)
+                    };
+                    match i {
+                        ORG => org = value(field),
+                        EVENT_ID => event_id = value(field),
+                        DEVICE => device = value(field),
+                        TIMESTAMP => ts = u32::from_le_bytes(field.try_into().expect("4 bytes")),
+                        _ => {}
+                    }
+                })?;
+                if self.rows.len() == rows {
+                    return Err(Malformed);
+                }
+                let org = slice(bytes, org);
+                let seen = match orgs.last() {
+                    Some(last) if bytewise(last, org).is_eq() => orgs.len() - 1,
+                    _ => match orgs.iter().rposition(|o| *o == org) {
+                        Some(i) => i,
+                        None => {
+                            orgs.push(org);
+                            orgs.len() - 1
+                        }
+                    },
+                };
+                let device_bytes = slice(bytes, device);
+                let mut prefix = [0u8; 16];
+                let take = device_bytes.len().min(DEVICE_PREFIX);
+                prefix[16 - DEVICE_PREFIX..16 - DEVICE_PREFIX + take].copy_from_slice(&device_bytes[..take]);
+                let packed = (seen as u128) << RANK_SHIFT | (ts as u128) << 72 | u128::from_be_bytes(prefix);
+                let id_bytes = slice(bytes, event_id);
+                let mut then = [0u8; 16];
+                then[0] = device_bytes.len().min(255) as u8;
+                let take = id_bytes.len().min(15);
+                then[1..1 + take].copy_from_slice(&id_bytes[..take]);
+                self.keys.push(SortKey { packed, then: u128::from_be_bytes(then), row: self.rows.len() as u32 });
+                let end = at + row.len();
+                self.rows.push(RowAt { chunk: chunk as u32, start: at as u32, end: end as u32, device, event_id });
+                at = end;
+            }
+        }
+        if self.rows.len() != rows {
+            return Err(Malformed);
+        }
+        if orgs.len() > MAX_RANKS {
+            // More organisations than the key has bits for: ClickHouse sorts this block itself.
+            return Ok(());
+        }
+        if orgs.len() > 1 {
+            // First-seen order → name order.
+            let mut by_name: Vec<usize> = (0..orgs.len()).collect();
+            by_name.sort_unstable_by_key(|&i| orgs[i]);
+            let mut rank = vec![0u128; orgs.len()];
+            for (r, &i) in by_name.iter().enumerate() {
+                rank[i] = r as u128;
+            }
+            let low = (1u128 << RANK_SHIFT) - 1;
+            for key in &mut self.keys {
+                key.packed = rank[(key.packed >> RANK_SHIFT) as usize] << RANK_SHIFT | (key.packed & low);
+            }
+        }
+        let rows_at = &self.rows;
+        let full = |a: &SortKey, b: &SortKey, with_device: bool| {
+            let (x, y) = (&rows_at[a.row as usize], &rows_at[b.row as usize]);
+            let (cx, cy) = (chunks[x.chunk as usize], chunks[y.chunk as usize]);
+            let device = if with_device { bytewise(slice(cx, x.device), slice(cy, y.device)) } else { Ordering::Equal };
+            device.then_with(|| bytewise(slice(cx, x.event_id), slice(cy, y.event_id)))
+        };
+        self.keys.sort_unstable_by(|a, b| {
+            a.packed.cmp(&b.packed).then_with(|| {
+                // Both device ids within the packed prefix and equal there: they differ only in
+                // length (the shorter first, as memcmp has it), and `then` holds that first.
+                let short = |k: &SortKey| (k.then >> 120) as usize <= DEVICE_PREFIX;
+                if short(a) && short(b) {
+                    a.then.cmp(&b.then).then_with(|| full(a, b, false))
+                } else {
+                    full(a, b, true)
+                }
+            })
+        });
+        Ok(())
+    }
 }
 
 /// Positions of the `ORDER BY (organization_id, event_timestamp, device_id, event_id)` columns.
@@ -104,92 +256,32 @@ const EVENT_ID: usize = 2;
 const DEVICE: usize = 5;
 const TIMESTAMP: usize = 8;
 
-/// What a row is sorted by after its packed key (see [`rows_in_key_order`]).
-struct Tail<'a> {
-    device: &'a [u8],
-    event_id: &'a [u8],
-}
-
 /// Organisation rank (24 bits) · timestamp (32 bits) · device id prefix (9 bytes, zero-padded:
 /// a shorter id is a prefix of any longer one it ties with, so the order agrees with memcmp's).
 const RANK_SHIFT: u32 = 104;
 const MAX_RANKS: usize = 1 << 24;
 const DEVICE_PREFIX: usize = 9;
 
-/// Splits the chunks into rows and orders them by the table's key, comparing strings as
-/// ClickHouse does (bytewise, then by length).
-fn rows_in_key_order<'a>(
-    chunks: impl IntoIterator<Item = &'a [u8]>,
-    rows: usize,
-    schema: &[(&str, &str, Kind)],
-) -> Result<Vec<&'a [u8]>, Malformed> {
-    // The sort moves only (packed key, row number): 32 bytes a row, most comparisons one
-    // integer compare; ties look up the rest of the key on the side.
-    let mut keys: Vec<(u128, u32)> = Vec::with_capacity(rows);
-    let mut tails: Vec<Tail<'a>> = Vec::with_capacity(rows);
-    let mut row_bytes: Vec<&'a [u8]> = Vec::with_capacity(rows);
-    // Organisations in first-seen order; a block holds few, in runs (the shipper groups them).
-    let mut orgs: Vec<&'a [u8]> = Vec::new();
-    for mut input in chunks {
-        while !input.is_empty() {
-            let (mut org, mut ts, mut device, mut event_id) = (&[][..], 0u32, &[][..], &[][..]);
-            let row = walk_row(input, schema, |i, field| match i {
-                ORG => org = str_value(field),
-                EVENT_ID => event_id = str_value(field),
-                DEVICE => device = str_value(field),
-                TIMESTAMP => ts = u32::from_le_bytes(field.try_into().expect("4 bytes")),
-                _ => {}
-            })?;
-            input = &input[row.len()..];
-            if row_bytes.len() == rows {
-                return Err(Malformed);
-            }
-            let seen = match orgs.last() {
-                Some(last) if *last == org => orgs.len() - 1,
-                _ => match orgs.iter().rposition(|o| *o == org) {
-                    Some(i) => i,
-                    None => {
-                        orgs.push(org);
-                        orgs.len() - 1
-                    }
-                },
-            };
-            let mut prefix = [0u8; 16];
-            let take = device.len().min(DEVICE_PREFIX);
-            prefix[16 - DEVICE_PREFIX..16 - DEVICE_PREFIX + take].copy_from_slice(&device[..take]);
-            let packed = (seen as u128) << RANK_SHIFT | (ts as u128) << 72 | u128::from_be_bytes(prefix);
-            keys.push((packed, row_bytes.len() as u32));
-            tails.push(Tail { device, event_id });
-            row_bytes.push(row);
+#[inline]
+fn slice(bytes: &[u8], (start, len): (u32, u32)) -> &[u8] {
+    &bytes[start as usize..(start + len) as usize]
+}
+
+/// `a.cmp(b)` for short strings, eight bytes at a time inline: ties in the packed key are mostly
+/// ids with a long common prefix (a UUIDv7's time), where a `memcmp` call per comparison was
+/// the sort's largest cost.
+#[inline]
+fn bytewise(a: &[u8], b: &[u8]) -> Ordering {
+    let (mut x, mut y) = (a, b);
+    while x.len() >= 8 && y.len() >= 8 {
+        let (p, q) = (u64::from_be_bytes(x[..8].try_into().unwrap()), u64::from_be_bytes(y[..8].try_into().unwrap()));
+        if p != q {
+            return p.cmp(&q);
         }
+        x = &x[8..];
+        y = &y[8..];
     }
-    if row_bytes.len() != rows {
-        return Err(Malformed);
-    }
-    if orgs.len() > MAX_RANKS || rows > u32::MAX as usize {
-        // More than the key has bits for: ClickHouse sorts this block itself.
-        return Ok(row_bytes);
-    }
-    if orgs.len() > 1 {
-        // First-seen order → name order.
-        let mut by_name: Vec<usize> = (0..orgs.len()).collect();
-        by_name.sort_unstable_by_key(|&i| orgs[i]);
-        let mut rank = vec![0u128; orgs.len()];
-        for (r, &i) in by_name.iter().enumerate() {
-            rank[i] = r as u128;
-        }
-        let low = (1u128 << RANK_SHIFT) - 1;
-        for (packed, _) in &mut keys {
-            *packed = rank[(*packed >> RANK_SHIFT) as usize] << RANK_SHIFT | (*packed & low);
-        }
-    }
-    keys.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0).then_with(|| {
-            let (x, y) = (&tails[a.1 as usize], &tails[b.1 as usize]);
-            x.device.cmp(y.device).then_with(|| x.event_id.cmp(y.event_id))
-        })
-    });
-    Ok(keys.iter().map(|&(_, i)| row_bytes[i as usize]).collect())
+    x.cmp(y)
 }
 
 /// Walks one row at the front of `input`, handing each column's encoded bytes to `field` (a
@@ -222,12 +314,6 @@ fn walk_row<'a>(
     Ok(&input[..at])
 }
 
-/// A string field's bytes without their length prefix.
-fn str_value(field: &[u8]) -> &[u8] {
-    let header = read_varint(field).map_or(0, |(_, h)| h);
-    &field[header..]
-}
-
 /// (value, bytes it took)
 fn read_varint(input: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
@@ -244,6 +330,7 @@ fn read_varint(input: &[u8]) -> Option<(u64, usize)> {
 mod tests {
     use super::*;
     use crate::event::rowbinary::*;
+    use bytes::BytesMut;
 
     #[test]
     fn schema_matches_the_insert_column_list() {
@@ -381,6 +468,14 @@ mod tests {
             ("org_a".into(), 5, "device-123456789a".into(), "e6x".into()),
             ("org_a".into(), 5, "device-123456789".into(), "e7".into()),
             ("".into(), 5, "".into(), "e8".into()),
+            // Ids sharing more than the 15 bytes the secondary key holds; device ids that differ
+            // only in length within the packed prefix.
+            ("org_a".into(), 7, "dev".into(), "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into()),
+            ("org_a".into(), 7, "dev".into(), "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5".into()),
+            ("org_a".into(), 7, "dev".into(), "0193a1b2-c3d4-7e5e-8a9b-0c1d2e3f4a5c".into()),
+            ("org_a".into(), 7, "dev\0".into(), "0193a1b2-c3d4-7e5a".into()),
+            ("org_a".into(), 7, "de".into(), "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d".into()),
+            ("org_a".into(), 7, "dev\0\0\0\0\0\0x".into(), "0193a1b2-c3d4-7e50".into()),
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
@@ -391,12 +486,13 @@ mod tests {
         };
         for i in 0..3000 {
             let r = next();
-            rows.push((
-                format!("org_{}", r % 7),
-                (r >> 8) as u32 % 4,
-                format!("dev-{}", (r >> 16) % 50),
-                format!("id-{i}"),
-            ));
+            let device = match (r >> 16) % 4 {
+                0 => format!("dev-{}", (r >> 20) % 50),
+                1 => format!("device-123456789{}", (r >> 20) % 3),
+                _ => format!("d{}", (r >> 20) % 5),
+            };
+            let id = if r % 3 == 0 { format!("id-{i}") } else { format!("0193a1b2-c3d4-7{:03x}-{i}", (r >> 30) % 8) };
+            rows.push((format!("org_{}", r % 7), (r >> 8) as u32 % 4, device, id));
         }
         let chunks: Vec<BytesMut> = rows
             .chunks(700)
@@ -418,6 +514,20 @@ mod tests {
         // Every column moved with its row.
         let devices: Vec<Vec<u8>> = expected.iter().map(|r| r.2.clone().into_bytes()).collect();
         assert_eq!(string_column(&native, "device_id"), devices);
+    }
+
+    #[test]
+    fn bytewise_agrees_with_slice_order() {
+        let words: Vec<&[u8]> = vec![
+            b"", b"a", b"ab", b"abcdefgh", b"abcdefgh\0", b"abcdefghi", b"abcdefgg", b"abcdefghabcdefgh",
+            b"abcdefghabcdefgi", b"\xff", b"\xffabcdefg", b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c", b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
+        ];
+        for a in &words {
+            for b in &words {
+                assert_eq!(bytewise(a, b), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -159,6 +159,8 @@ impl Spool {
             },
             head: head_rx,
             shared: shared.clone(),
+            buffers: crate::buffers::BufferPool::new(reader::READ_BUFFERS, segment::MAX_RECORD),
+            bytes_per_row: 1 << 10,
         };
         let spool = Spool {
             tx: arc_swap::ArcSwapOption::from_pointee(tx),
@@ -279,7 +281,7 @@ mod tests {
         // Ship and confirm the first 40 rows only, then "crash".
         let first = reader.read(40, 1 << 20).unwrap();
         assert_eq!(first.rows, 40);
-        reader.confirm(&first).unwrap();
+        reader.confirm(first).unwrap();
         tokio::task::block_in_place(|| spool.close());
         drop(spool);
         let segments_before = segment::list_segments(dir.path()).unwrap().len();
@@ -291,7 +293,9 @@ mod tests {
         assert_eq!(spool.unshipped_bytes(), 20 * segment::framed_len(b"org_t", &[0; 40]) as u64);
         let again = reader.read(1000, 1 << 20).unwrap();
         assert_eq!(again.rows, 80);
-        reader.confirm(&again).unwrap();
+        assert_eq!(reader.buffers.kept(), 0);
+        reader.confirm(again).unwrap();
+        assert!(reader.buffers.kept() > 0, "read buffers are kept for the next read");
         assert_eq!(spool.unshipped_bytes(), 0);
         tokio::task::block_in_place(|| spool.close());
     }

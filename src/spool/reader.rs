@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::checkpoint::write_checkpoint;
 use super::segment::{self, Record};
 use super::{Position, Shared};
+use crate::buffers::BufferPool;
 use crate::metrics as m;
 
 /// Records read for shipping, and where the reader stands after them.
@@ -26,6 +27,8 @@ pub struct ReadBatch {
     pub end: Position,
     /// Framed bytes consumed, damage included.
     consumed: u64,
+    /// The buffers the records were read into, returned to the reader's pool at confirm.
+    buffers: Vec<Bytes>,
 }
 
 impl ReadBatch {
@@ -40,6 +43,7 @@ impl ReadBatch {
         self.bytes += more.bytes;
         self.end = more.end;
         self.consumed += more.consumed;
+        self.buffers.extend(more.buffers);
     }
 }
 
@@ -50,10 +54,19 @@ pub struct SpoolReader {
     pub(super) at: Position,
     pub(super) head: watch::Receiver<Position>,
     pub(super) shared: Arc<Shared>,
+    /// Read buffers kept for reuse (see [`BufferPool`]).
+    pub(super) buffers: BufferPool,
+    /// Spool bytes per row in the last read, to size the next.
+    pub(super) bytes_per_row: u64,
 }
 
-/// Read at most this much of a segment at once.
+/// Read buffers kept: a batch in flight and one being gathered hold theirs until confirmed.
+pub(super) const READ_BUFFERS: usize = 4;
+
+/// Read at most this much of a segment at once (or `max_bytes` when larger)…
 const READ_CHUNK: u64 = 8 << 20;
+/// …and this much more than the rows still wanted should take.
+const READ_SLACK: u64 = 64 << 10;
 
 impl SpoolReader {
     /// Reads what the writer has completed, up to about `max_rows` rows or `max_bytes` bytes.
@@ -76,17 +89,24 @@ impl SpoolReader {
                 break;
             }
             let remaining = end - self.at.offset;
-            let mut want = remaining.min(READ_CHUNK.max(max_bytes as u64));
-            let mut data = read_range(&path, self.at.offset, want)?;
+            // About what the rows still wanted take (from the rows read so far), not all that
+            // `max_bytes` allows: what is read past the block's end is read again next time.
+            let rows_left = max_rows.saturating_sub(batch.rows) as u64;
+            let estimate = self.bytes_per_row.saturating_mul(rows_left) / 8 * 9 + READ_SLACK;
+            let mut want = remaining.min(estimate.min(READ_CHUNK.max(max_bytes as u64)));
+            let mut data = self.read_range(&path, self.at.offset, want)?;
             // A record larger than the chunk: read on until it is whole.
             while want < remaining && segment::scan(&data, 0, false, |_, _| {}).1 == 0 {
                 want = remaining.min(want * 2);
-                data = read_range(&path, self.at.offset, want)?;
+                self.buffers.give(data);
+                data = self.read_range(&path, self.at.offset, want)?;
             }
+            batch.buffers.push(data.clone());
             let complete = sealed && self.at.offset + want == end;
             let mut rows_left = max_rows.saturating_sub(batch.rows);
             let mut taken_end = 0u64;
             let mut stop = false;
+            let rows_before = batch.rows;
             let (stats, pos) = segment::scan(&data, 0, complete, |after, record| {
                 if stop {
                     return;
@@ -105,6 +125,9 @@ impl SpoolReader {
             if stats.damaged_regions > 0 && !stop {
                 metrics::counter!(m::SPOOL_DAMAGED).increment(stats.damaged_regions);
                 tracing::warn!(segment = self.at.seq, bytes = stats.damaged_bytes, "skipped damaged spool records");
+            }
+            if batch.rows > rows_before {
+                self.bytes_per_row = (advance / (batch.rows - rows_before) as u64).max(1);
             }
             self.at.offset += advance;
             batch.consumed += advance;
@@ -143,7 +166,17 @@ impl SpoolReader {
     }
 
     /// ClickHouse has `batch`: move the checkpoint past it and delete finished segments.
-    pub fn confirm(&mut self, batch: &ReadBatch) -> io::Result<()> {
+    pub fn confirm(&mut self, batch: ReadBatch) -> io::Result<()> {
+        let result = self.checkpoint(&batch);
+        let ReadBatch { records, buffers, .. } = batch;
+        drop(records); // what still refers to the buffers
+        for buffer in buffers {
+            self.buffers.give(buffer);
+        }
+        result
+    }
+
+    fn checkpoint(&mut self, batch: &ReadBatch) -> io::Result<()> {
         write_checkpoint(&self.dir, batch.end)?;
         for seq in segment::list_segments(&self.dir)? {
             if seq < batch.end.seq {
@@ -165,10 +198,12 @@ fn file_len(path: &Path) -> io::Result<u64> {
     }
 }
 
-fn read_range(path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut data = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut data)?;
-    Ok(Bytes::from(data))
+impl SpoolReader {
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut data = self.buffers.take(len as usize);
+        f.take(len).read_to_end(&mut data)?;
+        Ok(Bytes::from(data))
+    }
 }

@@ -3,7 +3,7 @@
 //! shipping), and everything after the checkpoint counted as unshipped.
 
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -27,6 +27,8 @@ pub struct Recovery {
 pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared) -> io::Result<(Recovery, Vec<u64>)> {
     let mut recovery = Recovery::default();
     let seqs = segment::list_segments(dir)?;
+    // One buffer for every segment: each would otherwise be faulted in and zeroed afresh.
+    let buffers = crate::buffers::BufferPool::new(1, segment::MAX_RECORD.max(1 << 30));
     for &seq in &seqs {
         let path = segment::segment_path(dir, seq);
         if checkpoint.is_some_and(|c| seq < c.seq) {
@@ -35,8 +37,14 @@ pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared)
         }
         recovery.segments += 1;
         let start = checkpoint.filter(|c| c.seq == seq).map_or(0, |c| c.offset);
-        let data = segment::read_all(&path)?;
+        let mut file = fs::File::open(&path)?;
+        // Sized up front: growing by doubling would copy the segment over and over.
+        let mut buffer = buffers.take(file.metadata()?.len() as usize);
+        file.read_to_end(&mut buffer)?;
+        let data = bytes::Bytes::from(buffer);
         let (stats, _) = segment::scan(&data, (start as usize).min(data.len()), true, |_, _| {});
+        let len = data.len() as u64;
+        buffers.give(data);
         recovery.replay_records += stats.records;
         recovery.replay_rows += stats.rows;
         recovery.damaged_regions += stats.damaged_regions;
@@ -44,7 +52,7 @@ pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared)
         // Bytes after the last valid record hold no record at all (the scan resyncs past
         // damage): a write cut short. Cut them so the file ends clean.
         let clean_end = stats.valid_end.max(start);
-        let tail = data.len() as u64 - clean_end;
+        let tail = len - clean_end;
         if tail > 0 {
             OpenOptions::new().write(true).open(&path)?.set_len(clean_end)?;
             recovery.truncated_bytes += tail;

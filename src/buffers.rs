@@ -1,0 +1,94 @@
+//! Large buffers kept for reuse between blocks.
+//!
+//! The shipper reads tens of megabytes from the spool and encodes as much for
+//! ClickHouse per block. Allocated fresh each time, every page of those buffers
+//! is faulted in and zeroed by the kernel again: a third of the edge's CPU while
+//! draining a full spool (`perf record`, `clear_page_erms`). A pool keeps a few
+//! of them; a buffer comes back once nothing refers to it any more.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers kept at most, and the largest capacity kept: the pool's memory is bounded by
+    /// their product whatever the traffic.
+    max_buffers: usize,
+    max_capacity: usize,
+}
+
+impl BufferPool {
+    pub fn new(max_buffers: usize, max_capacity: usize) -> Self {
+        BufferPool { free: Mutex::new(Vec::new()), max_buffers, max_capacity }
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes; a kept one when there is one.
+    pub fn take(&self, capacity: usize) -> Vec<u8> {
+        let kept = self.free.lock().expect("buffer pool lock").pop();
+        let mut buffer = kept.unwrap_or_default();
+        buffer.reserve(capacity);
+        buffer
+    }
+
+    /// Keeps `bytes`'s allocation for a later [`take`](Self::take) if nothing else refers to
+    /// it (otherwise it is freed when the last reference goes).
+    pub fn give(&self, bytes: Bytes) {
+        let Ok(mut unique) = bytes.try_into_mut() else { return };
+        unique.clear(); // so turning it back into a Vec copies nothing
+        let buffer = Vec::from(unique);
+        self.keep(buffer);
+    }
+
+    /// Keeps a buffer the caller owns.
+    pub fn keep(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > self.max_capacity {
+            return;
+        }
+        buffer.clear();
+        let mut free = self.free.lock().expect("buffer pool lock");
+        if free.len() < self.max_buffers {
+            free.push(buffer);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.free.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_comes_back_only_when_nothing_refers_to_it() {
+        let pool = BufferPool::new(2, 1 << 20);
+        let mut buffer = pool.take(1000);
+        buffer.extend_from_slice(&[7; 1000]);
+        let address = buffer.as_ptr();
+        let bytes = Bytes::from(buffer);
+        let slice = bytes.slice(10..20);
+        pool.give(bytes.clone());
+        assert_eq!(pool.kept(), 0, "a slice still refers to it");
+        drop(slice);
+        pool.give(bytes);
+        assert_eq!(pool.kept(), 1);
+        let again = pool.take(500);
+        assert_eq!(again.as_ptr(), address, "the same allocation, reused");
+        assert!(again.is_empty() && again.capacity() >= 1000);
+    }
+
+    #[test]
+    fn the_pool_is_bounded_in_count_and_size() {
+        let pool = BufferPool::new(2, 4096);
+        for _ in 0..5 {
+            pool.keep(Vec::with_capacity(100));
+        }
+        assert_eq!(pool.kept(), 2);
+        let pool = BufferPool::new(2, 4096);
+        pool.keep(Vec::with_capacity(8192));
+        assert_eq!(pool.kept(), 0, "larger than the pool keeps");
+    }
+}
