@@ -12,7 +12,9 @@
 //! gathered and encoded for the sink on a blocking thread (sorting and
 //! transposing 100k rows takes tens of milliseconds, too long to hold a
 //! runtime worker); the checkpoint moves in spool order, after each send.
-//! Memory holds at most those two blocks, each as read and as encoded.
+//! Memory holds at most those two blocks, each as read and as encoded, plus
+//! the encoder's working memory (about one block) and the few buffers the
+//! spool reader and the sink keep for reuse ([`crate::buffers`]).
 //!
 //! A failed send is retried with capped exponential backoff and the block is
 //! kept (the spool still has it: nothing is dropped). A block the sink calls
