@@ -77,6 +77,23 @@ async fn events_land_under_the_credentials_organisation() {
 }
 
 #[tokio::test]
+async fn uncompressed_inserts_land_alike() {
+    // EDGE_CLICKHOUSE_COMPRESSION=none: the same sorted Native blocks, without LZ4 framing.
+    let options = Options { vars: vec![("EDGE_CLICKHOUSE_COMPRESSION", "none".into())], ..Default::default() };
+    let Some(h) = Harness::start(options).await else {
+        return;
+    };
+    let events: Vec<Value> = (0..50).rev().map(|i| event(&format!("dev-{i:02}"))).collect();
+    let (status, b) =
+        body(h.post("/v1/events/batch", &h.acme.key).json(&json!({ "events": events })).send().await.unwrap()).await;
+    assert_eq!((status, b["accepted"].as_u64()), (202, Some(50)), "{b}");
+    let ch = h.stop().await.unwrap();
+    assert_eq!(ch.count("organization_id = 'org_acme' AND app_id = 'app_acme'").await, 50);
+    assert_eq!(ch.query("SELECT min(device_id), max(device_id) FROM events").await.trim(), "dev-00\tdev-49");
+    ch.drop().await;
+}
+
+#[tokio::test]
 async fn batches_report_per_event_results() {
     let Some(h) = Harness::start(Options::default()).await else {
         return;

@@ -256,6 +256,17 @@ mod tests {
     }
 
     #[test]
+    fn clickhouse_compression() {
+        let url = ("CLICKHOUSE_URL", "http://127.0.0.1:8123");
+        let c = Config::from_vars(&vars(&[url])).unwrap();
+        assert!(c.clickhouse.unwrap().compress, "LZ4 unless told otherwise");
+        let c = Config::from_vars(&vars(&[url, ("EDGE_CLICKHOUSE_COMPRESSION", "none")])).unwrap();
+        assert!(!c.clickhouse.unwrap().compress);
+        let errors = Config::from_vars(&vars(&[url, ("EDGE_CLICKHOUSE_COMPRESSION", "gzip")])).unwrap_err();
+        assert_eq!(errors[0].name, "EDGE_CLICKHOUSE_COMPRESSION");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));

@@ -50,7 +50,7 @@ impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig, data_dir: PathBuf) -> Self {
         let base = client(config);
         ClickHouseSink {
-            insert_client: base.clone().with_compression(Compression::Lz4),
+            insert_client: base.clone().with_compression(if config.compress { Compression::Lz4 } else { Compression::None }),
             // 18.16 answers compressed responses wrongly: queries go uncompressed.
             query_client: base.with_compression(Compression::None),
             sql: [RowFormat::V1, RowFormat::V2].map(|f| format!("INSERT INTO events ({}) FORMAT Native", f.columns())),

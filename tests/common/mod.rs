@@ -171,7 +171,13 @@ pub struct ClickHouse {
 impl ClickHouse {
     pub async fn fresh(url: &str) -> ClickHouse {
         let database = format!("edge_test_{}", uuid::Uuid::now_v7().simple());
-        let config = ClickHouseConfig { url: url.into(), database: database.clone(), user: None, password: None };
+        let config = ClickHouseConfig {
+            url: url.into(),
+            database: database.clone(),
+            user: None,
+            password: None,
+            compress: true,
+        };
         edge::migrate::run_clickhouse(&config, |_| {}).await.expect("migrations apply");
         ClickHouse { url: url.into(), database, http: reqwest::Client::new() }
     }
