@@ -141,12 +141,21 @@ impl SpoolReader {
 
     /// Waits until the writer has more than the reader has read, or `timeout` passes;
     /// says whether there is more.
+    ///
+    /// Only the timeout (or the writer closing) ends the wait without data: the writer also
+    /// republishes its head with nothing new, and taking that for a quiet spool made the
+    /// shipper flush its tail tens of times a second under steady load.
     pub async fn wait_for_data(&mut self, timeout: Duration) -> bool {
-        if *self.head.borrow() > self.at {
-            return true;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *self.head.borrow_and_update() > self.at {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.head.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return *self.head.borrow() > self.at,
+            }
         }
-        let _ = tokio::time::timeout(timeout, self.head.changed()).await;
-        *self.head.borrow() > self.at
     }
 
     /// Has the writer stopped (the spool closed)? Nothing more will be written then.
