@@ -1,9 +1,10 @@
 //! The ClickHouse sink: one `INSERT INTO events (…) FORMAT Native` per block.
 //!
-//! Rows arrive already encoded as RowBinary; a send transposes them into one
-//! columnar Native block ([`super::native`], cheaper for ClickHouse to parse),
-//! LZ4-frames it (the crate's `decompress=1` path, which 18.16 understands)
-//! and POSTs it. The crate's
+//! Rows arrive already encoded as RowBinary; [`ClickHouseSink::encode`] sorts
+//! and transposes them into one columnar Native block ([`super::native`],
+//! cheaper for ClickHouse to parse, and already in key order), ahead of the
+//! send; the send LZ4-frames it (the crate's `decompress=1` path, which 18.16
+//! understands; `EDGE_CLICKHOUSE_COMPRESSION=none` skips it) and POSTs it. The crate's
 //! schema validation is off: it needs `RowBinaryWithNamesAndTypes`, which
 //! Debian's 18.16 lacks, and no setting is sent that an old server would
 //! refuse (an unknown setting is a hard error there).

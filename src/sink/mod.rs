@@ -1,6 +1,6 @@
 //! Sinks: where batched blocks of RowBinary rows go.
 //!
-//! - [`clickhouse::ClickHouseSink`]: `INSERT … FORMAT RowBinary`, LZ4, a retry table.
+//! - [`clickhouse::ClickHouseSink`]: `INSERT … FORMAT Native` (sorted blocks), LZ4, a retry table.
 //! - [`local::LocalSink`]: `--dev` without ClickHouse: bounded files under `./data/`.
 //! - `MemorySink`: tests only (the `test-sink` feature).
 //!

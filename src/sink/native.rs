@@ -8,6 +8,7 @@
 //! 1.00–1.05 s (README, "Measuring"). The transposition is a copy per field.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes};
 
@@ -156,8 +157,12 @@ impl NativeEncoder {
         if chunks.iter().any(|c| c.len() > u32::MAX as usize) || rows > u32::MAX as usize {
             return Err(Malformed);
         }
-        // Organisations in first-seen order; a block holds few, in runs (the shipper groups them).
+        // Organisations in first-seen order, found by name when the organisation changes from
+        // one row to the next (in runs as the shipper groups them; a map keeps a block of many
+        // interleaved organisations linear).
         let mut orgs: Vec<&[u8]> = Vec::new();
+        let mut index_of: HashMap<&[u8], usize, ahash::RandomState> = HashMap::default();
+        let mut previous: Option<(&[u8], usize)> = None;
         for (chunk, &bytes) in chunks.iter().enumerate() {
             let mut at = 0;
             while at < bytes.len() {
@@ -181,16 +186,14 @@ impl NativeEncoder {
                     return Err(Malformed);
                 }
                 let org = slice(bytes, org);
-                let seen = match orgs.last() {
-                    Some(last) if bytewise(last, org).is_eq() => orgs.len() - 1,
-                    _ => match orgs.iter().rposition(|o| *o == org) {
-                        Some(i) => i,
-                        None => {
-                            orgs.push(org);
-                            orgs.len() - 1
-                        }
-                    },
+                let seen = match previous {
+                    Some((name, i)) if bytewise(name, org).is_eq() => i,
+                    _ => *index_of.entry(org).or_insert_with(|| {
+                        orgs.push(org);
+                        orgs.len() - 1
+                    }),
                 };
+                previous = Some((org, seen));
                 let device_bytes = slice(bytes, device);
                 let mut prefix = [0u8; 16];
                 let take = device_bytes.len().min(DEVICE_PREFIX);

@@ -28,7 +28,8 @@ pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared)
     let mut recovery = Recovery::default();
     let seqs = segment::list_segments(dir)?;
     // One buffer for every segment: each would otherwise be faulted in and zeroed afresh.
-    let buffers = crate::buffers::BufferPool::new(1, segment::MAX_RECORD.max(1 << 30));
+    // It holds one segment at most and goes when recovery ends.
+    let buffers = crate::buffers::BufferPool::new(1, usize::MAX);
     for &seq in &seqs {
         let path = segment::segment_path(dir, seq);
         if checkpoint.is_some_and(|c| seq < c.seq) {
