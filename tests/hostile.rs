@@ -375,6 +375,105 @@ fn silent_sockets_are_cut_and_never_lock_clients_out() {
     assert_eq!(dev.log_contains("accept failed"), 0);
 }
 
+/// Closed by the server: `read` sees the end (or a reset) rather than timing out.
+fn wait_for_close(mut s: TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("still open after {:?}: {e}", started.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn slow_heads_and_idle_keep_alive_are_cut_but_busy_connections_are_not() {
+    let dev = Dev::start(&[("EDGE_HEADER_TIMEOUT", "2s")]);
+    let request = post("/v1/events", dev.keys[3].expose(), "", r#"{"event_type":"s","event_name":"n","device_id":"d"}"#);
+    std::thread::scope(|scope| {
+        // A head at a byte every 100 ms: progress, but never a complete head.
+        let slow = scope.spawn(|| {
+            let mut s = dev.connect();
+            let started = Instant::now();
+            let head = b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\nX-Padding: ";
+            s.write_all(head).unwrap();
+            let writer = s.try_clone().unwrap();
+            let dripping = std::thread::spawn(move || {
+                let mut writer = writer;
+                while writer.write_all(b"a").is_ok() && started.elapsed() < Duration::from_secs(8) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            let closed_after = wait_for_close(s, Duration::from_secs(8));
+            dripping.join().unwrap();
+            closed_after
+        });
+        // One answer, then silence on the kept-alive connection.
+        let idle = scope.spawn(|| {
+            let mut s = dev.connect();
+            assert_eq!(exchange(&mut s, &request).0, 202);
+            wait_for_close(s, Duration::from_secs(8))
+        });
+        // A request every 300 ms for 5 s: never waits 2 s for a head, so never cut.
+        let busy = scope.spawn(|| {
+            let mut s = dev.connect();
+            let started = Instant::now();
+            let mut answered = 0;
+            while started.elapsed() < Duration::from_secs(5) {
+                assert_eq!(exchange(&mut s, &request).0, 202, "answer {answered} on a busy connection");
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            answered
+        });
+        let (slow, idle, busy) = (slow.join().unwrap(), idle.join().unwrap(), busy.join().unwrap());
+        println!("slow head cut after {slow:?}, idle keep-alive after {idle:?}; {busy} answers on the busy one");
+        assert!(slow >= Duration::from_millis(1900) && slow < Duration::from_secs(4), "slow head cut after {slow:?}");
+        assert!(idle >= Duration::from_millis(1900) && idle < Duration::from_secs(4), "idle cut after {idle:?}");
+        assert!(busy >= 10, "{busy} answers");
+    });
+}
+
+#[test]
+fn h2_connections_close_when_idle_but_not_while_a_stream_is_open() {
+    let dev = Dev::start(&[("EDGE_IDLE_TIMEOUT", "2s")]);
+    let key = dev.keys[3].expose().to_string();
+    let body = r#"{"event_type":"s","event_name":"n","device_id":"d"}"#;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&dev.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::post(format!("http://{}/v1/events", dev.addr))
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .header("content-length", body.len().to_string())
+            .body(())
+            .unwrap();
+        // One stream whose body trickles in over 3.5 s, past the idle timeout: still answered.
+        let (response, mut send) = client.send_request(req, false).unwrap();
+        let started = Instant::now();
+        for (i, byte) in body.as_bytes().chunks(8).enumerate() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            send.send_data(bytes::Bytes::copy_from_slice(byte), (i + 1) * 8 >= body.len()).unwrap();
+        }
+        let response = response.await.expect("the open stream is answered");
+        assert_eq!(response.status(), 202, "after {:?}", started.elapsed());
+        assert!(started.elapsed() > Duration::from_secs(3));
+        // Then nothing: the server closes the connection after the idle timeout (plus its grace).
+        let idle = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), conn).await.expect("closed when idle").unwrap().ok();
+        let closed = idle.elapsed();
+        println!("h2: a 3.5 s stream answered; idle connection closed after {closed:?}");
+        assert!(closed >= Duration::from_millis(1900), "closed after {closed:?}");
+    });
+}
+
 #[test]
 fn out_of_descriptors_the_caps_shrink_and_refusals_are_immediate() {
     raise_open_file_limit();

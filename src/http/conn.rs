@@ -9,7 +9,7 @@
 //! | over the connection cap | refused at once (a 503, then close), never parked in the backlog |
 //! | accept fails for lack of file descriptors | a spare descriptor refuses the pending client; back-off; one log line per interval |
 //! | first bytes, protocol detection | `detect_timeout` |
-//! | HTTP/1 headers (and keep-alive idle) | `header_timeout`; total size `max_header_bytes` |
+//! | HTTP/1 headers (and keep-alive idle): from an answer to the next complete head | `header_timeout`; total size `max_header_bytes` |
 //! | body | `body_timeout` (in [`super::body`]) |
 //! | HTTP/2 with no open stream | `idle_timeout`, plus PING keep-alive for dead peers |
 //! | HTTP/2 streams | `h2_max_streams` per connection; header list `max_header_bytes` |
@@ -41,10 +41,32 @@ use crate::config::ConnConfig;
 /// Who a request came from, handed to the handler with each request (see
 /// [`super::client_ip`]): the TCP peer and, when that peer is a trusted proxy speaking the
 /// PROXY protocol, the client address it reported.
-#[derive(Debug, Clone, Copy)]
+///
+/// It also ends the request for the connection's timers: dropped with the handler's future
+/// (answered, or abandoned), it starts an HTTP/1 connection's wait for its next head, or ends
+/// an HTTP/2 stream for the idle check. A handler keeps it until it is done, as every handler
+/// does by taking it by value. (Not a wrapper future: that would move the handler's future,
+/// kilobytes, once more per request.)
+#[derive(Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub proxied: Option<IpAddr>,
+    _done: RequestDone,
+}
+
+#[derive(Debug)]
+enum RequestDone {
+    Http1(Arc<HeadWait>),
+    /// Held only to be dropped.
+    Http2(#[allow(dead_code)] StreamGuard),
+}
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        if let RequestDone::Http1(wait) = self {
+            wait.waiting();
+        }
+    }
 }
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -261,32 +283,34 @@ impl Connection {
             protocol == Protocol::Http1,
             self.slot,
         ));
-        let peer = Peer { addr: self.peer, proxied };
+        let addr = self.peer;
         let c = &self.config;
         match protocol {
             Protocol::Http1 => {
-                let service = service_fn(move |req: Request<Incoming>| handler(req, peer));
+                let waiting = Arc::new(HeadWait::new());
+                let marks = waiting.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    marks.busy();
+                    handler(req, Peer { addr, proxied, _done: RequestDone::Http1(marks.clone()) })
+                });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(c.header_timeout)
+                    // `HeadWait` bounds the wait for a head, once per connection: hyper's own
+                    // timer boxes and registers a fresh `Sleep` for every request.
+                    .header_read_timeout(None)
                     .keep_alive(true)
                     // A client that shuts its side after sending still gets its answer.
                     .half_close(true)
                     .max_buf_size(c.max_header_bytes);
-                drive(builder.serve_connection(io, service), self.shutdown, None).await;
+                let expiry = async move { waiting.expired(c.header_timeout).await };
+                drive(builder.serve_connection(io, service), self.shutdown, expiry, Duration::ZERO).await;
             }
             Protocol::Http2 => {
                 let activity = Arc::new(Activity::new());
                 let streams = activity.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let open = streams.open();
-                    let response = handler(req, peer);
-                    async move {
-                        let r = response.await;
-                        drop(open);
-                        r
-                    }
+                    handler(req, Peer { addr, proxied, _done: RequestDone::Http2(streams.open()) })
                 });
                 let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 builder
@@ -296,8 +320,8 @@ impl Connection {
                     .max_pending_accept_reset_streams(Some(c.h2_max_streams as usize * 2))
                     .keep_alive_interval(c.idle_timeout / 2)
                     .keep_alive_timeout(c.write_timeout.min(c.idle_timeout));
-                let idle = (activity, c.idle_timeout);
-                drive(builder.serve_connection(io, service), self.shutdown, Some(idle)).await;
+                let expiry = async move { activity.idle_for(c.idle_timeout).await };
+                drive(builder.serve_connection(io, service), self.shutdown, expiry, CLOSE_GRACE).await;
             }
         }
     }
@@ -322,32 +346,73 @@ async fn detect(stream: &TcpStream) -> io::Result<Protocol> {
     }
 }
 
-/// Runs a connection until it ends, closing it gracefully on shutdown or (HTTP/2) when idle.
-async fn drive<C>(conn: C, shutdown: CancellationToken, idle: Option<(Arc<Activity>, Duration)>)
+/// Runs a connection until it ends, closing it gracefully on shutdown, or when `expiry`
+/// resolves (a slow or idle client), giving it `grace` to finish.
+async fn drive<C, E>(conn: C, shutdown: CancellationToken, expiry: E, grace: Duration)
 where
     C: GracefulConnection,
+    E: Future<Output = ()>,
 {
     let mut conn = std::pin::pin!(conn);
-    let idle_check = async {
-        match &idle {
-            Some((activity, limit)) => activity.idle_for(*limit).await,
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
-        _ = idle_check => {
+        _ = expiry => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+            let _ = tokio::time::timeout(grace, conn).await;
+        }
+    }
+}
+
+/// An HTTP/1 connection's wait for request heads, keep-alive idle included: from the end of
+/// one answer (or the start) to the next complete head. One timer per connection, re-armed
+/// only when it fires, where hyper's `header_read_timeout` arms one per request.
+#[derive(Debug)]
+struct HeadWait {
+    started: Instant,
+    /// Milliseconds after `started` since which the connection has waited for a head, or
+    /// [`HeadWait::BUSY`] while a request is being handled (its body has its own timer).
+    since_ms: AtomicU64,
+}
+
+impl HeadWait {
+    const BUSY: u64 = u64::MAX;
+
+    fn new() -> Self {
+        HeadWait { started: Instant::now(), since_ms: AtomicU64::new(0) }
+    }
+
+    fn busy(&self) {
+        self.since_ms.store(Self::BUSY, Ordering::Relaxed);
+    }
+
+    fn waiting(&self) {
+        self.since_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has waited `limit` for a head.
+    async fn expired(&self, limit: Duration) {
+        loop {
+            let since = self.since_ms.load(Ordering::Relaxed);
+            let wait = if since == Self::BUSY {
+                limit
+            } else {
+                let waited = self.started.elapsed().saturating_sub(Duration::from_millis(since));
+                if waited >= limit {
+                    return;
+                }
+                limit - waited
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
 /// Open streams of an HTTP/2 connection and when the last one ended.
+#[derive(Debug)]
 struct Activity {
     open: AtomicUsize,
     started: Instant,
@@ -355,6 +420,7 @@ struct Activity {
     last_end_ms: AtomicU64,
 }
 
+#[derive(Debug)]
 struct StreamGuard(Arc<Activity>);
 
 impl Drop for StreamGuard {

@@ -125,29 +125,42 @@ impl DataRouter {
                     Caller::Tenant(p) => Some(p),
                     _ => None,
                 };
-                let (parts, mut body) = req.into_parts();
-                let meta = crate::http::request_meta(
-                    &parts.uri,
-                    parts.version,
-                    &parts.headers,
-                    peer,
-                    &self.trusted_proxies,
-                    route.label,
-                );
-                let check = crate::vendor::KeyCheck { auth: &self.auth, registry: &self.registry, meta };
-                let result = crate::vendor::handle(&self.ingest, vendor, principal, check, &parts, &mut body).await;
-                if result.is_err() {
-                    crate::http::body::drain_unread(parts.version, body, &self.conn).await;
-                }
-                result
+                Box::pin(self.vendor(route, vendor, principal, req, peer)).await
             }
             (Handler::Control(endpoint), caller) => {
                 let client = crate::http::client_ip(req.headers(), peer, &self.trusted_proxies);
                 let origin = Origin { caller, client };
-                Ok(crate::control::handle(&self.control, endpoint, origin, req, params).await?)
+                // Boxed, as the vendor formats are: inline, the largest handler's future sizes
+                // every request's (~9 KB for the control plane), and hyper moves it per request.
+                Ok(Box::pin(crate::control::handle(&self.control, endpoint, origin, req, params)).await?)
             }
             _ => self.answer_early(req, Err(RouteError::NotFound.into())).await,
         }
+    }
+
+    async fn vendor(
+        &self,
+        route: &'static Route,
+        vendor: crate::vendor::Vendor,
+        principal: Option<crate::auth::Principal>,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, mut body) = req.into_parts();
+        let meta = crate::http::request_meta(
+            &parts.uri,
+            parts.version,
+            &parts.headers,
+            peer,
+            &self.trusted_proxies,
+            route.label,
+        );
+        let check = crate::vendor::KeyCheck { auth: &self.auth, registry: &self.registry, meta };
+        let result = crate::vendor::handle(&self.ingest, vendor, principal, check, &parts, &mut body).await;
+        if result.is_err() {
+            crate::http::body::drain_unread(parts.version, body, &self.conn).await;
+        }
+        result
     }
 
     /// Authenticates the caller as the route requires and checks its permission.
