@@ -158,32 +158,43 @@ impl Shipper {
         prepared.await.expect("encoding blocks does not panic")
     }
 
-    /// Reads records until the block is full, `interval` passes while data keeps coming, the
+    /// Reads records until the block is full, `interval` passes while data keeps arriving, the
     /// spool is drained and quiet (see the module docs), or (stopping) the spool is drained.
+    ///
+    /// A wake-up per group commit only checks how much is unread: the spool is read when that
+    /// fills the block or the block is about to ship, once per block rather than once per
+    /// group (each read opens, seeks and reads the segment, and allocates).
     async fn gather(&mut self, stopping: bool, last_send: Option<Instant>) -> std::io::Result<ReadBatch> {
         let started = Instant::now();
         let BatchConfig { max_rows, max_bytes, interval, idle, min_spacing } = self.config;
-        // Reads hit the page cache (the writer just wrote these bytes) and are bounded in size,
-        // so they run inline rather than hopping to the blocking pool.
-        let mut batch = self.reader.read(max_rows, max_bytes)?;
-        while batch.rows < max_rows && batch.bytes < max_bytes {
+        let mut batch = self.reader.empty_batch();
+        loop {
+            let (rows, bytes) = (max_rows - batch.rows, max_bytes - batch.bytes);
             // Closing ends the wait for more: what the writer had is all there is.
-            if (stopping || self.reader.writer_closed()) && self.reader.caught_up() {
-                break;
-            }
-            let Some(left) = interval.checked_sub(started.elapsed()) else { break };
-            if batch.records.is_empty() {
-                self.reader.wait_for_data(left).await;
-            } else {
-                let spaced = last_send.map_or(Duration::ZERO, |t| min_spacing.saturating_sub(t.elapsed()));
-                if !self.reader.wait_for_data(idle.max(spaced).min(left)).await {
-                    break; // drained and quiet: the tail ships now
+            let closing = stopping || self.reader.writer_closed();
+            let left = interval.checked_sub(started.elapsed());
+            // Reads hit the page cache (the writer just wrote these bytes) and are bounded in
+            // size, so they run inline rather than hopping to the blocking pool.
+            if self.reader.unread_fills(rows, bytes) || closing || left.is_none() {
+                batch.extend(self.reader.read(rows, bytes)?);
+                let full = batch.rows >= max_rows || batch.bytes >= max_bytes;
+                if full || left.is_none() || (closing && self.reader.caught_up()) {
+                    return Ok(batch);
                 }
             }
-            let more = self.reader.read(max_rows - batch.rows, max_bytes - batch.bytes)?;
-            batch.extend(more);
+            let left = left.unwrap_or_default();
+            let pending = !batch.records.is_empty() || !self.reader.caught_up();
+            if !pending {
+                self.reader.wait_for_data(left).await;
+                continue;
+            }
+            let spaced = last_send.map_or(Duration::ZERO, |t| min_spacing.saturating_sub(t.elapsed()));
+            if !self.reader.wait_for_data(idle.max(spaced).min(left)).await {
+                // Drained and quiet: the tail ships now.
+                batch.extend(self.reader.read(max_rows - batch.rows, max_bytes - batch.bytes)?);
+                return Ok(batch);
+            }
         }
-        Ok(batch)
     }
 
     /// The age of the oldest record read and not yet confirmed (in `oldest`, the batch in
@@ -447,6 +458,31 @@ mod tests {
         let bound = (elapsed.as_millis() / spacing.as_millis()) as usize + 2;
         assert!(inserts <= bound, "{inserts} inserts for {sent} records in {elapsed:?}, bound {bound}");
         assert!(inserts >= 2, "the tail shipped before the 30 s interval ({inserts} inserts)");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spool_is_read_once_per_block_not_once_per_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, reader, _) = Spool::open(&SpoolConfig { segment_bytes: 1 << 20, ..config(dir.path()) }).unwrap();
+        let sink = Arc::new(Sink::Memory(MemorySink::default()));
+        let config = BatchConfig {
+            max_rows: 100,
+            interval: Duration::from_secs(30),
+            idle: Duration::from_millis(500),
+            min_spacing: Duration::ZERO,
+            ..batch_config()
+        };
+        let interval = config.interval;
+        let task = tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(interval));
+        // Each append waits for its own sync: 1000 group commits, each waking the shipper.
+        for _ in 0..1000 {
+            spool.append(block("a", 1)).await.unwrap();
+        }
+        tokio::task::block_in_place(|| spool.close());
+        task.await.unwrap();
+        assert_eq!(sink.memory_rows(), 1000);
+        let reads = spool.file_reads();
+        assert!(reads <= 1000 / 100 + 10, "{reads} segment reads for 10 blocks of 1000 group commits");
     }
 
     #[test]

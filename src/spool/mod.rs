@@ -88,6 +88,22 @@ struct Shared {
     queued_bytes: AtomicU64,
     /// `fdatasync` calls of the writer (tests read it; the metric is a histogram).
     syncs: AtomicU64,
+    /// Reads of segment files by the reader (tests read it).
+    file_reads: AtomicU64,
+    gauges: Gauges,
+}
+
+/// Handles looked up once, at open: `gauge!` looks its series up on every call, which the
+/// writer would do once per group.
+struct Gauges {
+    bytes: metrics::Gauge,
+    events: metrics::Gauge,
+}
+
+impl Default for Gauges {
+    fn default() -> Self {
+        Gauges { bytes: metrics::gauge!(m::SPOOL_BYTES), events: metrics::gauge!(m::SPOOL_EVENTS) }
+    }
 }
 
 impl Shared {
@@ -95,9 +111,9 @@ impl Shared {
         self.written_bytes.load(Ordering::Acquire).saturating_sub(self.shipped_bytes.load(Ordering::Acquire))
     }
     fn publish(&self) {
-        metrics::gauge!(m::SPOOL_BYTES).set(self.unshipped_bytes() as f64);
+        self.gauges.bytes.set(self.unshipped_bytes() as f64);
         let rows = self.written_rows.load(Ordering::Acquire).saturating_sub(self.shipped_rows.load(Ordering::Acquire));
-        metrics::gauge!(m::SPOOL_EVENTS).set(rows as f64);
+        self.gauges.events.set(rows as f64);
     }
 }
 
@@ -113,6 +129,11 @@ pub struct Spool {
 }
 
 impl Spool {
+    #[cfg(test)]
+    pub(crate) fn file_reads(&self) -> u64 {
+        self.shared.file_reads.load(Ordering::Acquire)
+    }
+
     /// Recovers `config.dir`, starts the writer on a fresh segment, and returns the
     /// handle for requests plus the reader for the shipper.
     pub fn open(config: &SpoolConfig) -> io::Result<(Spool, SpoolReader, Recovery)> {
@@ -150,17 +171,20 @@ impl Spool {
             let writer = Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every };
             std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
+        let at = match (checkpoint, first) {
+            (Some(c), Some(f)) if f == c.seq => c,
+            (_, Some(f)) => Position { seq: f, offset: 0 },
+            (_, None) => head,
+        };
         let reader = SpoolReader {
             dir: config.dir.clone(),
-            at: match (checkpoint, first) {
-                (Some(c), Some(f)) if f == c.seq => c,
-                (_, Some(f)) => Position { seq: f, offset: 0 },
-                (_, None) => head,
-            },
+            at,
             head: head_rx,
             shared: shared.clone(),
             buffers: crate::buffers::BufferPool::new(reader::READ_BUFFERS, segment::MAX_RECORD),
             bytes_per_row: 1 << 10,
+            seen: at,
+            read_bytes: 0,
         };
         let spool = Spool {
             tx: arc_swap::ArcSwapOption::from_pointee(tx),

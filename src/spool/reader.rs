@@ -58,6 +58,10 @@ pub struct SpoolReader {
     pub(super) buffers: BufferPool,
     /// Spool bytes per row in the last read, to size the next.
     pub(super) bytes_per_row: u64,
+    /// The writer's head as last seen by [`SpoolReader::wait_for_data`] or a read.
+    pub(super) seen: Position,
+    /// Framed bytes read since open (damage included), against `Shared::written_bytes`.
+    pub(super) read_bytes: u64,
 }
 
 /// Read buffers kept: a batch in flight and one being gathered hold theirs until confirmed.
@@ -69,6 +73,19 @@ const READ_CHUNK: u64 = 8 << 20;
 const READ_SLACK: u64 = 64 << 10;
 
 impl SpoolReader {
+    /// A batch with nothing in it yet, ending where the reader stands.
+    pub fn empty_batch(&self) -> ReadBatch {
+        ReadBatch { end: self.at, ..Default::default() }
+    }
+
+    /// Would the bytes written and not yet read fill `rows` rows (at the bytes per row of the
+    /// last read) or `bytes` bytes? Lets the shipper read once per block instead of once per
+    /// group commit.
+    pub fn unread_fills(&self, rows: usize, bytes: usize) -> bool {
+        let unread = self.shared.written_bytes.load(Ordering::Acquire).saturating_sub(self.read_bytes);
+        unread >= bytes as u64 || unread >= self.bytes_per_row.saturating_mul(rows as u64)
+    }
+
     /// Reads what the writer has completed, up to about `max_rows` rows or `max_bytes` bytes.
     pub fn read(&mut self, max_rows: usize, max_bytes: usize) -> io::Result<ReadBatch> {
         let mut batch = ReadBatch { end: self.at, ..Default::default() };
@@ -130,17 +147,19 @@ impl SpoolReader {
                 self.bytes_per_row = (advance / (batch.rows - rows_before) as u64).max(1);
             }
             self.at.offset += advance;
+            self.read_bytes += advance;
             batch.consumed += advance;
             batch.end = self.at;
             if advance == 0 {
                 break; // a record still being written
             }
         }
+        self.seen = self.seen.max(self.at);
         Ok(batch)
     }
 
-    /// Waits until the writer has more than the reader has read, or `timeout` passes;
-    /// says whether there is more.
+    /// Waits until the writer has written more than was seen (by the last wait or read), or
+    /// `timeout` passes; says whether there is more.
     ///
     /// Only the timeout (or the writer closing) ends the wait without data: the writer also
     /// republishes its head with nothing new, and taking that for a quiet spool made the
@@ -148,12 +167,14 @@ impl SpoolReader {
     pub async fn wait_for_data(&mut self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if *self.head.borrow_and_update() > self.at {
+            let head = *self.head.borrow_and_update();
+            if head > self.seen {
+                self.seen = head;
                 return true;
             }
             match tokio::time::timeout_at(deadline, self.head.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return *self.head.borrow() > self.at,
+                _ => return false,
             }
         }
     }
@@ -209,6 +230,7 @@ fn file_len(path: &Path) -> io::Result<u64> {
 
 impl SpoolReader {
     fn read_range(&self, path: &Path, offset: u64, len: u64) -> io::Result<Bytes> {
+        self.shared.file_reads.fetch_add(1, Ordering::Relaxed);
         let mut f = File::open(path)?;
         f.seek(SeekFrom::Start(offset))?;
         let mut data = self.buffers.take(len as usize);

@@ -57,6 +57,9 @@ pub(super) fn run(writer: Writer) {
     let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, fanout, sync_every } = writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
+    let groups = metrics::histogram!(m::SPOOL_GROUP);
+    let syncs = metrics::histogram!(m::SPOOL_FSYNC);
+    let sync_timed = |file: &File| sync_timed(file, &shared, &syncs);
     // Memory acks: when the oldest write not yet synced happened.
     let mut unsynced_since: Option<Instant> = None;
     loop {
@@ -73,7 +76,7 @@ pub(super) fn run(writer: Writer) {
         };
         let Some(first) = next else {
             // Idle with unsynced data: its window is up (a failure is retried one window later).
-            unsynced_since = sync_timed(&file, &shared).is_err().then(Instant::now);
+            unsynced_since = sync_timed(&file).is_err().then(Instant::now);
             continue;
         };
         buf.clear();
@@ -104,11 +107,11 @@ pub(super) fn run(writer: Writer) {
             }
             file.write_all(&buf)?;
             match sync_every {
-                None => sync_timed(&file, &shared)?,
+                None => sync_timed(&file)?,
                 Some(every) => {
                     let since = *unsynced_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= every {
-                        sync_timed(&file, &shared)?;
+                        sync_timed(&file)?;
                         unsynced_since = None;
                     }
                 }
@@ -121,7 +124,7 @@ pub(super) fn run(writer: Writer) {
                 head.offset += buf.len() as u64;
                 shared.written_bytes.fetch_add(buf.len() as u64, Ordering::AcqRel);
                 shared.written_rows.fetch_add(rows, Ordering::AcqRel);
-                metrics::histogram!(m::SPOOL_GROUP).record(records as f64);
+                groups.record(records as f64);
                 let _ = head_tx.send(head);
                 shared.publish();
                 Ok(())
@@ -172,11 +175,11 @@ pub(super) async fn fan_out(mut groups: tokio::sync::mpsc::UnboundedReceiver<Ack
 }
 
 /// `fdatasync`, timed into `edge_spool_fsync_duration_seconds`.
-fn sync_timed(file: &File, shared: &Shared) -> io::Result<()> {
+fn sync_timed(file: &File, shared: &Shared, histogram: &metrics::Histogram) -> io::Result<()> {
     let started = Instant::now();
     let result = file.sync_data();
     shared.syncs.fetch_add(1, Ordering::Relaxed);
-    metrics::histogram!(m::SPOOL_FSYNC).record(started.elapsed().as_secs_f64());
+    histogram.record(started.elapsed().as_secs_f64());
     result
 }
 
