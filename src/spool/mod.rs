@@ -38,7 +38,7 @@ use crate::config::AckMode;
 use crate::event::RowBlock;
 use crate::metrics as m;
 use checkpoint::read_checkpoint;
-use writer::{create_segment, Append, Writer};
+use writer::{create_segment, Append, Spare, Writer};
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -168,7 +168,9 @@ impl Spool {
                 }
                 _ => None,
             };
-            let writer = Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every };
+            let spare = Spare::start(&dir, segment_bytes)?;
+            let writer =
+                Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every, spare };
             std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
         let at = match (checkpoint, first) {
@@ -321,6 +323,46 @@ mod tests {
         reader.confirm(again).unwrap();
         assert!(reader.buffers.kept() > 0, "read buffers are kept for the next read");
         assert_eq!(spool.unshipped_bytes(), 0);
+        tokio::task::block_in_place(|| spool.close());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_are_written_over_zero_filled_spares_and_their_zeros_are_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _reader, _) = Spool::open(&config(dir.path(), 1 << 20)).unwrap();
+        let spare = segment::spare_path(dir.path());
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) < 1024 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "no spare segment prepared");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await; // its sync
+        for _ in 0..30 {
+            spool.append(block(4)).await.unwrap();
+        }
+        let seqs = segment::list_segments(dir.path()).unwrap();
+        assert!(seqs.len() > 2, "small segments rotate: {seqs:?}");
+        let (sealed, current) = seqs.split_at(seqs.len() - 1);
+        for &seq in sealed {
+            let data = segment::read_all(&segment::segment_path(dir.path(), seq)).unwrap();
+            let (stats, _) = segment::scan(&data, 0, true, |_, _| {});
+            assert_eq!((stats.damaged_regions, stats.valid_end), (0, data.len() as u64), "segment {seq} ends clean");
+        }
+        // The current segment came from a spare: zeros after its records.
+        let data = segment::read_all(&segment::segment_path(dir.path(), current[0])).unwrap();
+        let (stats, _) = segment::scan(&data, 0, true, |_, _| {});
+        assert_eq!(data.len(), 1024, "written over a zero-filled spare");
+        assert!(stats.valid_end < 1024 && data[stats.valid_end as usize..].iter().all(|&b| b == 0));
+        assert_eq!(stats.damaged_regions, 0, "unwritten zeros are not damage");
+        tokio::task::block_in_place(|| spool.close());
+        drop(spool);
+
+        // What a kill leaves is the same: recovery keeps every record, reports no damage, and
+        // cuts the zeros.
+        let (spool, mut reader, recovery) = Spool::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!((recovery.replay_rows, recovery.damaged_regions), (120, 0));
+        assert_eq!(recovery.truncated_bytes, 1024 - stats.valid_end);
+        assert_eq!(reader.read(1000, 1 << 20).unwrap().rows, 120);
         tokio::task::block_in_place(|| spool.close());
     }
 

@@ -1,6 +1,8 @@
 //! The on-disk format of the spool: segment files of framed records.
 //!
-//! A segment is `<seq:020>.seg`, append-only. A record is one accepted block
+//! A segment is `<seq:020>.seg`, written in order; while it is the current one it
+//! may be zero-filled past what was written (the writer fills segments ahead), so
+//! a tail of zeros is unwritten space, not damage. A record is one accepted block
 //! (one request's rows of one organisation):
 //!
 //! ```text
@@ -113,8 +115,11 @@ pub fn scan(buf: &Bytes, mut pos: usize, complete: bool, mut each: impl FnMut(u6
     }
     if let Some(start) = damaged_since {
         if complete {
-            stats.damaged_bytes += (buf.len() - start) as u64;
-            stats.damaged_regions += 1;
+            // A tail of zeros was never written: segments are zero-filled ahead (see the writer).
+            if buf[start..].iter().any(|&b| b != 0) {
+                stats.damaged_bytes += (buf.len() - start) as u64;
+                stats.damaged_regions += 1;
+            }
             pos = buf.len();
         } else {
             pos = start;
@@ -164,6 +169,11 @@ fn find_magic(buf: &[u8], from: usize) -> Option<usize> {
 
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.seg"))
+}
+
+/// The zero-filled file the next segment is renamed from (not a segment: no `.seg` suffix).
+pub fn spare_path(dir: &Path) -> PathBuf {
+    dir.join("spare.seg.tmp")
 }
 
 /// Segment sequence numbers present in `dir`, ascending.
