@@ -234,14 +234,21 @@ impl Spare {
     }
 }
 
+/// Synced every this many bytes while zero-filling, so the writer's own syncs never queue
+/// behind one flush of a whole segment (and its block allocations in the journal).
+const ZERO_FILL_SYNC_BYTES: u64 = 4 << 20;
+
 fn zero_fill(path: &Path, len: u64) -> io::Result<()> {
     const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let mut file = File::create(path)?;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(ZEROS.len() as u64) as usize;
+    let mut written = 0;
+    while written < len {
+        let n = (len - written).min(ZEROS.len() as u64) as usize;
         file.write_all(&ZEROS[..n])?;
-        left -= n as u64;
+        written += n as u64;
+        if written % ZERO_FILL_SYNC_BYTES == 0 {
+            file.sync_data()?;
+        }
     }
     file.sync_all()
 }
