@@ -184,7 +184,9 @@ impl Spool {
             head: head_rx,
             shared: shared.clone(),
             buffers: crate::buffers::BufferPool::new(reader::READ_BUFFERS, segment::MAX_RECORD),
-            bytes_per_row: 1 << 10,
+            // Low on purpose (no framed row is smaller): until a read measures it, the shipper
+            // reads a little early rather than late.
+            bytes_per_row: 64,
             seen: at,
             read_bytes: 0,
         };
