@@ -138,6 +138,8 @@ impl DataRouter {
         }
     }
 
+    /// The vendor formats (PostHog, Segment): the key may be in the body, so the vendor
+    /// module checks it once the body is read.
     async fn vendor(
         &self,
         route: &'static Route,

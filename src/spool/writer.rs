@@ -225,10 +225,13 @@ impl Spare {
             return create_segment(dir, seq);
         }
         let path = segment::segment_path(dir, seq);
-        std::fs::rename(&self.path, &path)?;
+        let renamed = std::fs::rename(&self.path, &path);
+        // A new spare either way: a failed rename would otherwise leave every later rotation
+        // appending.
+        let _ = self.wanted.try_send(());
+        renamed?;
         // The new name must survive a crash too.
         File::open(dir)?.sync_all()?;
-        let _ = self.wanted.try_send(());
         // Not in append mode: writes go over the zeros from the start.
         OpenOptions::new().write(true).open(path)
     }
@@ -239,7 +242,7 @@ impl Spare {
 const ZERO_FILL_SYNC_BYTES: u64 = 4 << 20;
 
 fn zero_fill(path: &Path, len: u64) -> io::Result<()> {
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let mut file = File::create(path)?;
     let mut written = 0;
     while written < len {
