@@ -95,31 +95,38 @@ fn key_lookup(c: &mut Criterion) {
     c.bench_function("sdk_key_hash", |b| b.iter(|| black_box(black_box(&key).hash())));
 }
 
-/// RowBinary → Native for a 10k-row block, sorted by the table's key: the edge's price for
+/// RowBinary → Native for blocks of 10k and 100k rows, sorted by the table's key: the edge's price for
 /// ClickHouse's cheaper parse and skipped sort. Rows arrive as from `loadtest/e2e`: 100 devices
 /// in turn, each event with its own generated id.
 fn native_block(c: &mut Criterion) {
     let validator = Validator::new(BodyLimits::default());
     let mut scratch = Vec::new();
-    let mut block = RowBlock::new(OrgId::new("org_bench"), 4 << 20);
-    let mut bodies: Vec<Vec<u8>> =
-        (0..100).map(|i| EVENT.replace("6f1c2e7a-93b1-4c55-9d7e-2f0d4e1b8a11", &format!("device-{i}")).into_bytes()).collect();
+    let mut bodies: Vec<Vec<u8>> = (0..100)
+        .map(|i| EVENT.replace("6f1c2e7a-93b1-4c55-9d7e-2f0d4e1b8a11", &format!("device-{i}")).into_bytes())
+        .collect();
     let tapes: Vec<_> = bodies.iter_mut().map(|b| simd_json::to_tape(b).unwrap()).collect();
-    for i in 0..10_000 {
-        validator.encode(tapes[i % 100].as_value(), &ctx(), &mut scratch, &mut block).unwrap();
-    }
     let mut group = c.benchmark_group("native_block");
-    group.throughput(Throughput::Elements(10_000));
-    // As the shipper runs it: one encoder and one output buffer, reused block after block.
-    let mut encoder = edge::sink::native::NativeEncoder::default();
-    let mut out = Vec::new();
-    group.bench_function("transpose_10k_rows", |b| {
-        b.iter(|| {
-            let chunks = [&block.data[..]];
-            out = encoder.encode(&chunks, 10_000, edge::event::rowbinary::RowFormat::CURRENT, std::mem::take(&mut out)).unwrap();
-            black_box(out.len())
-        })
-    });
+    // The shipper's blocks hold up to 100k rows (EDGE_BATCH_MAX_ROWS): 30 MB of rows, far past
+    // the caches, which the sort's and the transposition's reads in key order feel.
+    for rows in [10_000, 100_000] {
+        let mut block = RowBlock::new(OrgId::new("org_bench"), rows * 320);
+        for i in 0..rows {
+            validator.encode(tapes[i % 100].as_value(), &ctx(), &mut scratch, &mut block).unwrap();
+        }
+        group.throughput(Throughput::Elements(rows as u64));
+        // As the shipper runs it: one encoder and one output buffer, reused block after block.
+        let mut encoder = edge::sink::native::NativeEncoder::default();
+        let mut out = Vec::new();
+        group.bench_function(format!("transpose_{}k_rows", rows / 1000), |b| {
+            b.iter(|| {
+                let chunks = [&block.data[..]];
+                out = encoder
+                    .encode(&chunks, rows, edge::event::rowbinary::RowFormat::CURRENT, std::mem::take(&mut out))
+                    .unwrap();
+                black_box(out.len())
+            })
+        });
+    }
     group.finish();
 }
 

@@ -110,10 +110,19 @@ impl Shipper {
                 }
                 continue;
             }
+            let encoding = Instant::now();
             let (batch, blocks) = self.prepare(batch).await;
+            let encoded = encoding.elapsed();
+            let waiting = Instant::now();
             if !self.settle(in_flight.take()).await {
                 return;
             }
+            tracing::debug!(
+                rows = batch.rows,
+                encode_ms = encoded.as_millis() as u64,
+                waited_for_previous_ms = waiting.elapsed().as_millis() as u64,
+                "block ready to send"
+            );
             last_send = Some(Instant::now());
             let task = tokio::spawn(send_all(self.sink.clone(), blocks, drain.clone(), self.reader.closed()));
             in_flight = Some(InFlight { batch, task });
@@ -217,9 +226,13 @@ async fn send_all(
     let mut backoff = Backoff::default();
     let mut closed = std::pin::pin!(closed);
     for block in blocks {
+        let started = Instant::now();
         loop {
             match sink.send(&block).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    tracing::debug!(rows = block.rows, send_ms = started.elapsed().as_millis() as u64, "block sent");
+                    break;
+                }
                 Err(e) if !e.retryable => {
                     tracing::error!(error = %e.message, rows = block.rows, "sink refused a block for good; writing it to the dead-letter directory");
                     sink.dead_letter(&block).await;
@@ -412,7 +425,8 @@ mod tests {
         let sink = Arc::new(Sink::Memory(MemorySink::default()));
         let interval = Duration::from_secs(30);
         let config = BatchConfig { max_rows: 1000, interval, ..batch_config() };
-        let task = tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(interval));
+        let task =
+            tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(interval));
         let started = Instant::now();
         for _ in 0..3 {
             spool.append(block("a", 2)).await.unwrap();
@@ -473,7 +487,8 @@ mod tests {
             ..batch_config()
         };
         let interval = config.interval;
-        let task = tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(interval));
+        let task =
+            tokio::spawn(Shipper { config, sink: sink.clone(), reader, clock: Default::default() }.run(interval));
         // Each append waits for its own sync: 1000 group commits, each waking the shipper.
         for _ in 0..1000 {
             spool.append(block("a", 1)).await.unwrap();

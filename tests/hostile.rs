@@ -393,7 +393,8 @@ fn wait_for_close(mut s: TcpStream, within: Duration) -> Duration {
 #[test]
 fn slow_heads_and_idle_keep_alive_are_cut_but_busy_connections_are_not() {
     let dev = Dev::start(&[("EDGE_HEADER_TIMEOUT", "2s")]);
-    let request = post("/v1/events", dev.keys[3].expose(), "", r#"{"event_type":"s","event_name":"n","device_id":"d"}"#);
+    let request =
+        post("/v1/events", dev.keys[3].expose(), "", r#"{"event_type":"s","event_name":"n","device_id":"d"}"#);
     std::thread::scope(|scope| {
         // A head at a byte every 100 ms: progress, but never a complete head.
         let slow = scope.spawn(|| {

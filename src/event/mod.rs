@@ -7,6 +7,7 @@
 //! per-event struct is allocated and nothing downstream re-encodes it.
 
 mod fields;
+mod json_text;
 pub mod parse;
 pub mod rowbinary;
 pub mod validate;

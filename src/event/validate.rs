@@ -17,6 +17,7 @@ use simd_json::value::tape::Value;
 use time::format_description::well_known::Rfc3339;
 
 use super::fields::{optional_str, required_str, Fields};
+use super::json_text::{self, TextError};
 use super::rowbinary::*;
 use super::{EventSummary, Rejection, RowBlock};
 use crate::config::BodyLimits;
@@ -185,25 +186,23 @@ impl Validator {
         key: &'static str,
         out: &mut Vec<u8>,
     ) -> Result<(), Rejection> {
-        let start = out.len();
         match value {
             None => out.extend_from_slice(b"{}"),
             Some(v) if v.is_null() => out.extend_from_slice(b"{}"),
             Some(v) if v.is_object() => {
-                if depth_exceeds(v, self.limits.max_properties_depth) {
-                    return Err(Rejection::new(
-                        "properties_too_deep",
-                        format!("{key} nests deeper than {}", self.limits.max_properties_depth),
-                    ));
-                }
-                v.write(out)
-                    .map_err(|_| Rejection::new("invalid_properties", format!("{key} could not be serialised")))?;
-                if out.len() - start > self.limits.max_properties_bytes {
-                    return Err(Rejection::new(
-                        "properties_too_large",
-                        format!("{key} exceeds {} bytes", self.limits.max_properties_bytes),
-                    ));
-                }
+                let limits = &self.limits;
+                json_text::write(v, out, limits.max_properties_depth, limits.max_properties_bytes).map_err(
+                    |e| match e {
+                        TextError::TooDeep => Rejection::new(
+                            "properties_too_deep",
+                            format!("{key} nests deeper than {}", limits.max_properties_depth),
+                        ),
+                        TextError::TooLarge => Rejection::new(
+                            "properties_too_large",
+                            format!("{key} exceeds {} bytes", limits.max_properties_bytes),
+                        ),
+                    },
+                )?;
             }
             Some(_) => return Err(Rejection::new("invalid_properties", format!("{key} must be a JSON object"))),
         }
@@ -337,20 +336,6 @@ pub fn parse_timestamp_ms(v: Value<'_, '_>) -> Option<i64> {
 fn looks_like_epoch_seconds(timestamp_ms: i64, received_ms: i64) -> bool {
     let as_seconds = timestamp_ms.saturating_mul(1000);
     (as_seconds - received_ms).abs() < received_ms / 100
-}
-
-/// Depth counts containers (objects and arrays), not the scalars at the bottom.
-fn depth_exceeds(v: Value<'_, '_>, limit: usize) -> bool {
-    fn walk(v: Value<'_, '_>, depth: usize, limit: usize) -> bool {
-        if let Some(o) = v.as_object() {
-            return depth > limit || o.iter().any(|(_, c)| walk(c, depth + 1, limit));
-        }
-        if let Some(a) = v.as_array() {
-            return depth > limit || a.iter().any(|c| walk(c, depth + 1, limit));
-        }
-        false
-    }
-    walk(v, 1, limit)
 }
 
 #[cfg(test)]

@@ -51,7 +51,11 @@ impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig, data_dir: PathBuf) -> Self {
         let base = client(config);
         ClickHouseSink {
-            insert_client: base.clone().with_compression(if config.compress { Compression::Lz4 } else { Compression::None }),
+            insert_client: base.clone().with_compression(if config.compress {
+                Compression::Lz4
+            } else {
+                Compression::None
+            }),
             // 18.16 answers compressed responses wrongly: queries go uncompressed.
             query_client: base.with_compression(Compression::None),
             sql: [RowFormat::V1, RowFormat::V2].map(|f| format!("INSERT INTO events ({}) FORMAT Native", f.columns())),
@@ -141,7 +145,6 @@ impl ClickHouseSink {
         super::dead_letter_dir(&self.data_dir)
     }
 }
-
 
 enum InsertError {
     /// Our own encoding is broken: no retry can help.

@@ -85,11 +85,15 @@ pub struct NativeEncoder {
 /// A row's sort key, packed so most comparisons are integer compares (see [`RANK_SHIFT`]).
 struct SortKey {
     packed: u128,
-    /// Device id length (8 bits) · event id prefix (15 bytes, zero-padded): orders rows that tie
-    /// on `packed` when both device ids fit in its prefix (many events of one device in one
-    /// second: a batch from one SDK).
-    then: u128,
+    /// The event id: as a number when it is a lowercase hyphenated UUID (the edge's own ids, and
+    /// most SDKs'), whose text sorts as that number does; else its first 16 bytes, zero-padded.
+    /// Rows tie on `packed` in long runs (one device's events within one second), and the
+    /// UUIDv7 text shares its first 13 bytes within a millisecond, so a prefix alone left most
+    /// of those ties to a lookup of both ids in the chunks.
+    id: u128,
     row: u32,
+    /// Device id length (capped at 255) << 1, | 1 when `id` holds a whole UUID.
+    tag: u32,
 }
 
 /// Where a row and the strings that break ties in its packed key are, in its chunk.
@@ -103,7 +107,13 @@ struct RowAt {
 
 impl NativeEncoder {
     /// The Native block, written into `out` (cleared first; pass a reused buffer).
-    pub fn encode(&mut self, chunks: &[&[u8]], rows: usize, format: RowFormat, mut out: Vec<u8>) -> Result<Vec<u8>, Malformed> {
+    pub fn encode(
+        &mut self,
+        chunks: &[&[u8]],
+        rows: usize,
+        format: RowFormat,
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>, Malformed> {
         let schema = &SCHEMA[..format.column_count()];
         self.sort_rows(chunks, rows, schema)?;
         self.columns.resize_with(schema.len(), Vec::new);
@@ -200,11 +210,17 @@ impl NativeEncoder {
                 prefix[16 - DEVICE_PREFIX..16 - DEVICE_PREFIX + take].copy_from_slice(&device_bytes[..take]);
                 let packed = (seen as u128) << RANK_SHIFT | (ts as u128) << 72 | u128::from_be_bytes(prefix);
                 let id_bytes = slice(bytes, event_id);
-                let mut then = [0u8; 16];
-                then[0] = device_bytes.len().min(255) as u8;
-                let take = id_bytes.len().min(15);
-                then[1..1 + take].copy_from_slice(&id_bytes[..take]);
-                self.keys.push(SortKey { packed, then: u128::from_be_bytes(then), row: self.rows.len() as u32 });
+                let (id, whole) = match uuid_value(id_bytes) {
+                    Some(value) => (value, 1),
+                    None => {
+                        let mut prefix = [0u8; 16];
+                        let take = id_bytes.len().min(16);
+                        prefix[..take].copy_from_slice(&id_bytes[..take]);
+                        (u128::from_be_bytes(prefix), 0)
+                    }
+                };
+                let tag = (device_bytes.len().min(255) as u32) << 1 | whole;
+                self.keys.push(SortKey { packed, id, row: self.rows.len() as u32, tag });
                 let end = at + row.len();
                 self.rows.push(RowAt { chunk: chunk as u32, start: at as u32, end: end as u32, device, event_id });
                 at = end;
@@ -231,22 +247,25 @@ impl NativeEncoder {
             }
         }
         let rows_at = &self.rows;
-        let full = |a: &SortKey, b: &SortKey, with_device: bool| {
+        let strings = |a: &SortKey, b: &SortKey, field: fn(&RowAt) -> (u32, u32)| {
             let (x, y) = (&rows_at[a.row as usize], &rows_at[b.row as usize]);
-            let (cx, cy) = (chunks[x.chunk as usize], chunks[y.chunk as usize]);
-            let device = if with_device { bytewise(slice(cx, x.device), slice(cy, y.device)) } else { Ordering::Equal };
-            device.then_with(|| bytewise(slice(cx, x.event_id), slice(cy, y.event_id)))
+            bytewise(slice(chunks[x.chunk as usize], field(x)), slice(chunks[y.chunk as usize], field(y)))
         };
         self.keys.sort_unstable_by(|a, b| {
             a.packed.cmp(&b.packed).then_with(|| {
-                // Both device ids within the packed prefix and equal there: they differ only in
-                // length (the shorter first, as memcmp has it), and `then` holds that first.
-                let short = |k: &SortKey| (k.then >> 120) as usize <= DEVICE_PREFIX;
-                if short(a) && short(b) {
-                    a.then.cmp(&b.then).then_with(|| full(a, b, false))
+                // Equal packed prefixes: device ids within it differ only in length (the shorter
+                // first, as memcmp has it).
+                let (device_a, device_b) = ((a.tag >> 1) as usize, (b.tag >> 1) as usize);
+                let device = if device_a <= DEVICE_PREFIX && device_b <= DEVICE_PREFIX {
+                    device_a.cmp(&device_b)
                 } else {
-                    full(a, b, true)
-                }
+                    strings(a, b, |r| r.device)
+                };
+                device.then_with(|| match (a.tag & 1, b.tag & 1) {
+                    (1, 1) => a.id.cmp(&b.id),
+                    (0, 0) => a.id.cmp(&b.id).then_with(|| strings(a, b, |r| r.event_id)),
+                    _ => strings(a, b, |r| r.event_id),
+                })
             })
         });
         Ok(())
@@ -264,6 +283,42 @@ const TIMESTAMP: usize = 8;
 const RANK_SHIFT: u32 = 104;
 const MAX_RANKS: usize = 1 << 24;
 const DEVICE_PREFIX: usize = 9;
+
+/// A lowercase hyphenated UUID's 128 bits: for such text, bytewise order is numeric order
+/// (`0-9` sort before `a-f`, the hyphens sit at the same places). Anything else is `None`.
+fn uuid_value(text: &[u8]) -> Option<u128> {
+    // Where the 32 hex digits are: each half of the value is read as its own chain.
+    const HIGH: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17];
+    const LOW: [usize; 16] = [19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35];
+    let text: &[u8; 36] = text.try_into().ok()?;
+    if text[8] != b'-' || text[13] != b'-' || text[18] != b'-' || text[23] != b'-' {
+        return None;
+    }
+    let (mut high, mut low, mut invalid) = (0u64, 0u64, 0u8);
+    for (h, l) in HIGH.into_iter().zip(LOW) {
+        let (x, y) = (HEX[text[h] as usize], HEX[text[l] as usize]);
+        invalid |= x | y;
+        high = high << 4 | u64::from(x & 0xf);
+        low = low << 4 | u64::from(y & 0xf);
+    }
+    (invalid & 0xf0 == 0).then_some(u128::from(high) << 64 | u128::from(low))
+}
+
+/// Lowercase hex digits to their value; every other byte has a high bit set.
+static HEX: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 #[inline]
 fn slice(bytes: &[u8], (start, len): (u32, u32)) -> &[u8] {
@@ -494,7 +549,15 @@ mod tests {
                 1 => format!("device-123456789{}", (r >> 20) % 3),
                 _ => format!("d{}", (r >> 20) % 5),
             };
-            let id = if r % 3 == 0 { format!("id-{i}") } else { format!("0193a1b2-c3d4-7{:03x}-{i}", (r >> 30) % 8) };
+            // Plain ids, UUID-like prefixes, and whole UUIDs that share their time part (as a
+            // UUIDv7's does within a millisecond), in lower case (read as numbers) and not.
+            let uuid = format!("0193a1b2-c3d4-7{:03x}-8{:03x}-{:012x}", (r >> 30) % 8, (r >> 33) % 4, (r >> 36) % 5);
+            let id = match r % 6 {
+                0 => format!("id-{i}"),
+                1 | 2 => format!("0193a1b2-c3d4-7{:03x}-{i}", (r >> 30) % 8),
+                3 => uuid.to_uppercase(),
+                _ => uuid,
+            };
             rows.push((format!("org_{}", r % 7), (r >> 8) as u32 % 4, device, id));
         }
         let chunks: Vec<BytesMut> = rows
@@ -510,7 +573,12 @@ mod tests {
         let native = to_native(chunks.iter().map(|c| &c[..]), rows.len(), RowFormat::V1).unwrap();
         let mut expected = rows.clone();
         expected.sort_by(|a, b| {
-            (a.0.as_bytes(), a.1, a.2.as_bytes(), a.3.as_bytes()).cmp(&(b.0.as_bytes(), b.1, b.2.as_bytes(), b.3.as_bytes()))
+            (a.0.as_bytes(), a.1, a.2.as_bytes(), a.3.as_bytes()).cmp(&(
+                b.0.as_bytes(),
+                b.1,
+                b.2.as_bytes(),
+                b.3.as_bytes(),
+            ))
         });
         let ids: Vec<Vec<u8>> = expected.iter().map(|r| r.3.clone().into_bytes()).collect();
         assert_eq!(string_column(&native, "event_id"), ids);
@@ -520,11 +588,51 @@ mod tests {
     }
 
     #[test]
+    fn lowercase_uuids_sort_as_their_numbers() {
+        let ids: [&[u8]; 8] = [
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a60",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5a",
+            b"ffffffff-ffff-ffff-ffff-ffffffffffff",
+            b"00000000-0000-0000-0000-000000000000",
+            b"a0000000-0000-0000-0000-000000000000",
+            b"90000000-0000-0000-0000-000000000000",
+        ];
+        for a in ids {
+            for b in ids {
+                assert_eq!(uuid_value(a).unwrap().cmp(&uuid_value(b).unwrap()), a.cmp(b));
+            }
+        }
+        for not_one in [
+            &b"0193A1B2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"[..],
+            b"0193a1b2c-3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5bb",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5g",
+            b"0193a1b2-c3d4-7e5f-8a9b+0c1d2e3f4a5b",
+        ] {
+            assert_eq!(uuid_value(not_one), None, "{}", String::from_utf8_lossy(not_one));
+        }
+    }
+
+    #[test]
     fn bytewise_agrees_with_slice_order() {
         let words: Vec<&[u8]> = vec![
-            b"", b"a", b"ab", b"abcdefgh", b"abcdefgh\0", b"abcdefghi", b"abcdefgg", b"abcdefghabcdefgh",
-            b"abcdefghabcdefgi", b"\xff", b"\xffabcdefg", b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c", b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
+            b"",
+            b"a",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghi",
+            b"abcdefgg",
+            b"abcdefghabcdefgh",
+            b"abcdefghabcdefgi",
+            b"\xff",
+            b"\xffabcdefg",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c",
+            b"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
         ];
         for a in &words {
             for b in &words {
