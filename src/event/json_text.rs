@@ -216,26 +216,23 @@ mod tests {
         let arrays = format!(r#"{{"a":{}1{}}}"#, "[".repeat(32), "]".repeat(32));
         assert_eq!(ours(&arrays), Err(TextError::TooDeep));
 
-        let long = format!(r#"{{"s":"{}"}}"#, "y".repeat(1000));
-        let mut input = long.into_bytes();
-        let tape = simd_json::to_tape(&mut input).unwrap();
-        let mut out = Vec::new();
-        assert_eq!(write(tape.as_value(), &mut out, 32, 1000), Err(TextError::TooLarge));
-        let mut out = Vec::new();
-        assert_eq!(write(tape.as_value(), &mut out, 32, 1008), Ok(()), "exactly at the limit");
+        // What writing `json` within `max_bytes` gives, and how many bytes it wrote.
+        let bounded = |json: String, max_bytes: usize| {
+            let mut input = json.into_bytes();
+            let tape = simd_json::to_tape(&mut input).unwrap();
+            let mut out = Vec::new();
+            (write(tape.as_value(), &mut out, 32, max_bytes), out.len())
+        };
+        let long = || format!(r#"{{"s":"{}"}}"#, "y".repeat(1000));
+        assert_eq!(bounded(long(), 1000).0, Err(TextError::TooLarge));
+        assert_eq!(bounded(long(), 1008).0, Ok(()), "exactly at the limit");
         // Many small members: cut at the first container past the limit, not at the end.
-        let flat = format!("[{}1]", "[1],".repeat(10_000));
-        let mut input = flat.into_bytes();
-        let tape = simd_json::to_tape(&mut input).unwrap();
-        let mut out = Vec::new();
-        assert_eq!(write(tape.as_value(), &mut out, 32, 100), Err(TextError::TooLarge));
-        assert!(out.len() < 110, "stopped early: {} bytes written", out.len());
+        let (result, written) = bounded(format!("[{}1]", "[1],".repeat(10_000)), 100);
+        assert_eq!(result, Err(TextError::TooLarge));
+        assert!(written < 110, "stopped early: {written} bytes written");
         // Scalars too: a long array of numbers is cut at the first past the limit.
-        let numbers = format!("[{}1]", "123456789,".repeat(10_000));
-        let mut input = numbers.into_bytes();
-        let tape = simd_json::to_tape(&mut input).unwrap();
-        let mut out = Vec::new();
-        assert_eq!(write(tape.as_value(), &mut out, 32, 100), Err(TextError::TooLarge));
-        assert!(out.len() < 111, "stopped early: {} bytes written", out.len());
+        let (result, written) = bounded(format!("[{}1]", "123456789,".repeat(10_000)), 100);
+        assert_eq!(result, Err(TextError::TooLarge));
+        assert!(written < 111, "stopped early: {written} bytes written");
     }
 }
