@@ -372,6 +372,7 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
         max_queued_bytes: config.spool_max_queued_bytes,
         ack: config.ack,
         sync_interval: config.spool_sync_interval,
+        write_linger: config.spool_write_linger,
         clock: clock.clone(),
     };
     let (spool, reader, recovery) =

@@ -353,6 +353,7 @@ mod tests {
             max_queued_bytes: 1 << 20,
             ack: AckMode::Durable,
             sync_interval: Duration::from_millis(100),
+            write_linger: Duration::ZERO,
             clock: Default::default(),
         }
     }

@@ -98,6 +98,8 @@ pub struct Config {
     pub spool_segment_bytes: u64,
     /// With `EDGE_ACK=memory`: how often the spool is synced (what an OS crash may lose).
     pub spool_sync_interval: Duration,
+    /// With `EDGE_ACK=memory`: the spool writer's pause between groups (fewer wake-ups).
+    pub spool_write_linger: Duration,
     /// In-process daily aggregates (`/api/v1/stats/events` without ClickHouse); oldest days go first.
     pub stats_max_bytes: usize,
     /// Accepted blocks waiting in memory for the spool writer; past it, 503.
@@ -193,6 +195,7 @@ impl Config {
             spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES),
             spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", DEFAULT_SPOOL_SEGMENT_BYTES),
             spool_sync_interval: r.duration("EDGE_SPOOL_SYNC_INTERVAL", Duration::from_millis(100)),
+            spool_write_linger: r.duration("EDGE_SPOOL_WRITE_LINGER", Duration::from_millis(1)),
             stats_max_bytes: r.positive("EDGE_STATS_MAX_BYTES", DEFAULT_STATS_MAX_BYTES),
             spool_max_queued_bytes: r.parse("EDGE_SPOOL_MAX_QUEUED_BYTES", DEFAULT_SPOOL_MAX_QUEUED_BYTES),
             trusted_proxies: conn.trusted_proxies.clone(),
@@ -269,6 +272,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("1y").is_err());

@@ -89,6 +89,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, ValueError> {
     let (digits, unit) = raw.split_at(split);
     let n: u64 = digits.parse().map_err(|_| ValueError::NotADuration(raw.into()))?;
     let d = match unit {
+        "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),

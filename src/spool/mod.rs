@@ -53,6 +53,9 @@ pub struct SpoolConfig {
     /// With memory acks, how often written data is synced to disk (the window an OS crash may
     /// lose); durable acks sync every group before answering.
     pub sync_interval: std::time::Duration,
+    /// With memory acks, how long the writer waits after a group before taking the next, so
+    /// that under load it wakes once per this interval rather than once per few requests.
+    pub write_linger: std::time::Duration,
     /// Stamps each record's write time (the shipper reports the oldest unshipped age from it).
     pub clock: crate::clock::Clock,
 }
@@ -88,6 +91,8 @@ struct Shared {
     queued_bytes: AtomicU64,
     /// `fdatasync` calls of the writer (tests read it; the metric is a histogram).
     syncs: AtomicU64,
+    /// Groups the writer has written (tests read it; the metric is a histogram).
+    groups: AtomicU64,
     /// Reads of segment files by the reader (tests read it).
     file_reads: AtomicU64,
     gauges: Gauges,
@@ -154,9 +159,9 @@ impl Spool {
             let segment_bytes = config.segment_bytes;
             let clock = config.clock.clone();
             let file = create_segment(&dir, write_seq)?;
-            let sync_every = match config.ack {
-                AckMode::Durable => None,
-                AckMode::Memory => Some(config.sync_interval),
+            let (sync_every, linger) = match config.ack {
+                AckMode::Durable => (None, std::time::Duration::ZERO),
+                AckMode::Memory => (Some(config.sync_interval), config.write_linger),
             };
             // Durable acks are completed on the runtime when there is one (there always is in
             // the server; some unit tests have none).
@@ -170,7 +175,7 @@ impl Spool {
             };
             let spare = Spare::start(&dir, segment_bytes)?;
             let writer =
-                Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every, spare };
+                Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every, linger, spare };
             std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
         let at = match (checkpoint, first) {
@@ -294,6 +299,7 @@ mod tests {
             max_queued_bytes: 1 << 20,
             ack: AckMode::Durable,
             sync_interval: std::time::Duration::from_millis(100),
+            write_linger: std::time::Duration::ZERO,
             clock: Default::default(),
         }
     }
@@ -417,6 +423,28 @@ mod tests {
             spool.append(block(3)).await.unwrap();
         }
         assert_eq!(spool.shared.syncs.load(Ordering::Acquire), 20, "durable acks: one sync per group");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_acks_linger_gathers_what_arrives_into_few_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let linger = std::time::Duration::from_millis(100);
+        let config = SpoolConfig { ack: AckMode::Memory, write_linger: linger, ..config(dir.path(), 1 << 30) };
+        let config = SpoolConfig { segment_bytes: 1 << 30, ..config };
+        let (spool, _reader, _) = Spool::open(&config).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..50 {
+            spool.append(block(3)).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tokio::task::block_in_place(|| spool.close());
+        let groups = spool.shared.groups.load(Ordering::Acquire);
+        // Without the pause each append, a millisecond apart, is a group of its own.
+        let windows = started.elapsed().as_millis() as u64 / 100 + 2;
+        assert!(groups <= windows, "{groups} groups for 50 appends in {windows} windows");
+        drop(spool);
+        let (_spool, _reader, recovery) = Spool::open(&config).unwrap();
+        assert_eq!(recovery.replay_rows, 150, "nothing queued during a pause is lost on close");
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub(super) struct Writer {
     /// memory acks; written data is synced at most this long after it was written, on
     /// rotation and on close, not per group.
     pub sync_every: Option<Duration>,
+    /// Pause after each group that did not fill up (zero: none). Under load, each group then
+    /// holds what arrived during the pause, and the request threads rarely find the writer
+    /// asleep, so they rarely pay a wake-up.
+    pub linger: Duration,
     /// The next segment, zero-filled ahead of rotation.
     pub spare: Spare,
 }
@@ -56,7 +60,7 @@ pub(super) struct Writer {
 /// `write` and (durable acks) one `fdatasync`, then acknowledges each. Runs until the channel
 /// closes.
 pub(super) fn run(writer: Writer) {
-    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, fanout, sync_every, spare } =
+    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, fanout, sync_every, linger, spare } =
         writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
@@ -130,6 +134,7 @@ pub(super) fn run(writer: Writer) {
                 shared.written_bytes.fetch_add(buf.len() as u64, Ordering::AcqRel);
                 shared.written_rows.fetch_add(rows, Ordering::AcqRel);
                 groups.record(records as f64);
+                shared.groups.fetch_add(1, Ordering::Relaxed);
                 let _ = head_tx.send(head);
                 shared.publish();
                 Ok(())
@@ -146,6 +151,9 @@ pub(super) fn run(writer: Writer) {
                 Err(super::SpoolError::Io(Arc::new(e)))
             }
         };
+        if !linger.is_zero() && buf.len() < GROUP_MAX_BYTES {
+            std::thread::sleep(linger);
+        }
         if acks.is_empty() {
             continue;
         }
