@@ -185,7 +185,7 @@ impl Shipper {
             // Reads hit the page cache (the writer just wrote these bytes) and are bounded in
             // size, so they run inline rather than hopping to the blocking pool.
             if self.reader.unread_fills(rows, bytes) || closing || left.is_none() {
-                batch.extend(self.reader.read(rows, bytes)?);
+                self.reader.read_into(&mut batch, max_rows, max_bytes)?;
                 let full = batch.rows >= max_rows || batch.bytes >= max_bytes;
                 if full || left.is_none() || (closing && self.reader.caught_up()) {
                     return Ok(batch);
@@ -200,7 +200,7 @@ impl Shipper {
             let spaced = last_send.map_or(Duration::ZERO, |t| min_spacing.saturating_sub(t.elapsed()));
             if !self.reader.wait_for_data(idle.max(spaced).min(left)).await {
                 // Drained and quiet: the tail ships now.
-                batch.extend(self.reader.read(max_rows - batch.rows, max_bytes - batch.bytes)?);
+                self.reader.read_into(&mut batch, max_rows, max_bytes)?;
                 return Ok(batch);
             }
         }
@@ -299,7 +299,10 @@ fn to_blocks(batch: &ReadBatch) -> Vec<Block> {
     for i in order {
         let r = &records[i];
         if blocks.last().is_none_or(|b| b.format != r.format) {
-            blocks.push(Block { format: r.format, chunks: Vec::new(), rows: 0, bytes: 0, encoded: None });
+            // Sized exactly: grown by doubling, a 100k-record list is copied and faulted in anew.
+            let records = records.iter().filter(|other| other.format == r.format).count();
+            let chunks = Vec::with_capacity(records);
+            blocks.push(Block { format: r.format, chunks, rows: 0, bytes: 0, encoded: None });
         }
         let block = blocks.last_mut().expect("pushed above");
         block.rows += r.rows as usize;

@@ -194,6 +194,7 @@ impl Spool {
             bytes_per_row: 64,
             seen: at,
             read_bytes: 0,
+            spare_records: Vec::new(),
         };
         let spool = Spool {
             tx: arc_swap::ArcSwapOption::from_pointee(tx),

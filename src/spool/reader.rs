@@ -37,14 +37,6 @@ impl ReadBatch {
         self.records.first().map(|r| r.written_ms)
     }
 
-    pub fn extend(&mut self, more: ReadBatch) {
-        self.records.extend(more.records);
-        self.rows += more.rows;
-        self.bytes += more.bytes;
-        self.end = more.end;
-        self.consumed += more.consumed;
-        self.buffers.extend(more.buffers);
-    }
 }
 
 /// The shipper's side: reads records in spool order, confirms them when shipped.
@@ -62,10 +54,16 @@ pub struct SpoolReader {
     pub(super) seen: Position,
     /// Framed bytes read since open (damage included), against `Shared::written_bytes`.
     pub(super) read_bytes: u64,
+    /// Record lists of confirmed batches, emptied, kept for the next: a list grown anew for
+    /// every batch is memory the allocator returns to the OS and then faults back in.
+    pub(super) spare_records: Vec<Vec<Record>>,
 }
 
 /// Read buffers kept: a batch in flight and one being gathered hold theirs until confirmed.
 pub(super) const READ_BUFFERS: usize = 4;
+
+/// Record lists kept, as many as batches in use at once (one in flight, one being gathered).
+const SPARE_RECORD_LISTS: usize = 2;
 
 /// Read at most this much of a segment at once (or `max_bytes` when larger)…
 const READ_CHUNK: u64 = 8 << 20;
@@ -74,8 +72,8 @@ const READ_SLACK: u64 = 64 << 10;
 
 impl SpoolReader {
     /// A batch with nothing in it yet, ending where the reader stands.
-    pub fn empty_batch(&self) -> ReadBatch {
-        ReadBatch { end: self.at, ..Default::default() }
+    pub fn empty_batch(&mut self) -> ReadBatch {
+        ReadBatch { end: self.at, records: self.spare_records.pop().unwrap_or_default(), ..Default::default() }
     }
 
     /// Would the bytes written and not yet read fill `rows` rows (at the bytes per row of the
@@ -88,7 +86,15 @@ impl SpoolReader {
 
     /// Reads what the writer has completed, up to about `max_rows` rows or `max_bytes` bytes.
     pub fn read(&mut self, max_rows: usize, max_bytes: usize) -> io::Result<ReadBatch> {
-        let mut batch = ReadBatch { end: self.at, ..Default::default() };
+        let mut batch = self.empty_batch();
+        self.read_into(&mut batch, max_rows, max_bytes)?;
+        Ok(batch)
+    }
+
+    /// Reads what the writer has completed into `batch` (which must end where the reader
+    /// stands), until it holds about `max_rows` rows or `max_bytes` bytes in all.
+    pub fn read_into(&mut self, batch: &mut ReadBatch, max_rows: usize, max_bytes: usize) -> io::Result<()> {
+        debug_assert_eq!(batch.end, self.at, "a batch is extended where it ends");
         loop {
             let head = *self.head.borrow();
             if self.at >= head || batch.rows >= max_rows || batch.bytes >= max_bytes {
@@ -155,7 +161,7 @@ impl SpoolReader {
             }
         }
         self.seen = self.seen.max(self.at);
-        Ok(batch)
+        Ok(())
     }
 
     /// Waits until the writer has written more than was seen (by the last wait or read), or
@@ -198,8 +204,11 @@ impl SpoolReader {
     /// ClickHouse has `batch`: move the checkpoint past it and delete finished segments.
     pub fn confirm(&mut self, batch: ReadBatch) -> io::Result<()> {
         let result = self.checkpoint(&batch);
-        let ReadBatch { records, buffers, .. } = batch;
-        drop(records); // what still refers to the buffers
+        let ReadBatch { mut records, buffers, .. } = batch;
+        records.clear(); // what still refers to the buffers
+        if self.spare_records.len() < SPARE_RECORD_LISTS {
+            self.spare_records.push(records);
+        }
         for buffer in buffers {
             self.buffers.give(buffer);
         }
