@@ -353,16 +353,31 @@ where
     C: GracefulConnection,
     E: Future<Output = ()>,
 {
+    enum Stop {
+        Shutdown,
+        Expired,
+    }
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // Polled only when the token or the timer fires, not on every wake-up of the connection.
+    let stop = super::dormant::Dormant::new(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => Stop::Shutdown,
+            _ = expiry => Stop::Expired,
         }
-        _ = expiry => {
+    });
+    tokio::select! {
+        biased;
+        _ = conn.as_mut() => {}
+        stop = stop => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(grace, conn).await;
+            match stop {
+                Stop::Shutdown => {
+                    let _ = conn.await;
+                }
+                Stop::Expired => {
+                    let _ = tokio::time::timeout(grace, conn).await;
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod budget;
 pub mod conn;
 pub mod cors;
+pub mod dormant;
 pub mod guarded_io;
 pub mod proxy;
 pub mod response;
