@@ -400,18 +400,32 @@ mod tests {
         assert_eq!(recovery.replay_rows, 30);
     }
 
+    /// Memory acks, one segment for the whole test.
+    fn memory_config(dir: &Path) -> SpoolConfig {
+        SpoolConfig { ack: AckMode::Memory, segment_bytes: 1 << 30, ..config(dir, 1 << 30) }
+    }
+
+    /// Opens the spool and appends `n` blocks of 3 rows, `gap` apart; returns when it started.
+    async fn append_spaced(
+        config: &SpoolConfig,
+        n: usize,
+        gap: std::time::Duration,
+    ) -> (Spool, SpoolReader, std::time::Instant) {
+        let (spool, reader, _) = Spool::open(config).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            spool.append(block(3)).await.unwrap();
+            tokio::time::sleep(gap).await;
+        }
+        (spool, reader, started)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory_acks_sync_on_a_timer_not_per_group() {
         let dir = tempfile::tempdir().unwrap();
         let interval = std::time::Duration::from_millis(300);
-        let config = SpoolConfig { ack: AckMode::Memory, sync_interval: interval, ..config(dir.path(), 1 << 30) };
-        let config = SpoolConfig { segment_bytes: 1 << 30, ..config };
-        let (spool, _reader, _) = Spool::open(&config).unwrap();
-        let started = std::time::Instant::now();
-        for _ in 0..200 {
-            spool.append(block(3)).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
-        }
+        let config = SpoolConfig { sync_interval: interval, ..memory_config(dir.path()) };
+        let (spool, _reader, started) = append_spaced(&config, 200, std::time::Duration::from_micros(200)).await;
         let syncs = spool.shared.syncs.load(Ordering::Acquire);
         let windows = started.elapsed().as_millis() as u64 / 300 + 1;
         assert!(syncs <= windows, "{syncs} syncs for 200 groups in {windows} windows");
@@ -419,10 +433,7 @@ mod tests {
         tokio::time::sleep(interval * 2).await;
         assert!(spool.shared.syncs.load(Ordering::Acquire) > syncs, "the last writes were synced while idle");
         let durable = SpoolConfig { ack: AckMode::Durable, dir: dir.path().join("d"), ..config.clone() };
-        let (spool, _reader, _) = Spool::open(&durable).unwrap();
-        for _ in 0..20 {
-            spool.append(block(3)).await.unwrap();
-        }
+        let (spool, _reader, _) = append_spaced(&durable, 20, std::time::Duration::ZERO).await;
         assert_eq!(spool.shared.syncs.load(Ordering::Acquire), 20, "durable acks: one sync per group");
     }
 
@@ -430,14 +441,8 @@ mod tests {
     async fn memory_acks_linger_gathers_what_arrives_into_few_groups() {
         let dir = tempfile::tempdir().unwrap();
         let linger = std::time::Duration::from_millis(100);
-        let config = SpoolConfig { ack: AckMode::Memory, write_linger: linger, ..config(dir.path(), 1 << 30) };
-        let config = SpoolConfig { segment_bytes: 1 << 30, ..config };
-        let (spool, _reader, _) = Spool::open(&config).unwrap();
-        let started = std::time::Instant::now();
-        for _ in 0..50 {
-            spool.append(block(3)).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let config = SpoolConfig { write_linger: linger, ..memory_config(dir.path()) };
+        let (spool, _reader, started) = append_spaced(&config, 50, std::time::Duration::from_millis(1)).await;
         tokio::task::block_in_place(|| spool.close());
         let groups = spool.shared.groups.load(Ordering::Acquire);
         // Without the pause each append, a millisecond apart, is a group of its own.
