@@ -33,6 +33,7 @@ pub(super) struct Fields<'t, 'v> {
 }
 
 impl<'t, 'v> Fields<'t, 'v> {
+    #[inline]
     pub(super) fn collect(event: Value<'t, 'v>) -> Option<Self> {
         let mut f = Fields::default();
         for (key, value) in event.as_object()?.iter() {
@@ -65,6 +66,7 @@ impl<'t, 'v> Fields<'t, 'v> {
     }
 }
 
+#[inline]
 pub(super) fn required_str<'v>(
     value: Option<Value<'_, 'v>>,
     key: &'static str,
@@ -77,6 +79,7 @@ pub(super) fn required_str<'v>(
 }
 
 /// Absent, null and "" are all "not sent".
+#[inline]
 pub(super) fn optional_str<'v>(
     value: Option<Value<'_, 'v>>,
     key: &'static str,
