@@ -100,9 +100,6 @@ async fn ingest(
         Shape::Single => (limits.max_event_bytes, "event"),
         _ => (limits.max_batch_bytes, "batch"),
     };
-    if body::declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge { what, limit }.into()); // answered before reading: the caller drains
-    }
     let mut lease = state.budget.lease();
     // Borrowed, not taken: if reading stops early (413, 503) the caller drains the rest.
     let incoming = body.as_mut().expect("the body is read once");

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
 
 use super::budget::{push, Lease};
 use crate::config::ConnConfig;
@@ -102,7 +102,8 @@ pub async fn read(
     timeout: Duration,
 ) -> Result<Vec<u8>, BodyError> {
     let encoding = encoding(headers)?;
-    if declared_length(headers).is_some_and(|n| n > limit as u64) {
+    // Refused before a byte is read: the caller drains or closes.
+    if declared_length(body).is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { what, limit });
     }
     let raw = {
@@ -126,8 +127,10 @@ pub async fn read(
     }
 }
 
-pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok())
+/// What `Content-Length` promised, as hyper parsed it (it refused a malformed one): no second
+/// header lookup and parse per request.
+fn declared_length(body: &Incoming) -> Option<u64> {
+    hyper::body::Body::size_hint(body).exact()
 }
 
 /// Buffers grow with the bytes that arrive, never with what `Content-Length` promises.

@@ -25,7 +25,7 @@ use crate::auth::{AuthError, Authenticator, Principal, RequestMeta};
 use crate::error::Error;
 use crate::event::parse::Shape;
 use crate::event::Rejection;
-use crate::http::body::{self, BodyError};
+use crate::http::body;
 use crate::http::response::{self, Body};
 use crate::ingest::{self, IngestState};
 use crate::metrics as m;
@@ -95,9 +95,6 @@ pub async fn handle(
         state.limiter.org(&p.org).check_quota(received.as_secs() as i64)?;
     }
     let limit = state.validator.limits().max_batch_bytes;
-    if body::declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge { what: "batch", limit }.into());
-    }
     let mut lease = state.budget.lease();
     let mut raw = body::read(&parts.headers, incoming, limit, "batch", &mut lease, state.conn.body_timeout).await?;
     let query = parts.uri.query().unwrap_or("");
