@@ -1,10 +1,10 @@
 //! A future polled only when it asked to be.
 //!
 //! A connection's task holds the connection and, beside it, what ends it early (shutdown,
-//! a slow client's timer). The task wakes for every request; `tokio::select!` would then poll
-//! the shutdown token and the timer too, which costs about 1.3 k instructions per request
-//! (callgrind) for futures that are nearly never ready. Wrapped in [`Dormant`], they are
-//! polled once, then only after their own waker fired.
+//! a slow client's timer). The task wakes two or three times per request; `tokio::select!`
+//! would then poll the shutdown token and the timer too, futures that are nearly never ready.
+//! Wrapped in [`Dormant`], they are polled once, then only after their own waker fired:
+//! 0.7 k (memory acks) to 1 k (durable) fewer instructions per request under callgrind.
 
 use std::future::Future;
 use std::pin::Pin;
