@@ -130,7 +130,7 @@ pub async fn read(
 /// What `Content-Length` promised, as hyper parsed it (it refused a malformed one): no second
 /// header lookup and parse per request.
 fn declared_length(body: &Incoming) -> Option<u64> {
-    hyper::body::Body::size_hint(body).exact()
+    body.size_hint().exact()
 }
 
 /// Buffers grow with the bytes that arrive, never with what `Content-Length` promises.

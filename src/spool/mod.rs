@@ -174,8 +174,20 @@ impl Spool {
                 _ => None,
             };
             let spare = Spare::start(&dir, segment_bytes)?;
-            let writer =
-                Writer { rx, file, dir, head, segment_bytes, shared, head_tx, clock, fanout, sync_every, linger, spare };
+            let writer = Writer {
+                rx,
+                file,
+                dir,
+                head,
+                segment_bytes,
+                shared,
+                head_tx,
+                clock,
+                fanout,
+                sync_every,
+                linger,
+                spare,
+            };
             std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
         let at = match (checkpoint, first) {

@@ -36,7 +36,6 @@ impl ReadBatch {
     pub fn first_written_ms(&self) -> Option<u64> {
         self.records.first().map(|r| r.written_ms)
     }
-
 }
 
 /// The shipper's side: reads records in spool order, confirms them when shipped.

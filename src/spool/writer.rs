@@ -60,8 +60,20 @@ pub(super) struct Writer {
 /// `write` and (durable acks) one `fdatasync`, then acknowledges each. Runs until the channel
 /// closes.
 pub(super) fn run(writer: Writer) {
-    let Writer { rx, mut file, dir, mut head, segment_bytes, shared, head_tx, clock, fanout, sync_every, linger, spare } =
-        writer;
+    let Writer {
+        rx,
+        mut file,
+        dir,
+        mut head,
+        segment_bytes,
+        shared,
+        head_tx,
+        clock,
+        fanout,
+        sync_every,
+        linger,
+        spare,
+    } = writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
     let groups = metrics::histogram!(m::SPOOL_GROUP);
