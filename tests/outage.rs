@@ -12,15 +12,19 @@ use std::time::Duration;
 
 use common::{EdgeProcess, ProcessFixture};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 const OUTAGE: Duration = Duration::from_secs(30);
 
 /// Forwards 127.0.0.1:port → `target` while up; when down, refuses and resets.
+///
+/// Each up period has its own token: a connection accepted just as the proxy goes down
+/// sees it cancelled and closes, instead of outliving the cut (a handle list drained
+/// while the acceptor was still pushing to it let one survive).
 struct Proxy {
     port: u16,
     target: String,
-    connections: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    acceptor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    up: Mutex<CancellationToken>,
 }
 
 impl Proxy {
@@ -29,36 +33,42 @@ impl Proxy {
         let proxy = Arc::new(Proxy {
             port: listener.local_addr().unwrap().port(),
             target: target.to_string(),
-            connections: Mutex::default(),
-            acceptor: Mutex::default(),
+            up: Mutex::new(CancellationToken::new()),
         });
         proxy.clone().serve(listener);
         proxy
     }
 
     fn serve(self: Arc<Self>, listener: TcpListener) {
-        let me = self.clone();
-        let acceptor = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = me.target.clone();
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let up = self.up.lock().unwrap().clone();
+        tokio::spawn(async move {
+            loop {
+                let mut inbound = tokio::select! {
+                    biased;
+                    _ = up.cancelled() => return, // drops the listener: new connections are refused
+                    accepted = listener.accept() => match accepted {
+                        Ok((inbound, _)) => inbound,
+                        Err(_) => return,
+                    },
+                };
+                let (target, up) = (self.target.clone(), up.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        biased;
+                        _ = up.cancelled() => {} // open connections die mid-request
+                        _ = async {
+                            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        } => {}
                     }
                 });
-                me.connections.lock().unwrap().push(conn);
             }
         });
-        *self.acceptor.lock().unwrap() = Some(acceptor);
     }
 
     fn down(&self) {
-        if let Some(a) = self.acceptor.lock().unwrap().take() {
-            a.abort(); // drops the listener: new connections are refused
-        }
-        for c in self.connections.lock().unwrap().drain(..) {
-            c.abort(); // open connections die mid-request
-        }
+        self.up.lock().unwrap().cancel();
     }
 
     async fn up(self: &Arc<Self>) {
@@ -68,6 +78,7 @@ impl Proxy {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
+        *self.up.lock().unwrap() = CancellationToken::new();
         self.clone().serve(listener);
     }
 }
@@ -93,6 +104,8 @@ fn clickhouse_outage_under_load() {
     let mut edge = EdgeProcess::spawn(&envs);
     let pid = edge.child.id();
     let addr = edge.addr.clone();
+    let admin = edge.admin.clone();
+    let at_end_of_cut = Mutex::new(String::new());
 
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let refused = Arc::new(AtomicUsize::new(0));
@@ -134,6 +147,13 @@ fn clickhouse_outage_under_load() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             peak = peak.max(rss_kib(pid));
         }
+        // What the edge says of itself at the end of the cut, for the failure message below.
+        let metrics = http.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+        let seen: Vec<&str> = metrics
+            .lines()
+            .filter(|l| ["edge_spool_bytes ", "edge_clickhouse_insert_rows_total", "edge_clickhouse_insert_errors_total"].iter().any(|m| l.starts_with(m)))
+            .collect();
+        *at_end_of_cut.lock().unwrap() = format!("{} events acknowledged; {}", acked.lock().unwrap().len(), seen.join(", "));
         proxy.up().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         running.store(false, Ordering::Release);
@@ -144,7 +164,11 @@ fn clickhouse_outage_under_load() {
     });
 
     let acked = acked.lock().unwrap().clone();
-    assert!(refused.load(Ordering::Relaxed) > 0, "the 4 MiB spool filled during the outage and the edge said 503");
+    assert!(
+        refused.load(Ordering::Relaxed) > 0,
+        "the 4 MiB spool should fill during the outage and the edge say 503; at the end of the cut: {}",
+        at_end_of_cut.lock().unwrap()
+    );
     assert!(rss_peak < rss_before + 48 * 1024, "RSS stayed flat: {rss_before} KiB → peak {rss_peak} KiB");
     rt.block_on(async {
         let landed = common::eventually(Duration::from_secs(60), || async {
