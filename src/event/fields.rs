@@ -74,8 +74,14 @@ pub(super) fn required_str<'v>(
 ) -> Result<&'v str, Rejection> {
     match optional_str(value, key, max_chars)? {
         Some(s) => Ok(s),
-        None => Err(Rejection::new("missing_field", format!("{key} is required"))),
+        None => Err(missing(key)),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn missing(key: &str) -> Rejection {
+    Rejection::new("missing_field", format!("{key} is required"))
 }
 
 /// Absent, null and "" are all "not sent".
@@ -92,10 +98,26 @@ pub(super) fn optional_str<'v>(
         return Ok(None);
     }
     // `into_string` keeps the body's lifetime (`as_str` would tie it to `v`).
-    let s = v.into_string().ok_or_else(|| Rejection::new("invalid_field", format!("{key} must be a string")))?;
+    let Some(s) = v.into_string() else {
+        return Err(not_a_string(key));
+    };
     // Bytes bound chars from above, so counting is needed only for long non-ASCII text.
     if s.len() > max_chars && s.chars().count() > max_chars {
-        return Err(Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters")));
+        return Err(too_long(key, max_chars));
     }
     Ok(Some(s).filter(|s| !s.is_empty()))
+}
+
+// The refusals are built out of line: with their formatting inside, `optional_str` (17 calls
+// per event) was too large to inline, and its calls cost more than its checks.
+#[cold]
+#[inline(never)]
+fn not_a_string(key: &str) -> Rejection {
+    Rejection::new("invalid_field", format!("{key} must be a string"))
+}
+
+#[cold]
+#[inline(never)]
+fn too_long(key: &str, max_chars: usize) -> Rejection {
+    Rejection::new("field_too_long", format!("{key} exceeds {max_chars} characters"))
 }
