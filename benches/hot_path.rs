@@ -25,6 +25,7 @@ fn ctx() -> EventContext<'static> {
         skew_ms: 0,
         sent_at_ms: None,
         retention_days: 730,
+        plain_strings: false,
     }
 }
 

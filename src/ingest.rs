@@ -223,6 +223,7 @@ fn decode(
             skew_ms: parsed.sent_at_ms.map_or(0, |sent| received_ms - sent),
             sent_at_ms: parsed.sent_at_ms,
             retention_days: tier.data_retention_days,
+            plain_strings: parsed.plain_strings,
         };
         let mut decoded = Decoded {
             block: RowBlock::new(org.id.clone(), capacity),

@@ -21,15 +21,18 @@ pub(super) enum TextError {
 
 /// Appends `value` to `out` as compact JSON. `max_depth` bounds nesting (`value` itself is at
 /// depth 1); `max_bytes` bounds what this call appends, checked as it goes, so a huge object
-/// costs at most that much work before it is refused.
+/// costs at most that much work before it is refused. With `plain_strings` (no string of the
+/// body had an escape, so none holds a quote, a backslash or a control character) strings are
+/// copied without looking for what to escape.
 pub(super) fn write(
     value: Value<'_, '_>,
     out: &mut Vec<u8>,
     max_depth: usize,
     max_bytes: usize,
+    plain_strings: bool,
 ) -> Result<(), TextError> {
     let limit = out.len().saturating_add(max_bytes);
-    Writer { out, limit, max_depth }.value(value, 1)
+    Writer { out, limit, max_depth, plain_strings }.value(value, 1)
 }
 
 struct Writer<'o> {
@@ -37,6 +40,7 @@ struct Writer<'o> {
     /// `out.len()` past which the text is too large.
     limit: usize,
     max_depth: usize,
+    plain_strings: bool,
 }
 
 impl Writer<'_> {
@@ -114,8 +118,7 @@ impl Writer<'_> {
         out.reserve(bytes.len() + 2);
         out.push(b'"');
         // No early exit, so the check vectorises on long strings.
-        let plain = !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
-        if plain {
+        if self.plain_strings || !bytes.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\')) {
             out.extend_from_slice(bytes);
         } else {
             escape(out, bytes);
@@ -171,7 +174,7 @@ mod tests {
         let mut input = json.as_bytes().to_vec();
         let tape = simd_json::to_tape(&mut input).unwrap();
         let mut out = b"prefix".to_vec();
-        write(tape.as_value(), &mut out, 32, 1 << 20)?;
+        write(tape.as_value(), &mut out, 32, 1 << 20, false)?;
         Ok(String::from_utf8(out[6..].to_vec()).unwrap())
     }
 
@@ -199,6 +202,27 @@ mod tests {
         }
     }
 
+    /// A body without a backslash has no string to escape: told so, the writer writes the same.
+    #[test]
+    fn plain_strings_are_copied_as_they_would_be_escaped() {
+        let cases = [
+            r#"{"sku":"PRO-1Y","screen":"paywall","ab":"v2"}"#,
+            "{\"nested\":{\"deeper\":{\"x\":[[],{},[{}]]}},\"e\":\"\",\"u\":\"é☃😀 {[,:]} '\u{7f}\"}",
+            r#"{ "a" : [ 1 , -2 , 3.5 , true , null ] , "k": "v w" }"#,
+        ];
+        for json in cases {
+            let mut input = json.as_bytes().to_vec();
+            let plain = !crate::event::parse::replace_lone_surrogates(&mut input);
+            assert!(plain, "{json}");
+            let tape = simd_json::to_tape(&mut input).unwrap();
+            let mut out = Vec::new();
+            write(tape.as_value(), &mut out, 32, 1 << 20, true).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), ours(json).unwrap(), "{json}");
+        }
+        let mut escaped = br#"{"a":"q\"b"}"#.to_vec();
+        assert!(crate::event::parse::replace_lone_surrogates(&mut escaped), "a backslash is seen");
+    }
+
     #[test]
     fn every_byte_of_a_string_is_escaped_as_simd_json_does() {
         let text: String = (1u8..0x80).map(char::from).chain("é€😀".chars()).collect();
@@ -221,7 +245,7 @@ mod tests {
             let mut input = json.into_bytes();
             let tape = simd_json::to_tape(&mut input).unwrap();
             let mut out = Vec::new();
-            (write(tape.as_value(), &mut out, 32, max_bytes), out.len())
+            (write(tape.as_value(), &mut out, 32, max_bytes, false), out.len())
         };
         let long = || format!(r#"{{"s":"{}"}}"#, "y".repeat(1000));
         assert_eq!(bounded(long(), 1000).0, Err(TextError::TooLarge));

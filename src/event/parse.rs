@@ -39,6 +39,9 @@ pub struct ParsedBody<'b> {
     len: usize,
     /// The batch's `sent_at` in epoch milliseconds, for clock-skew correction.
     pub sent_at_ms: Option<i64>,
+    /// The body held no backslash, so no string in it had an escape: as simd-json refuses raw
+    /// quotes and control characters in strings, none needs escaping when written back.
+    pub plain_strings: bool,
 }
 
 impl<'b> ParsedBody<'b> {
@@ -78,8 +81,9 @@ impl<'b> ParsedBody<'b> {
 /// JSON may escape UTF-16 surrogates that make no pair (`"\ud800"`), which UTF-8 cannot hold;
 /// simd-json would store some of them as U+0000 (so distinct ids would collide) and refuse
 /// others. Every such escape becomes `\ufffd` in place (both are six bytes): stored as U+FFFD,
-/// the replacement character, whatever the escape and wherever it is.
-pub fn replace_lone_surrogates(body: &mut [u8]) {
+/// the replacement character, whatever the escape and wherever it is. Returns whether the
+/// body holds any backslash at all.
+pub fn replace_lone_surrogates(body: &mut [u8]) -> bool {
     fn escape_at(body: &[u8], at: usize) -> Option<u32> {
         let hex = body.get(at..at + 6)?;
         if hex[0] != b'\\' || hex[1] != b'u' {
@@ -90,7 +94,9 @@ pub fn replace_lone_surrogates(body: &mut [u8]) {
     const HIGH: std::ops::Range<u32> = 0xd800..0xdc00;
     const LOW: std::ops::Range<u32> = 0xdc00..0xe000;
     let mut i = 0;
+    let mut any = false;
     while let Some(found) = memchr::memchr(b'\\', &body[i..]) {
+        any = true;
         let at = i + found;
         match escape_at(body, at) {
             Some(cp) if HIGH.contains(&cp) => {
@@ -110,6 +116,7 @@ pub fn replace_lone_surrogates(body: &mut [u8]) {
             None => i = at + 2,
         }
     }
+    any
 }
 
 /// The events of a batch body: a bare array, or the `events` member of an object.
@@ -141,9 +148,9 @@ pub fn parse_body<'b>(
     max_events: usize,
     scratch: &mut JsonScratch,
 ) -> Result<ParsedBody<'b>, ParseError> {
-    replace_lone_surrogates(body);
+    let plain_strings = !replace_lone_surrogates(body);
     if shape == Shape::Ndjson {
-        return parse_ndjson(body, max_events, &mut scratch.buffers);
+        return parse_ndjson(body, max_events, &mut scratch.buffers).map(|p| ParsedBody { plain_strings, ..p });
     }
     let mut tape = scratch.spare.take().map_or_else(Tape::null, Tape::reset);
     simd_json::fill_tape(body, &mut scratch.buffers, &mut tape).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
@@ -152,7 +159,7 @@ pub fn parse_body<'b>(
         if !root.is_object() {
             return Err(ParseError::NotAnObject);
         }
-        return Ok(ParsedBody { tapes: smallvec![Ok(tape)], batch: false, len: 1, sent_at_ms: None });
+        return Ok(ParsedBody { tapes: smallvec![Ok(tape)], batch: false, len: 1, sent_at_ms: None, plain_strings });
     }
     let sent_at_ms = match root.as_object().and_then(|o| o.get("sent_at")) {
         None => None,
@@ -166,7 +173,7 @@ pub fn parse_body<'b>(
     if len == 0 {
         return Err(ParseError::EmptyBatch);
     }
-    Ok(ParsedBody { tapes: smallvec![Ok(tape)], batch: true, len, sent_at_ms })
+    Ok(ParsedBody { tapes: smallvec![Ok(tape)], batch: true, len, sent_at_ms, plain_strings })
 }
 
 fn parse_ndjson<'b>(
@@ -192,7 +199,7 @@ fn parse_ndjson<'b>(
         return Err(ParseError::EmptyBatch);
     }
     let len = tapes.len();
-    Ok(ParsedBody { tapes, batch: false, len, sent_at_ms: None })
+    Ok(ParsedBody { tapes, batch: false, len, sent_at_ms: None, plain_strings: false })
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ pub struct EventContext<'a> {
     pub skew_ms: i64,
     pub sent_at_ms: Option<i64>,
     pub retention_days: u32,
+    /// No string of the body had an escape (see [`super::parse::ParsedBody::plain_strings`]).
+    pub plain_strings: bool,
 }
 
 /// Decimal(18,2) holds 16 integer digits.
@@ -82,9 +84,9 @@ impl Validator {
         let timestamp_ms = self.timestamp(&f, ctx)?;
         let (revenue_cents, currency) = money(&f)?;
         scratch.clear();
-        self.serialise_object(f.properties, "properties", scratch)?;
+        self.serialise_object(f.properties, "properties", ctx.plain_strings, scratch)?;
         let properties_end = scratch.len();
-        self.serialise_object(f.user_properties, "user_properties", scratch)?;
+        self.serialise_object(f.user_properties, "user_properties", ctx.plain_strings, scratch)?;
         Ok(ValidEvent { ids, timestamp_ms, revenue_cents, currency, properties_end })
     }
 
@@ -184,6 +186,7 @@ impl Validator {
         &self,
         value: Option<Value<'_, '_>>,
         key: &'static str,
+        plain_strings: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), Rejection> {
         match value {
@@ -191,18 +194,17 @@ impl Validator {
             Some(v) if v.is_null() => out.extend_from_slice(b"{}"),
             Some(v) if v.is_object() => {
                 let limits = &self.limits;
-                json_text::write(v, out, limits.max_properties_depth, limits.max_properties_bytes).map_err(
-                    |e| match e {
-                        TextError::TooDeep => Rejection::new(
-                            "properties_too_deep",
-                            format!("{key} nests deeper than {}", limits.max_properties_depth),
-                        ),
-                        TextError::TooLarge => Rejection::new(
-                            "properties_too_large",
-                            format!("{key} exceeds {} bytes", limits.max_properties_bytes),
-                        ),
-                    },
-                )?;
+                let (depth, bytes) = (limits.max_properties_depth, limits.max_properties_bytes);
+                json_text::write(v, out, depth, bytes, plain_strings).map_err(|e| match e {
+                    TextError::TooDeep => Rejection::new(
+                        "properties_too_deep",
+                        format!("{key} nests deeper than {}", limits.max_properties_depth),
+                    ),
+                    TextError::TooLarge => Rejection::new(
+                        "properties_too_large",
+                        format!("{key} exceeds {} bytes", limits.max_properties_bytes),
+                    ),
+                })?;
             }
             Some(_) => return Err(Rejection::new("invalid_properties", format!("{key} must be a JSON object"))),
         }
@@ -353,6 +355,7 @@ mod tests {
             skew_ms: 0,
             sent_at_ms: None,
             retention_days: 90,
+            plain_strings: false,
         }
     }
 
