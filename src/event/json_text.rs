@@ -65,7 +65,14 @@ impl Writer<'_> {
                 }
                 self.string(key);
                 self.out.push(b':');
-                self.value(child, depth + 1)?;
+                // Most members are strings: written here, not through another call of `value`.
+                match child.as_str() {
+                    Some(s) => {
+                        self.string(s);
+                        self.check_size()?;
+                    }
+                    None => self.value(child, depth + 1)?,
+                }
             }
             self.out.push(b'}');
         } else if let Some(array) = v.as_array() {
@@ -112,6 +119,7 @@ impl Writer<'_> {
     }
 
     /// A quoted string; most need no escape and are copied whole.
+    #[inline]
     fn string(&mut self, s: &str) {
         let out = &mut *self.out;
         let bytes = s.as_bytes();
