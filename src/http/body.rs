@@ -80,6 +80,10 @@ pub fn media_type(headers: &HeaderMap) -> Result<MediaType, BodyError> {
     let Some(v) = headers.get(CONTENT_TYPE) else {
         return Ok(MediaType::Json);
     };
+    // What nearly every SDK sends, compared whole before the general parse.
+    if v.as_bytes() == b"application/json" {
+        return Ok(MediaType::Json);
+    }
     let essence = v.to_str().unwrap_or("\u{0}").split(';').next().unwrap_or("").trim();
     let is_any = |names: &[&str]| names.iter().any(|n| essence.eq_ignore_ascii_case(n));
     if essence.is_empty() || is_any(&["application/json", "text/plain"]) {
@@ -246,5 +250,11 @@ mod tests {
         assert_eq!(media_type(&h).unwrap(), MediaType::Ndjson);
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
         assert!(matches!(media_type(&h), Err(BodyError::UnsupportedMediaType)));
+        for json in ["application/json", "Application/JSON; charset=utf-8", " text/plain ;charset=UTF-8", ""] {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(json));
+            assert_eq!(media_type(&h).unwrap(), MediaType::Json, "{json:?}");
+        }
+        h.remove(CONTENT_TYPE);
+        assert_eq!(media_type(&h).unwrap(), MediaType::Json, "none");
     }
 }
