@@ -37,9 +37,20 @@ pub struct Rejection {
     pub message: String,
 }
 
+// Both built out of line: refusals are rare, and checks on the hot path stay small without
+// their formatting inside.
 impl Rejection {
+    #[cold]
+    #[inline(never)]
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Rejection { code, message: message.into() }
+    }
+
+    /// A message formatted from values (`format_args!`): formatted only when refused.
+    #[cold]
+    #[inline(never)]
+    pub fn formatted(code: &'static str, message: std::fmt::Arguments<'_>) -> Self {
+        Rejection { code, message: message.to_string() }
     }
 }
 

@@ -112,9 +112,9 @@ impl Validator {
             } else {
                 ""
             };
-            return Err(Rejection::new(
+            return Err(Rejection::formatted(
                 "timestamp_too_old",
-                format!("event_timestamp is older than the {}-day retention{hint}", ctx.retention_days),
+                format_args!("event_timestamp is older than the {}-day retention{hint}", ctx.retention_days),
             ));
         }
         Ok(timestamp_ms)
@@ -167,9 +167,9 @@ impl Validator {
         put_str(d, ids.app_version.as_bytes());
         if d.len() - start > self.limits.max_event_bytes {
             d.truncate(start);
-            return Err(Rejection::new(
+            return Err(Rejection::formatted(
                 "event_too_large",
-                format!("an event may be at most {} bytes", self.limits.max_event_bytes),
+                format_args!("an event may be at most {} bytes", self.limits.max_event_bytes),
             ));
         }
         out.rows += 1;
@@ -196,17 +196,19 @@ impl Validator {
                 let limits = &self.limits;
                 let (depth, bytes) = (limits.max_properties_depth, limits.max_properties_bytes);
                 json_text::write(v, out, depth, bytes, plain_strings).map_err(|e| match e {
-                    TextError::TooDeep => Rejection::new(
+                    TextError::TooDeep => Rejection::formatted(
                         "properties_too_deep",
-                        format!("{key} nests deeper than {}", limits.max_properties_depth),
+                        format_args!("{key} nests deeper than {}", limits.max_properties_depth),
                     ),
-                    TextError::TooLarge => Rejection::new(
+                    TextError::TooLarge => Rejection::formatted(
                         "properties_too_large",
-                        format!("{key} exceeds {} bytes", limits.max_properties_bytes),
+                        format_args!("{key} exceeds {} bytes", limits.max_properties_bytes),
                     ),
                 })?;
             }
-            Some(_) => return Err(Rejection::new("invalid_properties", format!("{key} must be a JSON object"))),
+            Some(_) => {
+                return Err(Rejection::formatted("invalid_properties", format_args!("{key} must be a JSON object")))
+            }
         }
         Ok(())
     }
@@ -256,7 +258,10 @@ fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'
     // The credential's app wins; a body naming another app is refused.
     let app_id = match (ctx.credential_app, optional_str(f.app_id, "app_id", 64)?) {
         (Some(bound), Some(sent)) if bound != sent => {
-            return Err(Rejection::new("app_mismatch", format!("app_id {sent:?} is not the app this key belongs to")));
+            return Err(Rejection::formatted(
+                "app_mismatch",
+                format_args!("app_id {sent:?} is not the app this key belongs to"),
+            ));
         }
         (Some(bound), _) => bound,
         (None, sent) => sent.unwrap_or(""),
