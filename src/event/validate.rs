@@ -405,6 +405,36 @@ mod tests {
         out
     }
 
+    /// Through the request path's parse: strings with escapes are escaped again, and a body
+    /// without any backslash has its strings copied as they are.
+    #[test]
+    fn property_strings_keep_their_escapes_only_where_the_body_had_them() {
+        let event = |properties: &str| {
+            format!(r#"{{"event_type":"t","event_name":"n","device_id":"d","event_id":"e","properties":{properties}}}"#)
+        };
+        for (properties, stored, plain) in [
+            (r#"{"q":"a\"b\\c\nd\u0001"}"#, r#"{"q":"a\"b\\c\nd\u0001"}"#, false),
+            (r#"{"q":"\u00e9"}"#, r#"{"q":"é"}"#, false),
+            (r#"{ "q" : "plain é {[:,]}" , "n" : [1, true] }"#, r#"{"q":"plain é {[:,]}","n":[1,true]}"#, true),
+        ] {
+            let mut body = event(properties).into_bytes();
+            let parsed = crate::event::parse::parse_body(
+                &mut body,
+                crate::event::parse::Shape::Single,
+                1,
+                &mut Default::default(),
+            )
+            .unwrap();
+            assert_eq!(parsed.plain_strings, plain, "{properties}");
+            let ctx = EventContext { plain_strings: parsed.plain_strings, ..ctx() };
+            let mut out = RowBlock::new(OrgId::new("org_a"), 256);
+            parsed.for_each(|_, e| {
+                Validator::new(BodyLimits::default()).encode(e.unwrap(), &ctx, &mut Vec::new(), &mut out).unwrap();
+            });
+            assert_eq!(strings(&out.data)[8], stored, "{properties}");
+        }
+    }
+
     #[test]
     fn valid_event_encodes_every_column() {
         let (s, row) = run(r#"{"event_type":"purchase","event_name":"buy","device_id":"d1","event_id":"e1",
