@@ -265,11 +265,26 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
         assert!(all > 0.0 && within == all, "node {}: {within} of {all} requests under 250 ms", e.admin);
     }
     // The bound, p99 within 10 % of the steady state before, plus 5 ms of slack for
-    // scheduler jitter on these two shared cores (measured p99s are 4 to 7 ms when the test
-    // runs alone); a request waiting on a stalled Redis would add its 250 ms timeout.
+    // scheduler jitter on these two shared cores (measured p99s are 2 to 7 ms when the test
+    // runs alone); a request waiting on a stalled Redis would add its 250 ms timeout. Taken
+    // second by second as well: requests that wait on Redis would slow every second of the
+    // outage (every sync tick times out), while one stall of the VM (CI once saw the whole
+    // outage's p99 at 79 ms against 2.3 ms before, every request under 250 ms by the edges'
+    // own histograms) slows one or two; so the bound must hold in 7 of the outage's 9 seconds.
+    let bound = p99_normal.mul_f64(1.1) + Duration::from_millis(5);
+    let seconds: Vec<Duration> = (1..10)
+        .map(|s| {
+            let second = before + Duration::from_secs(s);
+            p99(latencies
+                .iter()
+                .filter(|(sent, _)| *sent >= second && *sent < second + Duration::from_secs(1))
+                .map(|(_, l)| *l))
+        })
+        .collect();
+    let within = seconds.iter().filter(|&&p| p <= bound).count();
     assert!(
-        p99_outage <= p99_normal.mul_f64(1.1) + Duration::from_millis(5),
-        "p99 {p99_outage:?} during the outage, {p99_normal:?} before"
+        within >= 7,
+        "p99 {p99_outage:?} during the outage, {p99_normal:?} before; by second {seconds:?}, {within} of 9 within {bound:?}"
     );
     all_see(&http, &edges, 3.0).await;
     let detail = http.get(format!("http://{}/readyz", edges[0].admin)).send().await.unwrap().text().await.unwrap();
