@@ -109,7 +109,9 @@ pub(super) fn optional_str<'v>(
 }
 
 // The refusals are built out of line: with their formatting inside, `optional_str` (17 calls
-// per event) was too large to inline, and its calls cost more than its checks.
+// per event) was too large to inline, and its calls cost more than its checks. Not
+// `Rejection::formatted`: building the `format_args!` in place kept it from inlining too
+// (8.3 k → 8.8 k instructions per batch event under callgrind).
 #[cold]
 #[inline(never)]
 fn not_a_string(key: &str) -> Rejection {

@@ -150,7 +150,7 @@ pub fn parse_body<'b>(
 ) -> Result<ParsedBody<'b>, ParseError> {
     let plain_strings = !replace_lone_surrogates(body);
     if shape == Shape::Ndjson {
-        return parse_ndjson(body, max_events, &mut scratch.buffers).map(|p| ParsedBody { plain_strings, ..p });
+        return parse_ndjson(body, max_events, &mut scratch.buffers, plain_strings);
     }
     let mut tape = scratch.spare.take().map_or_else(Tape::null, Tape::reset);
     simd_json::fill_tape(body, &mut scratch.buffers, &mut tape).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
@@ -180,6 +180,7 @@ fn parse_ndjson<'b>(
     body: &'b mut [u8],
     max_events: usize,
     buffers: &mut Buffers,
+    plain_strings: bool,
 ) -> Result<ParsedBody<'b>, ParseError> {
     let mut tapes = SmallVec::new();
     for line in body.split_mut(|&b| b == b'\n') {
@@ -199,7 +200,7 @@ fn parse_ndjson<'b>(
         return Err(ParseError::EmptyBatch);
     }
     let len = tapes.len();
-    Ok(ParsedBody { tapes, batch: false, len, sent_at_ms: None, plain_strings: false })
+    Ok(ParsedBody { tapes, batch: false, len, sent_at_ms: None, plain_strings })
 }
 
 #[cfg(test)]
