@@ -4,7 +4,9 @@
 //! the encoder and the table can only disagree if the migration does; the
 //! integration tests read every column back to catch that.
 
-use bytes::BufMut;
+use std::mem::MaybeUninit;
+
+use bytes::{BufMut, BytesMut};
 
 /// The row layout a block was encoded with. Spool records carry it, so that rows written by an
 /// earlier release still ship after an upgrade: a format only ever appends columns.
@@ -83,6 +85,96 @@ pub fn put_decimal_18_2(out: &mut impl BufMut, cents: i64) {
     out.put_i64_le(cents);
 }
 
+/// Bytes [`put_str`] writes for a string of `len` bytes.
+#[inline]
+pub const fn str_size(len: usize) -> usize {
+    if len < 0x80 {
+        1 + len
+    } else {
+        varint_size(len as u64) + len
+    }
+}
+
+#[inline]
+pub const fn varint_size(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Appends one row of `size` bytes, which `fill` writes through a [`RowWriter`]: one capacity
+/// check for the row instead of one per column (a `BufMut` put checks and advances each time,
+/// ~46 puts per event).
+#[inline]
+pub fn write_row(out: &mut BytesMut, size: usize, fill: impl FnOnce(&mut RowWriter<'_>)) {
+    out.reserve(size);
+    let mut w = RowWriter { spare: &mut out.spare_capacity_mut()[..size], len: 0 };
+    fill(&mut w);
+    let written = w.len;
+    debug_assert_eq!(written, size, "the row's size was computed wrongly");
+    // SAFETY: the writer initialised its first `written` bytes, in order, and never skips any.
+    unsafe { out.set_len(out.len() + written) };
+}
+
+/// Sequential writes into a row's reserved bytes; bounds-checked, so a wrong size panics
+/// instead of writing past the reservation.
+pub struct RowWriter<'a> {
+    spare: &'a mut [MaybeUninit<u8>],
+    len: usize,
+}
+
+impl RowWriter<'_> {
+    #[inline]
+    pub fn bytes(&mut self, s: &[u8]) {
+        self.spare[self.len..self.len + s.len()].write_copy_of_slice(s);
+        self.len += s.len();
+    }
+
+    #[inline]
+    pub fn byte(&mut self, b: u8) {
+        self.spare[self.len].write(b);
+        self.len += 1;
+    }
+
+    #[inline]
+    pub fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    /// `String`, as [`put_str`].
+    #[inline]
+    pub fn str(&mut self, s: &[u8]) {
+        self.varint(s.len() as u64);
+        self.bytes(s);
+    }
+
+    /// `DateTime`, as [`put_datetime`].
+    #[inline]
+    pub fn datetime(&mut self, unix_secs: u32) {
+        self.bytes(&unix_secs.to_le_bytes());
+    }
+
+    /// `Nullable(DateTime)`, as [`put_nullable_datetime`]: 1 byte, or 5.
+    #[inline]
+    pub fn nullable_datetime(&mut self, unix_secs: Option<u32>) {
+        match unix_secs {
+            None => self.byte(1),
+            Some(v) => {
+                self.byte(0);
+                self.datetime(v);
+            }
+        }
+    }
+
+    /// `Decimal(18, 2)`, as [`put_decimal_18_2`].
+    #[inline]
+    pub fn decimal_18_2(&mut self, cents: i64) {
+        self.bytes(&cents.to_le_bytes());
+    }
+}
+
 /// Reads one `String` back (tests and spool tools).
 pub fn read_str<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let mut len = 0u64;
@@ -125,5 +217,35 @@ mod tests {
         let mut out = Vec::new();
         put_varint(&mut out, 300);
         assert_eq!(out, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn row_writer_writes_what_the_puts_write() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 1 << 20] {
+            let s = vec![b'x'; len];
+            let (mut puts, mut row) = (Vec::new(), BytesMut::from(&b"before"[..]));
+            put_str(&mut puts, &s);
+            put_datetime(&mut puts, 7);
+            put_nullable_datetime(&mut puts, None);
+            put_nullable_datetime(&mut puts, Some(9));
+            put_decimal_18_2(&mut puts, -5);
+            let size = str_size(len) + 4 + 1 + 5 + 8;
+            write_row(&mut row, size, |w| {
+                w.str(&s);
+                w.datetime(7);
+                w.nullable_datetime(None);
+                w.nullable_datetime(Some(9));
+                w.decimal_18_2(-5);
+            });
+            assert_eq!(&row[..6], b"before");
+            assert_eq!(&row[6..], &puts[..], "{len}");
+            assert_eq!(varint_size(len as u64), str_size(len) - len);
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_row_larger_than_its_size_panics_instead_of_writing_past_it() {
+        write_row(&mut BytesMut::new(), 3, |w| w.str(b"abcd"));
     }
 }
