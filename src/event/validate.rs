@@ -507,6 +507,25 @@ mod tests {
         assert_eq!(id.get_version_num(), 7);
     }
 
+    /// The limit is on the encoded row, exactly: a row of `max_event_bytes` passes, one more
+    /// byte is refused before anything is written.
+    #[test]
+    fn event_too_large_counts_the_encoded_row() {
+        let json = |name: &str| format!(r#"{{"event_type":"t","event_name":"{name}","device_id":"d","event_id":"e"}}"#);
+        let (_, row) = run(&json("n")).unwrap();
+        let limits = BodyLimits { max_event_bytes: row.len() + 1, ..BodyLimits::default() };
+        for (name, fits) in [("n", true), ("nn", true), ("nnn", false)] {
+            let mut buf = json(name).into_bytes();
+            let tape = simd_json::to_tape(&mut buf).unwrap();
+            let mut out = RowBlock::new(OrgId::new("org_a"), 16);
+            let r = Validator::new(limits.clone()).encode(tape.as_value(), &ctx(), &mut Vec::new(), &mut out);
+            match r {
+                Ok(s) => assert!(fits && s.row_end == out.data.len() && out.data.len() <= limits.max_event_bytes),
+                Err(e) => assert!(!fits && e.code == "event_too_large" && out.data.is_empty(), "{name}"),
+            }
+        }
+    }
+
     #[test]
     fn generated_event_ids_are_formatted_as_the_uuid_crate_formats_them() {
         for x in [0, u32::MAX, 0x0123_4567, 0x89ab_cdef, 0xa0b1_c2d3, 0x9f9f_a0a0] {
