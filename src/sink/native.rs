@@ -123,6 +123,16 @@ impl NativeEncoder {
         self.null_map.clear();
         let (columns, null_map) = (&mut self.columns, &mut self.null_map);
         for (n, key) in self.keys.iter().enumerate() {
+            // Rows are read in key order, scattered over tens of megabytes: ask for the ones
+            // a few steps ahead (their place first, then their bytes) so each read is not a
+            // cache miss. Without this, those misses were a third of the transposition's time.
+            if let Some(later) = self.keys.get(n + 2 * PREFETCH_AHEAD) {
+                prefetch(std::slice::from_ref(&self.rows[later.row as usize]));
+            }
+            if let Some(next) = self.keys.get(n + PREFETCH_AHEAD) {
+                let at = &self.rows[next.row as usize];
+                prefetch(&chunks[at.chunk as usize][at.start as usize..at.end as usize]);
+            }
             let at = &self.rows[key.row as usize];
             let bytes = &chunks[at.chunk as usize][at.start as usize..at.end as usize];
             walk_row(bytes, schema, |i, field| match schema[i].2 {
@@ -269,6 +279,25 @@ impl NativeEncoder {
             })
         });
         Ok(())
+    }
+}
+
+/// How many rows ahead the transposition asks for the row it will read.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Asks the CPU to bring `data`'s cache lines in, without waiting for them.
+#[inline(always)]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(data);
+        let start = data.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: SSE is in every x86_64 CPU, and a prefetch is a hint that never faults
+            // (the addresses are inside `data` anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
     }
 }
 
