@@ -260,11 +260,25 @@ mod tests {
 
     #[test]
     fn clickhouse_compression() {
+        let compress =
+            |settings: &[(&str, &str)]| Config::from_vars(&vars(settings)).unwrap().clickhouse.unwrap().compress;
+        for (url, remote) in [
+            ("http://127.0.0.1:8123", false),
+            ("http://127.8.9.10", false),
+            ("https://user:pw@localhost:8443/", false),
+            ("http://[::1]:8123", false),
+            ("http://clickhouse.internal:8123", true),
+            ("http://10.0.0.5:8123/?x=1", true),
+            ("http://[2001:db8::1]:8123", true),
+            ("http://127.0.0.1.example.com", true),
+        ] {
+            assert_eq!(compress(&[("CLICKHOUSE_URL", url)]), remote, "LZ4 by default only to a remote server: {url}");
+        }
         let url = ("CLICKHOUSE_URL", "http://127.0.0.1:8123");
-        let c = Config::from_vars(&vars(&[url])).unwrap();
-        assert!(c.clickhouse.unwrap().compress, "LZ4 unless told otherwise");
-        let c = Config::from_vars(&vars(&[url, ("EDGE_CLICKHOUSE_COMPRESSION", "none")])).unwrap();
-        assert!(!c.clickhouse.unwrap().compress);
+        assert!(compress(&[url, ("EDGE_CLICKHOUSE_COMPRESSION", "lz4")]));
+        let remote = ("CLICKHOUSE_URL", "http://clickhouse:8123");
+        assert!(!compress(&[remote, ("EDGE_CLICKHOUSE_COMPRESSION", "none")]));
+        assert!(compress(&[remote, ("EDGE_CLICKHOUSE_COMPRESSION", "auto")]));
         let errors = Config::from_vars(&vars(&[url, ("EDGE_CLICKHOUSE_COMPRESSION", "gzip")])).unwrap_err();
         assert_eq!(errors[0].name, "EDGE_CLICKHOUSE_COMPRESSION");
     }
