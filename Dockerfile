@@ -4,6 +4,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Builds for x86-64-v3 (see .cargo/config.toml; RUSTFLAGS overrides it for older CPUs).
+COPY .cargo ./.cargo
 COPY src ./src
 COPY migrations ./migrations
 COPY loadtest ./loadtest
