@@ -3,8 +3,9 @@
 //! Rows arrive already encoded as RowBinary; [`ClickHouseSink::encode`] sorts
 //! and transposes them into one columnar Native block ([`super::native`],
 //! cheaper for ClickHouse to parse, and already in key order), ahead of the
-//! send; the send LZ4-frames it (the crate's `decompress=1` path, which 18.16
-//! understands; `EDGE_CLICKHOUSE_COMPRESSION=none` skips it) and POSTs it. The crate's
+//! send; the send LZ4-frames it to a remote server (the crate's `decompress=1`
+//! path, which 18.16 understands; not to a loopback URL unless
+//! `EDGE_CLICKHOUSE_COMPRESSION=lz4`, see [`ClickHouseConfig::compress`]) and POSTs it. The crate's
 //! schema validation is off: it needs `RowBinaryWithNamesAndTypes`, which
 //! Debian's 18.16 lacks, and no setting is sent that an old server would
 //! refuse (an unknown setting is a hard error there).
