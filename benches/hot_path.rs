@@ -124,7 +124,7 @@ fn native_block(c: &mut Criterion) {
             b.iter(|| {
                 let chunks = [&block.data[..]];
                 out = encoder
-                    .encode(&chunks, rows, edge::event::rowbinary::RowFormat::CURRENT, std::mem::take(&mut out))
+                    .encode(&chunks, rows, edge::event::rowbinary::RowFormat::CURRENT, |_| std::mem::take(&mut out))
                     .unwrap();
                 black_box(out.len())
             })

@@ -118,10 +118,8 @@ impl ClickHouseSink {
     /// The block as one sorted `Native` block (see [`super::native`]).
     pub fn encode(&self, block: &Block) -> Result<bytes::Bytes, SinkError> {
         let chunks: Vec<&[u8]> = block.chunks.iter().map(|c| &c[..]).collect();
-        // The Native block is about as large as the rows it transposes.
-        let out = self.buffers.take(block.bytes + 4096);
         let mut encoder = self.encoder.lock().expect("encoder lock");
-        match encoder.encode(&chunks, block.rows, block.format, out) {
+        match encoder.encode(&chunks, block.rows, block.format, |size| self.buffers.take(size)) {
             Ok(native) => Ok(bytes::Bytes::from(native)),
             Err(_) => Err(SinkError { retryable: false, message: "block is not valid RowBinary for events".into() }),
         }
