@@ -35,8 +35,19 @@ impl BufferPool {
             Some(i) => free.swap_remove(i),
             None => {
                 drop(free);
-                Vec::with_capacity(capacity)
+                Vec::with_capacity(self.rounded(capacity))
             }
+        }
+    }
+
+    /// A new large buffer's capacity, rounded up to a whole step: the shipper's reads and blocks
+    /// differ from one to the next by a few bytes, and one sized exactly for an ask fit none of
+    /// the slightly larger ones after it (each then faulted in a buffer of its own).
+    fn rounded(&self, capacity: usize) -> usize {
+        const STEP: usize = 2 << 20;
+        match capacity.checked_next_multiple_of(STEP) {
+            Some(up) if capacity >= STEP && up <= self.max_capacity => up,
+            _ => capacity,
         }
     }
 
@@ -110,6 +121,21 @@ mod tests {
         pool.keep(taken);
         pool.keep(Vec::with_capacity(2 << 10));
         assert_eq!(pool.take(1).capacity(), 2 << 10, "the smallest that fits");
+    }
+
+    #[test]
+    fn asks_a_few_bytes_apart_share_a_large_buffer() {
+        let pool = BufferPool::new(2, 64 << 20);
+        let first = pool.take(30_000_000);
+        let at = first.as_ptr();
+        pool.keep(first);
+        let next = pool.take(30_000_123);
+        assert_eq!(next.as_ptr(), at, "a larger ask by a few bytes reuses the buffer");
+        assert_eq!(pool.take(1000).capacity(), 1000, "small asks are not rounded");
+        assert_eq!(pool.take(64 << 20).capacity(), 64 << 20);
+        assert_eq!(pool.take((64 << 20) - 5).capacity(), (64 << 20), "rounded up to what the pool keeps");
+        let pool = BufferPool::new(2, (64 << 20) - 5);
+        assert_eq!(pool.take((64 << 20) - 9).capacity(), (64 << 20) - 9, "never past what the pool keeps");
     }
 
     #[test]

@@ -27,9 +27,14 @@ pub struct Recovery {
 pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared) -> io::Result<(Recovery, Vec<u64>)> {
     let mut recovery = Recovery::default();
     let seqs = segment::list_segments(dir)?;
-    // One buffer for every segment: each would otherwise be faulted in and zeroed afresh.
-    // It holds one segment at most and goes when recovery ends.
+    // One buffer for every segment, sized for the largest: each would otherwise be faulted in
+    // and zeroed afresh (segments differ by a few bytes, so one sized for the first did not fit
+    // the next). It goes when recovery ends.
     let buffers = crate::buffers::BufferPool::new(1, usize::MAX);
+    let mut largest = 0;
+    for &seq in &seqs {
+        largest = largest.max(fs::metadata(segment::segment_path(dir, seq))?.len() as usize);
+    }
     for &seq in &seqs {
         let path = segment::segment_path(dir, seq);
         if checkpoint.is_some_and(|c| seq < c.seq) {
@@ -40,7 +45,7 @@ pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared)
         let start = checkpoint.filter(|c| c.seq == seq).map_or(0, |c| c.offset);
         let mut file = fs::File::open(&path)?;
         // Sized up front: growing by doubling would copy the segment over and over.
-        let mut buffer = buffers.take(file.metadata()?.len() as usize);
+        let mut buffer = buffers.take(largest.max(file.metadata()?.len() as usize));
         file.read_to_end(&mut buffer)?;
         let data = bytes::Bytes::from(buffer);
         let (stats, _) = segment::scan(&data, (start as usize).min(data.len()), true, |_, _| {});
