@@ -268,9 +268,10 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
     // scheduler jitter on these two shared cores (measured p99s are 2 to 7 ms when the test
     // runs alone); a request waiting on a stalled Redis would add its 250 ms timeout. Taken
     // second by second rather than over the whole outage: requests that wait on Redis would
-    // slow every second of it (every sync tick times out), while one stall of the VM (CI once
-    // saw the whole outage's p99 at 79 ms against 2.3 ms before, every request under 250 ms by
-    // the edges' own histograms) slows one or two; so the bound must hold in 7 of its 9 seconds.
+    // slow every second of it (every sync tick times out), while a stall of the VM slows a few:
+    // CI once saw the whole outage's p99 at 79 ms against 2.3 ms before, and once four seconds
+    // at 70, 64, 20 and 13 ms against 2.9 ms before, every request under 250 ms by the edges'
+    // own histograms both times. So the bound must hold in most of its 9 seconds.
     let bound = p99_normal.mul_f64(1.1) + Duration::from_millis(5);
     let seconds: Vec<Duration> = (1..10)
         .map(|s| {
@@ -283,7 +284,7 @@ async fn a_stopped_redis_slows_no_request_and_the_shares_hold() {
         .collect();
     let within = seconds.iter().filter(|&&p| p <= bound).count();
     assert!(
-        within >= 7,
+        within >= 5,
         "p99 {p99_outage:?} during the outage, {p99_normal:?} before; by second {seconds:?}, {within} of 9 within {bound:?}"
     );
     all_see(&http, &edges, 3.0).await;
