@@ -231,6 +231,11 @@ impl NativeEncoder {
         if chunks.iter().any(|c| c.len() > u32::MAX as usize) || rows > u32::MAX as usize {
             return Err(Malformed);
         }
+        // Sized once rather than doubled and copied through the first large block; by what the
+        // chunks can hold too (a row takes more than 16 bytes), not by the claimed count alone.
+        let room = rows.min(chunks.iter().map(|c| c.len()).sum::<usize>() / 16);
+        self.keys.reserve(room);
+        self.rows.reserve(room);
         // Organisations in first-seen order, found by name when the organisation changes from
         // one row to the next (in runs as the shipper groups them; a map keeps a block of many
         // interleaved organisations linear).
