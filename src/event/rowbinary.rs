@@ -121,7 +121,18 @@ pub struct RowWriter<'a> {
     len: usize,
 }
 
-impl RowWriter<'_> {
+impl<'a> RowWriter<'a> {
+    /// Writes from the start of `spare`, for a caller that places the parts of a larger buffer
+    /// itself (the Native encoder's block headers).
+    pub fn new(spare: &'a mut [MaybeUninit<u8>]) -> Self {
+        RowWriter { spare, len: 0 }
+    }
+
+    /// Bytes written so far, all from the start of the spare bytes and in order.
+    pub fn written(&self) -> usize {
+        self.len
+    }
+
     #[inline]
     pub fn bytes(&mut self, s: &[u8]) {
         self.spare[self.len..self.len + s.len()].write_copy_of_slice(s);

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 
-use crate::event::rowbinary::{varint_size, RowFormat};
+use crate::event::rowbinary::{str_size, varint_size, RowFormat, RowWriter};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -106,38 +106,35 @@ struct RowAt {
 struct Layout {
     /// Column i's values start at `values[i]`; its null map (nullable columns) at `nulls[i]`,
     /// just before them; its name and type at `header[i]`.
-    header: Vec<usize>,
-    nulls: Vec<usize>,
-    values: Vec<usize>,
+    header: [usize; COLUMNS],
+    nulls: [usize; COLUMNS],
+    values: [usize; COLUMNS],
     /// Where each column's values end (the next column's header starts there).
-    ends: Vec<usize>,
+    ends: [usize; COLUMNS],
     total: usize,
 }
 
+const COLUMNS: usize = SCHEMA.len();
+
 impl Layout {
-    fn new(schema: &[(&str, &str, Kind)], rows: usize, sizes: &[usize]) -> Layout {
-        let (columns, count) = (schema.len() as u64, rows as u64);
-        let mut at = varint_size(columns) + varint_size(count);
+    fn new(schema: &[(&str, &str, Kind)], rows: usize, sizes: &[usize; COLUMNS]) -> Layout {
+        let mut at = varint_size(schema.len() as u64) + varint_size(rows as u64);
         let mut layout =
-            Layout { header: Vec::new(), nulls: Vec::new(), values: Vec::new(), ends: Vec::new(), total: 0 };
-        for ((name, type_name, kind), &size) in schema.iter().zip(sizes) {
-            layout.header.push(at);
-            at += str_size(name) + str_size(type_name);
-            layout.nulls.push(at);
+            Layout { header: [0; COLUMNS], nulls: [0; COLUMNS], values: [0; COLUMNS], ends: [0; COLUMNS], total: 0 };
+        for (i, (name, type_name, kind)) in schema.iter().enumerate() {
+            layout.header[i] = at;
+            at += str_size(name.len()) + str_size(type_name.len());
+            layout.nulls[i] = at;
             if matches!(kind, Kind::NullableDateTime) {
                 at += rows;
             }
-            layout.values.push(at);
-            at += size;
-            layout.ends.push(at);
+            layout.values[i] = at;
+            at += sizes[i];
+            layout.ends[i] = at;
         }
         layout.total = at;
         layout
     }
-}
-
-fn str_size(s: &str) -> usize {
-    varint_size(s.len() as u64) + s.len()
 }
 
 impl NativeEncoder {
@@ -152,7 +149,7 @@ impl NativeEncoder {
     ) -> Result<Vec<u8>, Malformed> {
         let schema = &SCHEMA[..format.column_count()];
         let sizes = self.sort_rows(chunks, rows, schema)?;
-        let layout = Layout::new(schema, rows, &sizes[..schema.len()]);
+        let layout = Layout::new(schema, rows, &sizes);
         let mut out = buffer(layout.total);
         out.clear();
         if out.capacity() < layout.total {
@@ -163,8 +160,7 @@ impl NativeEncoder {
         // Every value goes straight to its place in the block: no per-column buffers to fill
         // and then copy, and the block's size is exact (a Native nullable is wider than its
         // RowBinary form, so an estimate from the rows' size came up short and regrew it).
-        let mut nulls = layout.nulls.clone();
-        let mut values = layout.values.clone();
+        let (mut nulls, mut values) = (layout.nulls, layout.values);
         for (n, key) in self.keys.iter().enumerate() {
             // Rows are read in key order, scattered over tens of megabytes: ask for the ones
             // a few steps ahead (their place first, then their bytes) so each read is not a
@@ -194,15 +190,17 @@ impl NativeEncoder {
         }
         let mut complete = true;
         for (i, (name, type_name, kind)) in schema.iter().enumerate() {
-            let mut at = layout.header[i];
-            for s in [name, type_name] {
-                at = put_str_at(spare, at, s.as_bytes());
-            }
+            let mut header = RowWriter::new(&mut spare[layout.header[i]..]);
+            header.str(name.as_bytes());
+            header.str(type_name.as_bytes());
             let nulls_written = !matches!(kind, Kind::NullableDateTime) || nulls[i] == layout.values[i];
-            complete &= at == layout.nulls[i] && nulls_written && values[i] == layout.ends[i];
+            complete &=
+                layout.header[i] + header.written() == layout.nulls[i] && nulls_written && values[i] == layout.ends[i];
         }
-        let prefix = put_varint_at(spare, 0, schema.len() as u64);
-        complete &= put_varint_at(spare, prefix, rows as u64) == layout.header[0];
+        let mut prefix = RowWriter::new(spare);
+        prefix.varint(schema.len() as u64);
+        prefix.varint(rows as u64);
+        complete &= prefix.written() == layout.header[0];
         if !complete {
             // Only if the rows differ from the sort's walk of them, which they cannot.
             return Err(Malformed);
@@ -223,7 +221,7 @@ impl NativeEncoder {
         chunks: &[&[u8]],
         rows: usize,
         schema: &[(&str, &str, Kind)],
-    ) -> Result<[usize; SCHEMA.len()], Malformed> {
+    ) -> Result<[usize; COLUMNS], Malformed> {
         // The sort moves only (packed key, row number): 32 bytes a row, most comparisons one
         // integer compare; ties look up the rest of the key on the side.
         self.keys.clear();
@@ -242,7 +240,7 @@ impl NativeEncoder {
         let mut orgs: Vec<&[u8]> = Vec::new();
         let mut index_of: HashMap<&[u8], usize, ahash::RandomState> = HashMap::default();
         let mut previous: Option<(&[u8], usize)> = None;
-        let mut sizes = [0usize; SCHEMA.len()];
+        let mut sizes = [0usize; COLUMNS];
         for (chunk, &bytes) in chunks.iter().enumerate() {
             let mut at = 0;
             while at < bytes.len() {
@@ -368,26 +366,6 @@ fn put_value(out: &mut [MaybeUninit<u8>], at: &mut usize, end: usize, value: &[u
         out[*at..*at + len].write_copy_of_slice(value);
     }
     *at += len;
-}
-
-/// Writes a length-prefixed string at `at`; returns where it ends.
-fn put_str_at(out: &mut [MaybeUninit<u8>], at: usize, s: &[u8]) -> usize {
-    let at = put_varint_at(out, at, s.len() as u64);
-    out[at..at + s.len()].write_copy_of_slice(s);
-    at + s.len()
-}
-
-/// Writes a LEB128 varint at `at`; returns where it ends.
-fn put_varint_at(out: &mut [MaybeUninit<u8>], mut at: usize, mut v: u64) -> usize {
-    loop {
-        let more = v >= 0x80;
-        out[at].write((v as u8 & 0x7f) | if more { 0x80 } else { 0 });
-        at += 1;
-        v >>= 7;
-        if !more {
-            return at;
-        }
-    }
 }
 
 /// How many rows ahead the transposition asks for the row it will read.

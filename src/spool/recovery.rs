@@ -45,7 +45,7 @@ pub(super) fn recover(dir: &Path, checkpoint: Option<Position>, shared: &Shared)
         let start = checkpoint.filter(|c| c.seq == seq).map_or(0, |c| c.offset);
         let mut file = fs::File::open(&path)?;
         // Sized up front: growing by doubling would copy the segment over and over.
-        let mut buffer = buffers.take(largest.max(file.metadata()?.len() as usize));
+        let mut buffer = buffers.take(largest);
         file.read_to_end(&mut buffer)?;
         let data = bytes::Bytes::from(buffer);
         let (stats, _) = segment::scan(&data, (start as usize).min(data.len()), true, |_, _| {});
