@@ -373,6 +373,7 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
         ack: config.ack,
         sync_interval: config.spool_sync_interval,
         write_linger: config.spool_write_linger,
+        sync_linger: config.spool_sync_linger,
         clock: clock.clone(),
     };
     let (spool, reader, recovery) =

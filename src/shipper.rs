@@ -357,6 +357,7 @@ mod tests {
             ack: AckMode::Durable,
             sync_interval: Duration::from_millis(100),
             write_linger: Duration::ZERO,
+            sync_linger: Duration::ZERO,
             clock: Default::default(),
         }
     }

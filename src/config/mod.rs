@@ -100,6 +100,8 @@ pub struct Config {
     pub spool_sync_interval: Duration,
     /// With `EDGE_ACK=memory`: the spool writer's pause between groups (fewer wake-ups).
     pub spool_write_linger: Duration,
+    /// With `EDGE_ACK=durable`: the same pause, after groups of many appends only (fewer syncs per request).
+    pub spool_sync_linger: Duration,
     /// In-process daily aggregates (`/api/v1/stats/events` without ClickHouse); oldest days go first.
     pub stats_max_bytes: usize,
     /// Accepted blocks waiting in memory for the spool writer; past it, 503.
@@ -196,6 +198,7 @@ impl Config {
             spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", DEFAULT_SPOOL_SEGMENT_BYTES),
             spool_sync_interval: r.duration("EDGE_SPOOL_SYNC_INTERVAL", Duration::from_millis(100)),
             spool_write_linger: r.duration("EDGE_SPOOL_WRITE_LINGER", Duration::from_millis(1)),
+            spool_sync_linger: r.duration("EDGE_SPOOL_SYNC_LINGER", Duration::from_millis(1)),
             stats_max_bytes: r.positive("EDGE_STATS_MAX_BYTES", DEFAULT_STATS_MAX_BYTES),
             spool_max_queued_bytes: r.parse("EDGE_SPOOL_MAX_QUEUED_BYTES", DEFAULT_SPOOL_MAX_QUEUED_BYTES),
             trusted_proxies: conn.trusted_proxies.clone(),
