@@ -779,7 +779,8 @@ mod tests {
             seed
         };
         let uuid = |r: u64| format!("0193a1b2-c3d4-7{:03x}-8{:03x}-{:012x}", r % 4096, (r >> 12) % 4096, r >> 24);
-        let cases: [(&str, fn(u64) -> String); 3] = [
+        type DeviceOf = fn(u64) -> String;
+        let cases: [(&str, DeviceOf); 3] = [
             ("device-N", |r| format!("device-{}", r % 1000)),
             ("one device", |_| "device-1".to_string()),
             ("long, sharing the packed prefix", |r| format!("device-123456789-{}", r % 300)),
