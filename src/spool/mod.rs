@@ -530,6 +530,39 @@ mod tests {
         tokio::task::block_in_place(|| spool.close());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_larger_than_a_read_is_read_on_until_whole_even_behind_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig { segment_bytes: 1 << 30, max_queued_bytes: 1 << 30, ..config(dir.path(), 1 << 30) };
+        let (spool, mut reader, _) = Spool::open(&config).unwrap();
+        for rows in [1, 30_000, 1, 30_000] {
+            spool.append(block(rows)).await.unwrap();
+        }
+        // The first read sizes the next by its bytes per row (a few dozen): far less than the
+        // next record's 300 KB.
+        assert_eq!(reader.read(1, 1 << 20).unwrap().rows, 1);
+        let big = reader.read(1, 1 << 20).unwrap();
+        assert_eq!((big.records.len(), big.rows), (1, 30_000));
+        reader.confirm(big).unwrap();
+        tokio::task::block_in_place(|| spool.close());
+        drop((spool, reader));
+
+        // The third record (1 row) damaged: a read from there starts with damage, then finds
+        // only the start of the last large record, and must read on as well.
+        let seg = segment::list_segments(dir.path()).unwrap()[0];
+        let path = segment::segment_path(dir.path(), seg);
+        let mut data = std::fs::read(&path).unwrap();
+        let (small, large) =
+            (segment::framed_len(b"org_t", &[0; 10]), segment::framed_len(b"org_t", &vec![0; 300_000]));
+        data[small + large + small - 1] ^= 0xff; // the third record's last byte
+        std::fs::write(&path, &data).unwrap();
+        let (spool, mut reader, recovery) = Spool::open(&config).unwrap();
+        assert_eq!((recovery.replay_rows, recovery.damaged_regions), (30_000, 1));
+        let last = reader.read(1, 1 << 20).unwrap();
+        assert_eq!((last.records.len(), last.rows), (1, 30_000));
+        tokio::task::block_in_place(|| spool.close());
+    }
+
     #[test]
     fn what_waits_for_the_writer_is_bounded_in_bytes() {
         let dir = tempfile::tempdir().unwrap();

@@ -116,34 +116,39 @@ impl SpoolReader {
             let rows_left = max_rows.saturating_sub(batch.rows) as u64;
             let estimate = self.bytes_per_row.saturating_mul(rows_left) / 8 * 9 + READ_SLACK;
             let mut want = remaining.min(estimate.min(READ_CHUNK.max(max_bytes as u64)));
-            let mut data = self.read_range(&path, self.at.offset, want)?;
-            // A record larger than the chunk: read on until it is whole.
-            while want < remaining && segment::scan(&data, 0, false, |_, _| {}).1 == 0 {
-                want = remaining.min(want * 2);
-                self.buffers.give(data);
-                data = self.read_range(&path, self.at.offset, want)?;
-            }
-            batch.buffers.push(data.clone());
-            let complete = sealed && self.at.offset + want == end;
-            let mut rows_left = max_rows.saturating_sub(batch.rows);
-            let mut taken_end = 0u64;
-            let mut stop = false;
             let rows_before = batch.rows;
-            let (stats, pos) = segment::scan(&data, 0, complete, |after, record| {
-                if stop {
-                    return;
+            let (data, stats, stop, advance) = loop {
+                let data = self.read_range(&path, self.at.offset, want)?;
+                let complete = sealed && self.at.offset + want == end;
+                let mut rows_left = max_rows.saturating_sub(batch.rows);
+                let mut taken_end = 0u64;
+                let mut stop = false;
+                let (stats, pos) = segment::scan(&data, 0, complete, |after, record| {
+                    if stop {
+                        return;
+                    }
+                    rows_left = rows_left.saturating_sub(record.rows as usize);
+                    batch.rows += record.rows as usize;
+                    batch.bytes += record.payload.len();
+                    batch.records.push(record);
+                    taken_end = after;
+                    if rows_left == 0 || batch.bytes >= max_bytes {
+                        stop = true;
+                    }
+                });
+                // When stopped early, resume right after the last record taken.
+                let advance = if stop { taken_end } else { pos as u64 };
+                // Nothing whole in what was read (no record was taken either): a record larger
+                // than the chunk, read on until it is whole. Checked after the one scan, not
+                // by a scan ahead of it, which verified every record's CRC twice.
+                if advance == 0 && want < remaining {
+                    want = remaining.min(want * 2);
+                    self.buffers.give(data);
+                    continue;
                 }
-                rows_left = rows_left.saturating_sub(record.rows as usize);
-                batch.rows += record.rows as usize;
-                batch.bytes += record.payload.len();
-                batch.records.push(record);
-                taken_end = after;
-                if rows_left == 0 || batch.bytes >= max_bytes {
-                    stop = true;
-                }
-            });
-            // When stopped early, resume right after the last record taken.
-            let advance = if stop { taken_end } else { pos as u64 };
+                break (data, stats, stop, advance);
+            };
+            batch.buffers.push(data);
             if stats.damaged_regions > 0 && !stop {
                 metrics::counter!(m::SPOOL_DAMAGED).increment(stats.damaged_regions);
                 tracing::warn!(segment = self.at.seq, bytes = stats.damaged_bytes, "skipped damaged spool records");
