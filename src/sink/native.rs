@@ -77,9 +77,8 @@ pub struct NativeEncoder {
     /// What the sort moves.
     keys: Vec<SortKey>,
     rows: Vec<RowAt>,
-    /// The bucket pass's output (then swapped with `keys`) and its counts.
+    /// Where the bucket passes move keys (see [`sort_keys`]).
     spare_keys: Vec<SortKey>,
-    buckets: Vec<u32>,
 }
 
 /// A row's sort key, packed so most comparisons are integer compares (see [`RANK_SHIFT`]).
@@ -347,66 +346,87 @@ impl NativeEncoder {
                 })
             })
         };
-        let ends = bucket_by_packed(&mut self.keys, &mut self.spare_keys, &mut self.buckets);
-        if ends.is_empty() {
-            self.keys.sort_unstable_by(order);
+        let n = self.keys.len();
+        if self.spare_keys.len() < n {
+            self.spare_keys.resize(n, SortKey::default());
         }
-        let mut start = 0;
-        for &end in ends {
-            let end = end as usize;
-            if end - start > 1 {
-                self.keys[start..end].sort_unstable_by(order);
-            }
-            start = end;
-        }
+        sort_keys(&mut self.keys, &mut self.spare_keys[..n], &order);
         Ok(sizes)
     }
 }
 
-/// Blocks smaller than this are sorted in one piece: the bucket pass's fixed costs (zeroing and
-/// summing the counts) would outweigh the comparisons it saves.
-const BUCKET_MIN_ROWS: usize = 4096;
+/// Fewer keys than this are sorted by comparisons alone: a bucket pass costs two moves of
+/// every key and a count per bucket.
+const BUCKET_MIN_KEYS: usize = 256;
 
-/// Orders `keys` by the top bits of `packed` where they differ (one counting pass, the keys
-/// moved once through `spare`) and returns where each bucket of keys sharing those bits ends:
-/// the buckets are in order, each still to be sorted. Empty when the keys were left as they
-/// were (a small block, or one `packed` for all). Rows often share their organisation and
-/// second, so those bits are skipped and the buckets split on the device ids; the comparison
-/// sort then works on a few keys at a time, not on a whole block.
-fn bucket_by_packed<'c>(keys: &mut Vec<SortKey>, spare: &mut Vec<SortKey>, counts: &'c mut Vec<u32>) -> &'c [u32] {
-    let n = keys.len();
-    let first = keys.first().map_or(0, |k| k.packed);
-    let differ = keys.iter().fold(0u128, |acc, k| acc | (k.packed ^ first));
-    if n < BUCKET_MIN_ROWS || differ == 0 {
-        return &[];
+/// Bits of `packed` each bucket pass splits on.
+const BUCKET_BITS: u32 = 8;
+
+/// Sorts `keys` by `order` (by `packed`, then by device length and event id as
+/// `sort_rows` orders ties): most-significant-first radix passes on the highest 8 bits where
+/// the keys' `packed` differ, then the same in each bucket, until buckets are small enough
+/// for a comparison sort. Rows mostly share their organisation and second and their device
+/// ids a prefix, so the differing bits, not a fixed window of the key, do the splitting.
+/// Keys whose `packed` ties (one device's events: a thousand in a large block) are split on
+/// their ids the same way where the ids alone decide, as lowercase UUIDs do.
+fn sort_keys(keys: &mut [SortKey], spare: &mut [SortKey], order: &impl Fn(&SortKey, &SortKey) -> Ordering) {
+    radix_pass(keys, spare, &|k| k.packed, order, &|keys, spare| {
+        let tag = keys[0].tag;
+        // Same device length within the packed prefix (so equal devices) and whole UUIDs:
+        // `order` is the ids' numeric order.
+        let ids_decide = tag & 1 == 1 && (tag >> 1) as usize <= DEVICE_PREFIX && keys.iter().all(|k| k.tag == tag);
+        if ids_decide {
+            radix_pass(keys, spare, &|k| k.id, order, &|keys, _| keys.sort_unstable_by(order));
+        } else {
+            keys.sort_unstable_by(order);
+        }
+    });
+}
+
+/// One bucket pass of [`sort_keys`] on `field`, which `order` must sort by first; `ties`
+/// sorts keys that share `field`. `spare`, as long as `keys`, holds them during the pass.
+fn radix_pass(
+    keys: &mut [SortKey],
+    spare: &mut [SortKey],
+    field: &impl Fn(&SortKey) -> u128,
+    order: &impl Fn(&SortKey, &SortKey) -> Ordering,
+    ties: &impl Fn(&mut [SortKey], &mut [SortKey]),
+) {
+    if keys.len() < BUCKET_MIN_KEYS {
+        keys.sort_unstable_by(order);
+        return;
     }
-    // About 8 keys a bucket where the bits spread them evenly, 2^9 to 2^16 buckets.
-    let bits = n.ilog2().saturating_sub(3).clamp(9, 16);
-    let top = 127 - differ.leading_zeros();
-    let shift = (top + 1).saturating_sub(bits);
-    let mask = (1usize << bits) - 1;
-    let bucket = |k: &SortKey| (k.packed >> shift) as usize & mask;
-    // counts[b + 1] = keys in bucket b, then summed: counts[b] = where bucket b starts.
-    counts.clear();
-    counts.resize(mask + 2, 0);
+    let first = field(&keys[0]);
+    let differ = keys.iter().fold(0u128, |acc, k| acc | (field(k) ^ first));
+    if differ == 0 {
+        ties(keys, spare);
+        return;
+    }
+    let shift = (128 - differ.leading_zeros()).saturating_sub(BUCKET_BITS);
+    let bucket = |k: &SortKey| (field(k) >> shift) as usize & ((1 << BUCKET_BITS) - 1);
+    // starts[b] = where bucket b begins, advanced as its keys land.
+    let mut starts = [0usize; (1 << BUCKET_BITS) + 1];
     for k in keys.iter() {
-        counts[bucket(k) + 1] += 1;
+        starts[bucket(k) + 1] += 1;
     }
-    for i in 1..counts.len() {
-        counts[i] += counts[i - 1];
+    for b in 1..starts.len() {
+        starts[b] += starts[b - 1];
     }
-    if spare.len() < n {
-        spare.resize(n, SortKey::default());
-    }
-    // Each key lands at its bucket's next place; counts[b] ends at where bucket b ends.
+    let bounds = starts;
     for k in keys.iter() {
-        let at = &mut counts[bucket(k)];
-        spare[*at as usize] = *k;
+        let at = &mut starts[bucket(k)];
+        spare[*at] = *k;
         *at += 1;
     }
-    std::mem::swap(keys, spare);
-    keys.truncate(n);
-    &counts[..=mask]
+    keys.copy_from_slice(spare);
+    // Keys in one bucket share these bits and every bit above them: the next pass in it
+    // splits on lower ones, so passes nest at most 128 / 8 deep.
+    for b in 0..1 << BUCKET_BITS {
+        let (start, end) = (bounds[b], bounds[b + 1]);
+        if end - start > 1 {
+            radix_pass(&mut keys[start..end], &mut spare[start..end], field, order, ties);
+        }
+    }
 }
 
 /// Copies one value to `*at` in its column (which ends at `end`) and moves `*at` past it. A short
@@ -720,7 +740,7 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        // More rows than BUCKET_MIN_ROWS, so the bucket pass runs too.
+        // More rows than BUCKET_MIN_KEYS, so the bucket passes run too.
         for i in 0..6000 {
             let r = next();
             let device = match (r >> 16) % 4 {
@@ -767,10 +787,11 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_one_organisation_and_second_are_ordered_by_device_then_id() {
-        // As the e2e load sends them: the bucket pass splits on the device ids' bytes after a
-        // shared prefix, and on the rest where even those tie. Each case is checked against
-        // a plain sort of the rows.
+    fn rows_of_one_organisation_are_ordered_by_second_device_and_id() {
+        // As the e2e load sends them: one organisation, one or two seconds, device ids sharing
+        // a prefix. The bucket passes split on the second, then on the device ids' bytes
+        // after the prefix, and leave the rest to comparisons. Each case is checked against a
+        // plain sort of the rows.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -780,30 +801,37 @@ mod tests {
         };
         let uuid = |r: u64| format!("0193a1b2-c3d4-7{:03x}-8{:03x}-{:012x}", r % 4096, (r >> 12) % 4096, r >> 24);
         type DeviceOf = fn(u64) -> String;
-        let cases: [(&str, DeviceOf); 3] = [
+        let devices: [(&str, DeviceOf); 3] = [
             ("device-N", |r| format!("device-{}", r % 1000)),
             ("one device", |_| "device-1".to_string()),
             ("long, sharing the packed prefix", |r| format!("device-123456789-{}", r % 300)),
         ];
-        for (case, device) in cases {
-            let rows: Vec<(String, String)> = (0..20_000)
-                .map(|i| {
-                    let r = next();
-                    let id = if i % 5 == 0 { format!("id-{}", r % 10_000) } else { uuid(r) };
-                    (device(r >> 7), id)
-                })
-                .collect();
-            let mut chunk = BytesMut::new();
-            for (device, id) in &rows {
-                keyed_row(&mut chunk, "org_one", 1_700_000_000, device, id);
+        for (case, device) in devices {
+            // Plain ids among the UUIDs, or only UUIDs (which the id passes split on).
+            for (seconds, plain_ids) in [(1, true), (2, true), (1, false), (2, false)] {
+                let rows: Vec<(u32, String, String)> = (0..20_000)
+                    .map(|i| {
+                        let r = next();
+                        let id = if plain_ids && i % 5 == 0 { format!("id-{}", r % 10_000) } else { uuid(r) };
+                        (1_700_000_000 + (r >> 40) as u32 % seconds, device(r >> 7), id)
+                    })
+                    .collect();
+                let mut chunk = BytesMut::new();
+                for (ts, device, id) in &rows {
+                    keyed_row(&mut chunk, "org_one", *ts, device, id);
+                }
+                let native = to_native([&chunk[..]], rows.len(), RowFormat::V1).unwrap();
+                let mut expected = rows.clone();
+                expected
+                    .sort_by(|a, b| (a.0, a.1.as_bytes(), a.2.as_bytes()).cmp(&(b.0, b.1.as_bytes(), b.2.as_bytes())));
+                let devices: Vec<Vec<u8>> = expected.iter().map(|r| r.1.clone().into_bytes()).collect();
+                let ids: Vec<Vec<u8>> = expected.iter().map(|r| r.2.clone().into_bytes()).collect();
+                assert!(
+                    string_column(&native, "device_id") == devices,
+                    "{case}, {seconds} s, {plain_ids}: device order"
+                );
+                assert!(string_column(&native, "event_id") == ids, "{case}, {seconds} s, {plain_ids}: id order");
             }
-            let native = to_native([&chunk[..]], rows.len(), RowFormat::V1).unwrap();
-            let mut expected = rows.clone();
-            expected.sort_by(|a, b| (a.0.as_bytes(), a.1.as_bytes()).cmp(&(b.0.as_bytes(), b.1.as_bytes())));
-            let devices: Vec<Vec<u8>> = expected.iter().map(|r| r.0.clone().into_bytes()).collect();
-            let ids: Vec<Vec<u8>> = expected.iter().map(|r| r.1.clone().into_bytes()).collect();
-            assert!(string_column(&native, "device_id") == devices, "{case}: device order");
-            assert!(string_column(&native, "event_id") == ids, "{case}: id order");
         }
     }
 
