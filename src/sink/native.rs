@@ -709,6 +709,16 @@ mod tests {
         }
     }
 
+    /// Pseudo-random numbers, the same every run.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     #[test]
     fn rows_come_out_in_the_tables_key_order() {
         // Keys chosen to hit each tie-break: organisation names against their first-seen order,
@@ -733,13 +743,7 @@ mod tests {
             ("org_a".into(), 7, "de".into(), "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d".into()),
             ("org_a".into(), 7, "dev\0\0\0\0\0\0x".into(), "0193a1b2-c3d4-7e50".into()),
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         // More rows than BUCKET_MIN_KEYS, so the bucket passes run too.
         for i in 0..6000 {
             let r = next();
@@ -792,13 +796,7 @@ mod tests {
         // a prefix. The bucket passes split on the second, then on the device ids' bytes
         // after the prefix, and leave the rest to comparisons. Each case is checked against a
         // plain sort of the rows.
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let uuid = |r: u64| format!("0193a1b2-c3d4-7{:03x}-8{:03x}-{:012x}", r % 4096, (r >> 12) % 4096, r >> 24);
         type DeviceOf = fn(u64) -> String;
         let devices: [(&str, DeviceOf); 3] = [
