@@ -225,8 +225,8 @@ impl NativeEncoder {
         rows: usize,
         schema: &[(&str, &str, Kind)],
     ) -> Result<[usize; COLUMNS], Malformed> {
-        // The sort moves only (packed key, row number): 32 bytes a row, most comparisons one
-        // integer compare; ties look up the rest of the key on the side.
+        // The sort moves only `SortKey`s (packed key, id, row number, tag): 48 bytes a row, most
+        // comparisons one integer compare; ties look up the rest of the key on the side.
         self.keys.clear();
         self.rows.clear();
         if chunks.iter().any(|c| c.len() > u32::MAX as usize) || rows > u32::MAX as usize {
