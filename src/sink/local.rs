@@ -5,9 +5,19 @@
 //! `clickhouse-client --query "INSERT INTO events (…) FORMAT RowBinary"`).
 //! The store is bounded: past `max_bytes` a send fails (retryable), the
 //! spool keeps the rows, and ingestion answers 503 once that fills too.
+//!
+//! Nothing reads these files back through the edge, so what is written leaves the page cache
+//! once it is on disk ([`SETTLE_BYTES`] at a time): the store's footprint in memory stays a
+//! few MB however much it holds, and its writes land in pages just freed by its own earlier
+//! writes, not in fresh ones (on a VM that hands freed memory back to its host, a fresh page
+//! costs a fault in the host on first touch: `dd` of 3 GB into a file here wrote 0.4–0.9 GB/s
+//! into fresh pages, 2.6 GB/s into pages just freed).
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use std::io::{IoSlice, Write};
 
@@ -16,11 +26,48 @@ use super::{Block, SinkError};
 /// Rotate files at this size so no single file grows without limit.
 const FILE_BYTES: u64 = 64 << 20;
 
+/// Written data is flushed to disk and dropped from the page cache this much at a time.
+const SETTLE_BYTES: u64 = 8 << 20;
+
 pub struct LocalSink {
     dir: PathBuf,
     data_dir: PathBuf,
     max_bytes: u64,
     used: AtomicU64,
+    /// The file being appended to; one send writes at a time, so blocks never interleave.
+    current: Arc<Mutex<Option<OpenFile>>>,
+}
+
+struct OpenFile {
+    number: u64,
+    file: File,
+    /// Where the file ends.
+    len: u64,
+    /// Up to here (a page boundary) it is on disk and out of the page cache.
+    settled: u64,
+}
+
+impl OpenFile {
+    /// Writes back and drops from the page cache everything from `settled` to the end.
+    fn settle(&mut self) {
+        let (fd, from, len) = (self.file.as_raw_fd(), self.settled as i64, (self.len - self.settled) as i64);
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // Only an optimisation: on failure the pages stay cached, as any file's would.
+        // SAFETY: plain syscalls on an open descriptor; no memory is passed.
+        unsafe {
+            if libc::sync_file_range(fd, from, len, flags) == 0 {
+                libc::posix_fadvise(fd, from, len, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+        // The last partial page stays cached until the next settle covers it whole.
+        self.settled = self.len & !4095;
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 impl LocalSink {
@@ -31,7 +78,7 @@ impl LocalSink {
         for entry in std::fs::read_dir(&dir)? {
             used += entry?.metadata()?.len();
         }
-        Ok(LocalSink { dir, data_dir, max_bytes, used: AtomicU64::new(used) })
+        Ok(LocalSink { dir, data_dir, max_bytes, used: AtomicU64::new(used), current: Arc::default() })
     }
 
     pub async fn send(&self, block: &Block) -> Result<(), SinkError> {
@@ -42,19 +89,37 @@ impl LocalSink {
                 message: format!("local store full ({used} of {} bytes)", self.max_bytes),
             });
         }
-        let file = self.dir.join(format!("events-{:06}.rowbinary", used / FILE_BYTES));
+        let number = used / FILE_BYTES;
+        let path = self.dir.join(format!("events-{number:06}.rowbinary"));
         // One blocking task per block (tokio::fs would hop to the blocking pool per chunk), and
         // the chunks go out as they are, gathered by the kernel, not copied into one buffer.
         let chunks = block.chunks.clone();
-        let path = file.clone();
+        let (current, file_path) = (self.current.clone(), path.clone());
         let write = tokio::task::spawn_blocking(move || {
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-            write_all_vectored(&mut f, &chunks)
+            let mut current = current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if current.as_ref().is_none_or(|open| open.number != number) {
+                // The previous file (dropped here) is settled whole.
+                *current = None;
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(&file_path)?;
+                let len = file.metadata()?.len();
+                *current = Some(OpenFile { number, file, len, settled: len & !4095 });
+            }
+            let open = current.as_mut().expect("opened above");
+            let written = write_all_vectored(&mut open.file, &chunks);
+            // A failed write may have appended part of the block: its length is the file's.
+            open.len = match written {
+                Ok(()) => open.len + chunks.iter().map(|c| c.len() as u64).sum::<u64>(),
+                Err(_) => open.file.metadata().map_or(open.len, |m| m.len()),
+            };
+            if open.len - open.settled >= SETTLE_BYTES {
+                open.settle();
+            }
+            written
         });
         let failed = |message: String| SinkError { retryable: true, message };
         match write.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(failed(format!("{}: {e}", file.display()))),
+            Ok(Err(e)) => return Err(failed(format!("{}: {e}", path.display()))),
             Err(e) => return Err(failed(format!("local store writer: {e}"))),
         }
         self.used.fetch_add(block.bytes as u64, Ordering::AcqRel);
@@ -128,5 +193,56 @@ mod tests {
             write_all_vectored(&mut out, &chunks).unwrap();
             assert_eq!(out.out, expected, "{limit} bytes per call");
         }
+    }
+
+    /// Pages of `path` in the page cache, and pages in all (`mincore` over a mapping).
+    fn resident_pages(path: &std::path::Path) -> (usize, usize) {
+        let file = File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let pages = len.div_ceil(4096);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: a read-only shared mapping of `len` bytes of an open file, unmapped below;
+        // `resident` holds one byte per page of it.
+        unsafe {
+            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+            assert_ne!(map, libc::MAP_FAILED);
+            assert_eq!(libc::mincore(map, len, resident.as_mut_ptr()), 0);
+            libc::munmap(map, len);
+        }
+        (resident.iter().filter(|&&b| b & 1 == 1).count(), pages)
+    }
+
+    #[tokio::test]
+    async fn blocks_land_whole_in_order_across_files_and_leave_the_page_cache_once_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalSink::open(dir.path().to_path_buf(), 1 << 30).unwrap();
+        // 74 blocks of 1 MiB: the first file takes 64 of them, the second the rest.
+        let mut expected = Vec::new();
+        for i in 0..74u32 {
+            let chunks: Vec<bytes::Bytes> =
+                (0..4u32).map(|c| bytes::Bytes::from(vec![(i * 4 + c) as u8; 256 << 10])).collect();
+            expected.extend(chunks.iter().flat_map(|c| c.iter().copied()));
+            let block = Block {
+                format: crate::event::rowbinary::RowFormat::CURRENT,
+                rows: 1,
+                bytes: 1 << 20,
+                chunks,
+                encoded: None,
+            };
+            sink.send(&block).await.unwrap();
+        }
+        let first = dir.path().join("local/events-000000.rowbinary");
+        let second = dir.path().join("local/events-000001.rowbinary");
+        // Rotation settled the first file whole; of the second's 10 MiB, the last 2 are not a
+        // whole settle step yet, and stay cached until the sink goes.
+        assert_eq!(resident_pages(&first), (0, (FILE_BYTES / 4096) as usize));
+        assert_eq!(resident_pages(&second), ((2 << 20) / 4096, (10 << 20) / 4096));
+        drop(sink);
+        assert_eq!(resident_pages(&second).0, 0, "settled as the sink closes it");
+
+        let mut stored = std::fs::read(&first).unwrap();
+        assert_eq!(stored.len() as u64, FILE_BYTES, "the first file rotates at its size");
+        stored.extend(std::fs::read(&second).unwrap());
+        assert!(stored == expected, "every block, whole and in order");
     }
 }
