@@ -29,6 +29,14 @@ const FILE_BYTES: u64 = 64 << 20;
 /// Written data is flushed to disk and dropped from the page cache this much at a time.
 const SETTLE_BYTES: u64 = 8 << 20;
 
+/// The page cache drops whole pages only.
+const PAGE: u64 = 4096;
+
+/// Where the whole pages of a file `len` long end.
+fn page_floor(len: u64) -> u64 {
+    len & !(PAGE - 1)
+}
+
 pub struct LocalSink {
     dir: PathBuf,
     data_dir: PathBuf,
@@ -60,7 +68,7 @@ impl OpenFile {
             }
         }
         // The last partial page stays cached until the next settle covers it whole.
-        self.settled = self.len & !4095;
+        self.settled = page_floor(self.len);
     }
 }
 
@@ -102,7 +110,7 @@ impl LocalSink {
                 *current = None;
                 let file = std::fs::OpenOptions::new().create(true).append(true).open(&file_path)?;
                 let len = file.metadata()?.len();
-                *current = Some(OpenFile { number, file, len, settled: len & !4095 });
+                *current = Some(OpenFile { number, file, len, settled: page_floor(len) });
             }
             let open = current.as_mut().expect("opened above");
             let written = write_all_vectored(&mut open.file, &chunks);
@@ -209,7 +217,7 @@ mod tests {
     fn resident_pages(path: &std::path::Path) -> (usize, usize) {
         let file = File::open(path).unwrap();
         let len = file.metadata().unwrap().len() as usize;
-        let pages = len.div_ceil(4096);
+        let pages = len.div_ceil(PAGE as usize);
         let mut resident = vec![0u8; pages];
         // SAFETY: a read-only shared mapping of `len` bytes of an open file, unmapped below;
         // `resident` holds one byte per page of it.
@@ -248,8 +256,8 @@ mod tests {
         // set, has no disk to settle to: its pages stay.)
         let on_disk = !is_tmpfs(dir.path());
         if on_disk {
-            assert_eq!(resident_pages(&first), (0, (FILE_BYTES / 4096) as usize));
-            assert_eq!(resident_pages(&second), ((2 << 20) / 4096, (10 << 20) / 4096));
+            assert_eq!(resident_pages(&first), (0, (FILE_BYTES / PAGE) as usize));
+            assert_eq!(resident_pages(&second), ((2 << 20) / PAGE as usize, (10 << 20) / PAGE as usize));
         }
         drop(sink);
         if on_disk {
