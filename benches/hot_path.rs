@@ -1,5 +1,5 @@
 //! Per-request costs on the hot path, measured in isolation:
-//! parse + validate + encode (one event, a batch of 100), JWT verification
+//! parse + validate + encode (one event, a batch of 100; through a tape and straight from the body), JWT verification
 //! (signature vs cache hit), the rate limiter, and the SDK-key lookup.
 //!
 //! `cargo bench --bench hot_path`; `cargo test --benches` runs each once.
@@ -7,6 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use edge::auth::jwt::{issue_hs256, Claims, JwtVerifier};
 use edge::config::{BodyLimits, JwtConfig};
+use edge::event::direct::transcode;
 use edge::event::parse::{parse_body, Shape};
 use edge::event::validate::{EventContext, Validator};
 use edge::event::RowBlock;
@@ -52,6 +53,20 @@ fn parse_validate(c: &mut Criterion) {
                     });
                     parsed.recycle(&mut json);
                     block
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // The same body straight to the same rows, as the request path takes it first.
+        group.bench_function(format!("{name}_direct"), |b| {
+            b.iter_batched(
+                || body.as_bytes().to_vec(),
+                |body| {
+                    let mut block = RowBlock::new(OrgId::new("org_bench"), body.len());
+                    let mut summaries = smallvec::SmallVec::new();
+                    let taken = transcode(&body, shape, &validator, &ctx(), &mut scratch, &mut block, &mut summaries);
+                    assert_eq!(taken.map(|t| t.events), Some(events as usize));
+                    (block, summaries)
                 },
                 BatchSize::SmallInput,
             )

@@ -21,6 +21,7 @@ use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::config::ConnConfig;
 use crate::error::Error;
+use crate::event::direct;
 use crate::event::parse::{parse_body, JsonScratch, Shape};
 use crate::event::validate::EventContext;
 use crate::event::validate::Validator;
@@ -198,7 +199,9 @@ impl Decoded {
     }
 }
 
-/// Parse → rate and quota check for that many events → validate and encode each.
+/// Parse → rate and quota check for that many events → validate and encode each; or, for a
+/// body [`direct`] takes, all of it in one pass and then the rate check (a body it declines
+/// costs that pass again, and only the tape path's answer is given).
 /// Synchronous on purpose: the thread-local parser buffers are held throughout.
 fn decode(
     state: &IngestState,
@@ -212,54 +215,69 @@ fn decode(
     let tier = limits.tier;
     // RowBinary is a little smaller than the JSON it came from: one allocation for most blocks.
     let capacity = body.len();
-    JSON_BUFFERS.with_borrow_mut(|buffers| {
-        let parsed = parse_body(body, shape, state.validator.limits().max_batch_events, buffers)?;
-        let n = parsed.len();
-        limits.check_rate(n as u64).inspect_err(LimitError::count)?;
-        let ctx = EventContext {
-            org_id: org.id.as_str(),
-            credential_app: principal.app_id(),
-            received_ms,
-            skew_ms: parsed.sent_at_ms.map_or(0, |sent| received_ms - sent),
-            sent_at_ms: parsed.sent_at_ms,
-            retention_days: tier.data_retention_days,
-            plain_strings: parsed.plain_strings,
-        };
-        let mut decoded = Decoded {
-            block: RowBlock::new(org.id.clone(), capacity),
-            summaries: SmallVec::with_capacity(n),
-            errors: Vec::new(),
-        };
-        SCRATCH.with_borrow_mut(|scratch| {
-            parsed.for_each(|index, event| {
-                let outcome = match event {
-                    Ok(value) => state.validator.encode(value, &ctx, scratch, &mut decoded.block),
-                    Err(rejection) => Err(rejection.clone()),
-                };
-                match outcome {
-                    Ok(summary) => decoded.summaries.push(summary),
-                    Err(rejection) => decoded.errors.push((index, rejection)),
-                }
+    let ctx = EventContext {
+        org_id: org.id.as_str(),
+        credential_app: principal.app_id(),
+        received_ms,
+        skew_ms: 0,
+        sent_at_ms: None,
+        retention_days: tier.data_retention_days,
+        plain_strings: false,
+    };
+    // A batch's events are about 300 bytes each, a guess that saves most regrowing.
+    let expected = if shape == Shape::Single { 1 } else { body.len() / 256 + 1 };
+    let mut decoded = Decoded {
+        block: RowBlock::new(org.id.clone(), capacity),
+        summaries: SmallVec::with_capacity(expected),
+        errors: Vec::new(),
+    };
+    let validator = &state.validator;
+    let direct = SCRATCH.with_borrow_mut(|scratch| {
+        direct::transcode(body, shape, validator, &ctx, scratch, &mut decoded.block, &mut decoded.summaries)
+    });
+    match direct {
+        Some(taken) => limits.check_rate(taken.events as u64).inspect_err(LimitError::count)?,
+        None => JSON_BUFFERS.with_borrow_mut(|buffers| -> Result<(), Error> {
+            let parsed = parse_body(body, shape, validator.limits().max_batch_events, buffers)?;
+            limits.check_rate(parsed.len() as u64).inspect_err(LimitError::count)?;
+            let ctx = EventContext {
+                skew_ms: parsed.sent_at_ms.map_or(0, |sent| received_ms - sent),
+                sent_at_ms: parsed.sent_at_ms,
+                plain_strings: parsed.plain_strings,
+                ..ctx
+            };
+            SCRATCH.with_borrow_mut(|scratch| {
+                parsed.for_each(|index, event| {
+                    let outcome = match event {
+                        Ok(value) => validator.encode(value, &ctx, scratch, &mut decoded.block),
+                        Err(rejection) => Err(rejection.clone()),
+                    };
+                    match outcome {
+                        Ok(summary) => decoded.summaries.push(summary),
+                        Err(rejection) => decoded.errors.push((index, rejection)),
+                    }
+                });
             });
-        });
-        parsed.recycle(buffers);
-        let valid = decoded.summaries.len() as u64;
-        if valid > 0 {
-            let granted = limits.reserve(valid, received_ms / 1000);
-            if granted == 0 {
-                let e = limits.quota_exceeded();
-                e.count();
-                return Err(e.into());
-            }
-            if granted < valid {
-                metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
-                metrics::counter!(m::LIMIT_DECISIONS, "tier" => tier.name, "limit" => "quota", "outcome" => "cut")
-                    .increment(1);
-                decoded.cut(granted as usize);
-            }
+            parsed.recycle(buffers);
+            Ok(())
+        })?,
+    }
+    let valid = decoded.summaries.len() as u64;
+    if valid > 0 {
+        let granted = limits.reserve(valid, received_ms / 1000);
+        if granted == 0 {
+            let e = limits.quota_exceeded();
+            e.count();
+            return Err(e.into());
         }
-        Ok(decoded)
-    })
+        if granted < valid {
+            metrics::counter!(m::QUOTA_EXCEEDED, "tier" => tier.name).increment(1);
+            metrics::counter!(m::LIMIT_DECISIONS, "tier" => tier.name, "limit" => "quota", "outcome" => "cut")
+                .increment(1);
+            decoded.cut(granted as usize);
+        }
+    }
+    Ok(decoded)
 }
 
 #[cfg(test)]

@@ -1,74 +1,99 @@
 //! The fields an event may carry, picked out of its JSON object in one pass, and the string
 //! rules every one of them follows.
+//!
+//! The rules read a field through [`FieldValue`], so the same checks run on a simd-json tape's
+//! values and on the values [`super::direct`] reads straight from a body.
 
 use simd_json::prelude::*;
 use simd_json::value::tape::Value;
 
+use super::validate::parse_timestamp_ms;
 use super::Rejection;
 
-/// The fields this edge reads, picked out of the event in one pass over its keys
-/// (one string match per key, rather than a map lookup per field).
-#[derive(Default)]
-pub(super) struct Fields<'t, 'v> {
-    pub(super) event_type: Option<Value<'t, 'v>>,
-    pub(super) event_name: Option<Value<'t, 'v>>,
-    pub(super) device_id: Option<Value<'t, 'v>>,
-    pub(super) event_id: Option<Value<'t, 'v>>,
-    pub(super) session_id: Option<Value<'t, 'v>>,
-    pub(super) platform: Option<Value<'t, 'v>>,
-    pub(super) app_id: Option<Value<'t, 'v>>,
-    pub(super) idfa: Option<Value<'t, 'v>>,
-    pub(super) idfv: Option<Value<'t, 'v>>,
-    pub(super) gaid: Option<Value<'t, 'v>>,
-    pub(super) oaid: Option<Value<'t, 'v>>,
-    pub(super) ip: Option<Value<'t, 'v>>,
-    pub(super) user_agent: Option<Value<'t, 'v>>,
-    pub(super) user_id: Option<Value<'t, 'v>>,
-    pub(super) app_version: Option<Value<'t, 'v>>,
-    pub(super) event_timestamp: Option<Value<'t, 'v>>,
-    pub(super) revenue: Option<Value<'t, 'v>>,
-    pub(super) currency: Option<Value<'t, 'v>>,
-    pub(super) properties: Option<Value<'t, 'v>>,
-    pub(super) user_properties: Option<Value<'t, 'v>>,
+/// What the rules need to know of one field's JSON value.
+pub(super) trait FieldValue<'v>: Copy {
+    fn is_null(self) -> bool;
+    /// The text of a string, borrowed from the body; `None` for any other type.
+    fn string(self) -> Option<&'v str>;
+    /// Any number as an `f64` (integers converted); `None` for any other type.
+    fn number(self) -> Option<f64>;
+    /// RFC 3339 text or epoch milliseconds, as [`parse_timestamp_ms`] reads them.
+    fn timestamp_ms(self) -> Option<i64>;
 }
 
-impl<'t, 'v> Fields<'t, 'v> {
+impl<'v> FieldValue<'v> for Value<'_, 'v> {
+    #[inline]
+    fn is_null(self) -> bool {
+        TypedScalarValue::is_null(&self)
+    }
+
+    #[inline]
+    fn string(self) -> Option<&'v str> {
+        // `into_string` keeps the body's lifetime (`as_str` would tie it to the value).
+        self.into_string()
+    }
+
+    #[inline]
+    fn number(self) -> Option<f64> {
+        self.cast_f64()
+    }
+
+    fn timestamp_ms(self) -> Option<i64> {
+        parse_timestamp_ms(self)
+    }
+}
+
+/// Declares [`Fields`] and the key each slot is read from, in one list.
+macro_rules! fields {
+    ($($name:ident),* $(,)?) => {
+        /// The fields this edge reads, picked out of the event in one pass over its keys
+        /// (one string match per key, rather than a map lookup per field).
+        pub(super) struct Fields<V> {
+            $(pub(super) $name: Option<V>,)*
+        }
+
+        impl<V> Default for Fields<V> {
+            fn default() -> Self {
+                Fields { $($name: None,)* }
+            }
+        }
+
+        impl<V> Fields<V> {
+            /// Where the value of `key` goes; `None` for a key this edge ignores.
+            #[inline]
+            pub(super) fn slot(&mut self, key: &str) -> Option<&mut Option<V>> {
+                match key {
+                    $(stringify!($name) => Some(&mut self.$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+fields! {
+    event_type, event_name, device_id, event_id, session_id, platform, app_id,
+    idfa, idfv, gaid, oaid, ip, user_agent, user_id, app_version,
+    event_timestamp, revenue, currency, properties, user_properties,
+}
+
+impl<'t, 'v> Fields<Value<'t, 'v>> {
+    /// The fields of a tape's event object; a key sent twice keeps its last value.
     #[inline]
     pub(super) fn collect(event: Value<'t, 'v>) -> Option<Self> {
         let mut f = Fields::default();
         for (key, value) in event.as_object()?.iter() {
-            let slot = match key {
-                "event_type" => &mut f.event_type,
-                "event_name" => &mut f.event_name,
-                "device_id" => &mut f.device_id,
-                "event_id" => &mut f.event_id,
-                "session_id" => &mut f.session_id,
-                "platform" => &mut f.platform,
-                "app_id" => &mut f.app_id,
-                "idfa" => &mut f.idfa,
-                "idfv" => &mut f.idfv,
-                "gaid" => &mut f.gaid,
-                "oaid" => &mut f.oaid,
-                "ip" => &mut f.ip,
-                "user_agent" => &mut f.user_agent,
-                "user_id" => &mut f.user_id,
-                "app_version" => &mut f.app_version,
-                "event_timestamp" => &mut f.event_timestamp,
-                "revenue" => &mut f.revenue,
-                "currency" => &mut f.currency,
-                "properties" => &mut f.properties,
-                "user_properties" => &mut f.user_properties,
-                _ => continue, // unknown fields are ignored
-            };
-            *slot = Some(value);
+            if let Some(slot) = f.slot(key) {
+                *slot = Some(value); // unknown fields are ignored
+            }
         }
         Some(f)
     }
 }
 
 #[inline]
-pub(super) fn required_str<'v>(
-    value: Option<Value<'_, 'v>>,
+pub(super) fn required_str<'v, V: FieldValue<'v>>(
+    value: Option<V>,
     key: &'static str,
     max_chars: usize,
 ) -> Result<&'v str, Rejection> {
@@ -86,8 +111,8 @@ fn missing(key: &str) -> Rejection {
 
 /// Absent, null and "" are all "not sent".
 #[inline]
-pub(super) fn optional_str<'v>(
-    value: Option<Value<'_, 'v>>,
+pub(super) fn optional_str<'v, V: FieldValue<'v>>(
+    value: Option<V>,
     key: &'static str,
     max_chars: usize,
 ) -> Result<Option<&'v str>, Rejection> {
@@ -97,8 +122,7 @@ pub(super) fn optional_str<'v>(
     if v.is_null() {
         return Ok(None);
     }
-    // `into_string` keeps the body's lifetime (`as_str` would tie it to `v`).
-    let Some(s) = v.into_string() else {
+    let Some(s) = v.string() else {
         return Err(not_a_string(key));
     };
     // Bytes bound chars from above, so counting is needed only for long non-ASCII text.

@@ -5,7 +5,11 @@
 //! against the SPEC's field rules and writes it straight into a
 //! [`RowBlock`] in ClickHouse's RowBinary format ([`rowbinary`]), so no
 //! per-event struct is allocated and nothing downstream re-encodes it.
+//! [`direct`] is tried first: for the common body (no escape, every event
+//! valid) it reads the fields where they lie and hands them to the same rules
+//! and row writer, without a tape; it declines anything else.
 
+pub mod direct;
 mod fields;
 mod json_text;
 pub mod parse;

@@ -16,7 +16,7 @@ use simd_json::prelude::*;
 use simd_json::value::tape::Value;
 use time::format_description::well_known::Rfc3339;
 
-use super::fields::{optional_str, required_str, Fields};
+use super::fields::{optional_str, required_str, FieldValue, Fields};
 use super::json_text::{self, TextError};
 use super::rowbinary::*;
 use super::{EventSummary, Rejection, RowBlock};
@@ -100,38 +100,61 @@ impl Validator {
         scratch: &mut Vec<u8>,
         out: &mut RowBlock,
     ) -> Result<EventSummary, Rejection> {
-        let valid = self.validate(event, ctx, scratch)?;
-        self.write(&valid, ctx, scratch, out)
+        let (valid, properties_end) = self.validate(event, ctx, scratch)?;
+        let (properties, user_properties) = scratch.split_at(properties_end);
+        self.write(&valid, ctx, [properties, user_properties], out)
     }
 
     /// Every rule, in the order a client would want to hear about them; nothing is written.
-    /// The property objects are left serialised in `scratch` (see [`ValidEvent::properties_end`]).
-    pub fn validate<'e>(
+    /// The property objects are left serialised in `scratch`: `properties` up to the returned
+    /// offset, `user_properties` after it.
+    fn validate<'e>(
         &self,
         event: Value<'_, 'e>,
         ctx: &EventContext<'e>,
         scratch: &mut Vec<u8>,
-    ) -> Result<ValidEvent<'e>, Rejection> {
+    ) -> Result<(ValidEvent<'e>, usize), Rejection> {
         let Some(f) = Fields::collect(event) else {
             return Err(Rejection::new("invalid_event", "An event must be a JSON object"));
         };
-        let ids = identity(&f, ctx)?;
-        let timestamp_ms = self.timestamp(&f, ctx)?;
-        let (revenue_cents, currency) = money(&f)?;
+        let valid = self.check(&f, ctx)?;
         scratch.clear();
         self.serialise_object(f.properties, "properties", ctx.plain_strings, scratch)?;
         let properties_end = scratch.len();
         self.serialise_object(f.user_properties, "user_properties", ctx.plain_strings, scratch)?;
-        Ok(ValidEvent { ids, timestamp_ms, revenue_cents, currency, properties_end })
+        Ok((valid, properties_end))
+    }
+
+    /// Every rule but the property objects' (which the caller has already written out as
+    /// `objects`), then the row; for [`super::direct`], whose fields come straight from a body.
+    pub(super) fn encode_fields<'e, V: FieldValue<'e>>(
+        &self,
+        f: &Fields<V>,
+        objects: [&[u8]; 2],
+        ctx: &EventContext<'e>,
+        out: &mut RowBlock,
+    ) -> Result<EventSummary, Rejection> {
+        let valid = self.check(f, ctx)?;
+        self.write(&valid, ctx, objects, out)
+    }
+
+    /// The rules for who, when and how much.
+    #[inline]
+    fn check<'e, V: FieldValue<'e>>(&self, f: &Fields<V>, ctx: &EventContext<'e>) -> Result<ValidEvent<'e>, Rejection> {
+        let ids = identity(f, ctx)?;
+        let timestamp_ms = self.timestamp(f, ctx)?;
+        let (revenue_cents, currency) = money(f)?;
+        Ok(ValidEvent { ids, timestamp_ms, revenue_cents, currency })
     }
 
     /// When the event happened: its own time corrected for the batch's clock skew, or the
     /// receive time; within `max_future` ahead and the tier's retention back.
-    fn timestamp(&self, f: &Fields<'_, '_>, ctx: &EventContext) -> Result<i64, Rejection> {
+    fn timestamp<'e, V: FieldValue<'e>>(&self, f: &Fields<V>, ctx: &EventContext) -> Result<i64, Rejection> {
         let timestamp_ms = match f.event_timestamp {
             None => ctx.received_ms,
             Some(v) if v.is_null() => ctx.received_ms,
-            Some(v) => parse_timestamp_ms(v)
+            Some(v) => v
+                .timestamp_ms()
                 .ok_or_else(|| {
                     Rejection::new("invalid_timestamp", "event_timestamp must be RFC 3339 or epoch milliseconds")
                 })?
@@ -160,7 +183,7 @@ impl Validator {
         &self,
         e: &ValidEvent<'_>,
         ctx: &EventContext,
-        scratch: &[u8],
+        objects: [&[u8]; 2],
         out: &mut RowBlock,
     ) -> Result<EventSummary, Rejection> {
         let ids = &e.ids;
@@ -184,8 +207,7 @@ impl Validator {
             ids.session_id.as_bytes(),
             ids.platform.as_bytes(),
         ];
-        let (properties, user_properties) = scratch.split_at(e.properties_end);
-        let objects = [properties, user_properties];
+        let [properties, user_properties] = objects;
         let tail = [
             &e.currency[..],
             ids.idfa.as_bytes(),
@@ -260,7 +282,7 @@ impl Validator {
 }
 
 /// An event that passed every rule: strings borrowed from the body (or the credential),
-/// numbers checked, property objects serialised in the caller's scratch buffer.
+/// numbers checked. Its property objects are written out beside it.
 #[derive(Debug)]
 pub struct ValidEvent<'e> {
     pub ids: Identity<'e>,
@@ -268,8 +290,6 @@ pub struct ValidEvent<'e> {
     pub revenue_cents: i64,
     /// ISO 4217, upper case.
     pub currency: [u8; 3],
-    /// `properties` is `scratch[..properties_end]`, `user_properties` the rest.
-    pub properties_end: usize,
 }
 
 /// Who and what: the string fields, length-checked, `""` when not sent.
@@ -293,7 +313,7 @@ pub struct Identity<'e> {
     pub app_version: &'e str,
 }
 
-fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'e>, Rejection> {
+fn identity<'e, V: FieldValue<'e>>(f: &Fields<V>, ctx: &EventContext<'e>) -> Result<Identity<'e>, Rejection> {
     let event_type = required_str(f.event_type, "event_type", 64)?;
     let event_name = required_str(f.event_name, "event_name", 256)?;
     let device_id = required_str(f.device_id, "device_id", 128)?;
@@ -342,13 +362,13 @@ fn identity<'e>(f: &Fields<'_, 'e>, ctx: &EventContext<'e>) -> Result<Identity<'
 }
 
 /// Revenue in cents (a number, integer or not, within Decimal(18,2)) and its currency.
-fn money(f: &Fields<'_, '_>) -> Result<(i64, [u8; 3]), Rejection> {
+fn money<'e, V: FieldValue<'e>>(f: &Fields<V>) -> Result<(i64, [u8; 3]), Rejection> {
     let revenue_cents = match f.revenue {
         None => 0,
         Some(v) if v.is_null() => 0,
         Some(v) => {
             // Integers are numbers: `JSON.stringify(5.0)` is `5`.
-            let r = v.cast_f64().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
+            let r = v.number().ok_or_else(|| Rejection::new("invalid_revenue", "revenue must be a number"))?;
             if !(r.is_finite() && r.abs() <= MAX_REVENUE) {
                 return Err(Rejection::new("invalid_revenue", "revenue does not fit Decimal(18,2)"));
             }
@@ -373,13 +393,21 @@ fn secs(ms: i64) -> u32 {
 /// RFC 3339 text or epoch milliseconds (integer or float).
 pub fn parse_timestamp_ms(v: Value<'_, '_>) -> Option<i64> {
     if let Some(s) = v.as_str() {
-        let t = time::OffsetDateTime::parse(s, &Rfc3339).ok()?;
-        return i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+        return rfc3339_ms(s);
     }
     if let Some(i) = v.as_i64() {
         return Some(i);
     }
-    let f = v.as_f64()?;
+    float_ms(v.as_f64()?)
+}
+
+pub(super) fn rfc3339_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Epoch milliseconds sent as a float: truncated, within ±10^15 (31 700 years).
+pub(super) fn float_ms(f: f64) -> Option<i64> {
     (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
 }
 
