@@ -133,10 +133,37 @@ impl<'a> RowWriter<'a> {
         self.len
     }
 
+    /// Copies `s`. Nearly every value of a row is under 33 bytes: those are copied as two
+    /// overlapping moves of a fixed size, in line, where a `memcpy` call per value cost more
+    /// than its copy (2.4 % of a batch's CPU in `perf record`).
     #[inline]
     pub fn bytes(&mut self, s: &[u8]) {
-        self.spare[self.len..self.len + s.len()].write_copy_of_slice(s);
-        self.len += s.len();
+        let n = s.len();
+        let to = &mut self.spare[self.len..self.len + n];
+        match n {
+            0 => {}
+            1..=3 => {
+                to[0].write(s[0]);
+                to[n / 2].write(s[n / 2]);
+                to[n - 1].write(s[n - 1]);
+            }
+            4..=7 => {
+                to[..4].write_copy_of_slice(&s[..4]);
+                to[n - 4..].write_copy_of_slice(&s[n - 4..]);
+            }
+            8..=16 => {
+                to[..8].write_copy_of_slice(&s[..8]);
+                to[n - 8..].write_copy_of_slice(&s[n - 8..]);
+            }
+            17..=32 => {
+                to[..16].write_copy_of_slice(&s[..16]);
+                to[n - 16..].write_copy_of_slice(&s[n - 16..]);
+            }
+            _ => {
+                to.write_copy_of_slice(s);
+            }
+        }
+        self.len += n;
     }
 
     #[inline]
@@ -251,6 +278,22 @@ mod tests {
             assert_eq!(&row[..6], b"before");
             assert_eq!(&row[6..], &puts[..], "{len}");
             assert_eq!(varint_size(len as u64), str_size(len) - len);
+        }
+    }
+
+    #[test]
+    fn values_of_every_length_are_copied_whole_between_their_neighbours() {
+        for n in 0..80 {
+            let value: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+            let mut row = BytesMut::new();
+            write_row(&mut row, n + 2, |w| {
+                w.byte(0xee);
+                w.bytes(&value);
+                w.byte(0xff);
+            });
+            assert_eq!(row[0], 0xee);
+            assert_eq!(&row[1..=n], &value[..], "{n}");
+            assert_eq!(row[n + 1], 0xff);
         }
     }
 
