@@ -370,7 +370,7 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
     /// correctly rounded `f64` (simd-json's exact mode, and the standard library's parser).
     fn number(&mut self) -> Option<Raw<'b>> {
         let start = self.at;
-        self.eat(b'-');
+        let negative = self.eat(b'-');
         let integer = self.at;
         match self.peek()? {
             b'0' => self.at += 1,
@@ -379,14 +379,17 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
         }
         let integer_digits = self.at - integer;
         let mut float = false;
+        let mut fraction = None;
         if self.eat(b'.') {
-            let fraction = self.at;
+            let from = self.at;
             self.digits();
-            if self.at == fraction {
+            if self.at == from {
                 return None;
             }
+            fraction = Some(&self.bytes[from..self.at]);
             float = true;
         }
+        let mut decimal = fraction.map(|fraction| (&self.bytes[integer..integer + integer_digits], fraction));
         if matches!(self.peek(), Some(b'e' | b'E')) {
             self.at += 1;
             if matches!(self.peek(), Some(b'+' | b'-')) {
@@ -398,12 +401,13 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
                 return None;
             }
             float = true;
+            decimal = None;
         }
         let text = &self.text[start..self.at];
         if !float {
             return (integer_digits <= MAX_INT_DIGITS).then(|| text.parse().ok().map(Raw::Int))?;
         }
-        if let Some(f) = exact_decimal(text) {
+        if let Some(f) = decimal.and_then(|(whole, fraction)| exact_decimal(negative, whole, fraction)) {
             return Some(Raw::Float(f));
         }
         let f: f64 = text.parse().ok()?;
@@ -459,23 +463,19 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
     }
 }
 
-/// A decimal without an exponent and of at most 15 digits (`19.99`, most revenues), read
+/// A decimal without an exponent and of at most 15 digits (`19.99`, most revenues), given as
+/// its sign and the digits either side of its point (as `number` scanned them), read
 /// without the general parser: its digits as an integer are exact in an `f64`, and so is the
 /// power of ten it is divided by, so the one division rounds correctly, as any correct parser
 /// must (Clinger's fast path).
 #[inline]
-fn exact_decimal(text: &str) -> Option<f64> {
+fn exact_decimal(negative: bool, whole: &[u8], fraction: &[u8]) -> Option<f64> {
     const POWERS: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, fraction) = digits.split_once('.')?;
-    if whole.len() + fraction.len() > 15 || fraction.bytes().any(|b| !b.is_ascii_digit()) {
+    if whole.len() + fraction.len() > 15 {
         return None;
     }
-    let mantissa = whole.bytes().chain(fraction.bytes()).fold(0u64, |m, b| m * 10 + u64::from(b - b'0'));
-    let value = mantissa as f64 / POWERS[fraction.len()];
+    let digits = |m: u64, part: &[u8]| part.iter().fold(m, |m, b| m * 10 + u64::from(b - b'0'));
+    let value = digits(digits(0, whole), fraction) as f64 / POWERS[fraction.len()];
     Some(if negative { -value } else { value })
 }
 
@@ -972,7 +972,7 @@ mod tests {
                 if fraction.is_empty() {
                     continue; // not JSON: `number` reads no such text
                 }
-                let ours = exact_decimal(&text);
+                let ours = exact_decimal(!sign.is_empty(), whole.as_bytes(), fraction.as_bytes());
                 assert!(ours.is_some() || whole.len() + fraction.len() > 15, "{text}");
                 if let Some(ours) = ours {
                     assert_eq!(ours.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text}");
