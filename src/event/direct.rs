@@ -586,22 +586,10 @@ mod tests {
     use crate::config::BodyLimits;
     use crate::event::parse::{parse_body, JsonScratch};
     use crate::event::rowbinary::read_str;
+    use crate::event::validate::tests::{ctx, NOW_MS};
     use crate::tenant::OrgId;
 
-    const NOW_MS: i64 = 1_780_000_000_000;
     const EVENT: &str = r#"{"event_type":"purchase","event_name":"checkout_complete","device_id":"6f1c2e7a","session_id":"s-8842","platform":"ios","revenue":19.99,"currency":"USD","idfv":"A1B2","properties":{"sku":"PRO-1Y","screen":"paywall","ab":"v2"}}"#;
-
-    fn ctx() -> EventContext<'static> {
-        EventContext {
-            org_id: "org_a",
-            credential_app: Some("app_1"),
-            received_ms: NOW_MS,
-            skew_ms: 0,
-            sent_at_ms: None,
-            retention_days: 90,
-            plain_strings: false,
-        }
-    }
 
     fn limits() -> BodyLimits {
         BodyLimits { max_batch_events: 50, max_properties_bytes: 2048, max_event_bytes: 4096, ..BodyLimits::default() }

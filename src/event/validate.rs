@@ -419,13 +419,14 @@ fn looks_like_epoch_seconds(timestamp_ms: i64, received_ms: i64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::tenant::OrgId;
 
-    const NOW_MS: i64 = 1_780_000_000_000;
+    pub(crate) const NOW_MS: i64 = 1_780_000_000_000;
 
-    fn ctx() -> EventContext<'static> {
+    /// A request's context for organisation `org_a`, its key bound to `app_1`, at `NOW_MS`.
+    pub(crate) fn ctx() -> EventContext<'static> {
         EventContext {
             org_id: "org_a",
             credential_app: Some("app_1"),
