@@ -8,7 +8,9 @@
 //! → reserve that many events of the quota, cutting what is over it → hand
 //! the rows to the [`crate::pipeline`] and do the accounting → wait for the
 //! spool → 202 with per-event results. Nothing is accepted that the pipeline
-//! did not take; nothing the pipeline took goes uncharged.
+//! did not take; nothing the pipeline took goes uncharged. A body that
+//! [`crate::event::direct`] takes is parsed, validated and encoded in one pass,
+//! and its rate is checked after that pass, since the pass is what counts it.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -224,8 +226,10 @@ fn decode(
         retention_days: tier.data_retention_days,
         plain_strings: false,
     };
-    // A batch's events are about 300 bytes each, a guess that saves most regrowing.
-    let expected = if shape == Shape::Single { 1 } else { body.len() / 256 + 1 };
+    // A batch's events are about 300 bytes each, a guess that saves most regrowing; never more
+    // than a batch may hold, whatever the body claims to be.
+    let max_events = state.validator.limits().max_batch_events;
+    let expected = if shape == Shape::Single { 1 } else { (body.len() / 256 + 1).min(max_events) };
     let mut decoded = Decoded {
         block: RowBlock::new(org.id.clone(), capacity),
         summaries: SmallVec::with_capacity(expected),
@@ -238,7 +242,7 @@ fn decode(
     match direct {
         Some(taken) => limits.check_rate(taken.events as u64).inspect_err(LimitError::count)?,
         None => JSON_BUFFERS.with_borrow_mut(|buffers| -> Result<(), Error> {
-            let parsed = parse_body(body, shape, validator.limits().max_batch_events, buffers)?;
+            let parsed = parse_body(body, shape, max_events, buffers)?;
             limits.check_rate(parsed.len() as u64).inspect_err(LimitError::count)?;
             let ctx = EventContext {
                 skew_ms: parsed.sent_at_ms.map_or(0, |sent| received_ms - sent),

@@ -114,8 +114,8 @@ const MAX_INT_DIGITS: usize = 18;
 const MAX_EXPONENT_DIGITS: usize = 3;
 
 struct Transcoder<'b, 'c, 'o> {
+    /// The body, checked to be UTF-8.
     text: &'b str,
-    bytes: &'b [u8],
     quotes: Quotes,
     at: usize,
     validator: &'o Validator,
@@ -142,7 +142,7 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
         let text = simdutf8::basic::from_utf8(body).ok()?;
         let quotes = Quotes::find(body)?;
         let ctx = EventContext { sent_at_ms: None, skew_ms: 0, plain_strings: true, ..ctx.clone() };
-        Some(Transcoder { text, bytes: body, quotes, at: 0, validator, ctx, scratch, out, summaries })
+        Some(Transcoder { text, quotes, at: 0, validator, ctx, scratch, out, summaries })
     }
 
     fn body(mut self, shape: Shape) -> Option<Transcoded> {
@@ -157,7 +157,7 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
             _ => return None,
         };
         self.whitespace();
-        (self.at == self.bytes.len()).then_some(Transcoded { events, sent_at_ms: self.ctx.sent_at_ms })
+        (self.at == self.text.len()).then_some(Transcoded { events, sent_at_ms: self.ctx.sent_at_ms })
     }
 
     /// `{"events": [...], "sent_at": ...}`: each key at most once, others ignored.
@@ -379,43 +379,38 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
             _ => return None,
         }
         let integer_digits = self.at - integer;
-        let mut float = false;
-        let mut fraction = None;
-        if self.eat(b'.') {
+        let fraction = if self.eat(b'.') {
             let from = self.at;
             self.digits();
             if self.at == from {
                 return None;
             }
-            fraction = Some(&self.bytes[from..self.at]);
-            float = true;
-        }
-        let mut decimal = fraction.map(|fraction| (&self.bytes[integer..integer + integer_digits], fraction));
-        if matches!(self.peek(), Some(b'e' | b'E')) {
+            Some(from..self.at)
+        } else {
+            None
+        };
+        let exponent = matches!(self.peek(), Some(b'e' | b'E'));
+        if exponent {
             self.at += 1;
             if matches!(self.peek(), Some(b'+' | b'-')) {
                 self.at += 1;
             }
-            let exponent = self.at;
+            let from = self.at;
             self.digits();
-            if !(1..=MAX_EXPONENT_DIGITS).contains(&(self.at - exponent)) {
+            if !(1..=MAX_EXPONENT_DIGITS).contains(&(self.at - from)) {
                 return None;
             }
-            float = true;
-            decimal = None;
         }
         let text = &self.text[start..self.at];
-        if !float {
-            return (integer_digits <= MAX_INT_DIGITS).then(|| text.parse().ok().map(Raw::Int))?;
+        match (fraction, exponent) {
+            (None, false) => (integer_digits <= MAX_INT_DIGITS).then(|| text.parse().ok().map(Raw::Int))?,
+            (Some(fraction), false) => {
+                let bytes = self.text.as_bytes();
+                let whole = &bytes[integer..integer + integer_digits];
+                exact_decimal(negative, whole, &bytes[fraction]).map(Raw::Float).or_else(|| float(text))
+            }
+            (_, true) => float(text),
         }
-        if let Some(f) = decimal.and_then(|(whole, fraction)| exact_decimal(negative, whole, fraction)) {
-            return Some(Raw::Float(f));
-        }
-        let f: f64 = text.parse().ok()?;
-        // A non-zero number that reads as 0 underflowed, or one too large overflowed: whether
-        // simd-json agrees is not worth proving.
-        let zero = !text.bytes().take_while(|b| !matches!(b, b'e' | b'E')).any(|b| matches!(b, b'1'..=b'9'));
-        (f.is_finite() && (f != 0.0 || zero)).then_some(Raw::Float(f))
     }
 
     fn digits(&mut self) {
@@ -425,7 +420,7 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
     }
 
     fn literal(&mut self, word: &[u8], value: Raw<'b>) -> Option<Raw<'b>> {
-        if !self.bytes[self.at..].starts_with(word) {
+        if !self.text.as_bytes()[self.at..].starts_with(word) {
             return None;
         }
         self.at += word.len();
@@ -441,7 +436,7 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
 
     #[inline]
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
+        self.text.as_bytes().get(self.at).copied()
     }
 
     #[inline]
@@ -462,6 +457,15 @@ impl<'b, 'c, 'o> Transcoder<'b, 'c, 'o> {
     fn expect(&mut self, b: u8) -> Option<()> {
         self.eat(b).then_some(())
     }
+}
+
+/// A JSON number with a fraction or an exponent, through the standard library's correctly
+/// rounding parser. A non-zero number that reads as 0 underflowed, or one too large overflowed:
+/// whether simd-json agrees is not worth proving.
+fn float(text: &str) -> Option<Raw<'_>> {
+    let f: f64 = text.parse().ok()?;
+    let zero = !text.bytes().take_while(|b| !matches!(b, b'e' | b'E')).any(|b| matches!(b, b'1'..=b'9'));
+    (f.is_finite() && (f != 0.0 || zero)).then_some(Raw::Float(f))
 }
 
 /// A decimal without an exponent and of at most 15 digits (`19.99`, most revenues), given as
