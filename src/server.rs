@@ -374,6 +374,7 @@ fn open_spool(config: &Config, clock: &Clock) -> Result<(Spool, SpoolReader), St
         sync_interval: config.spool_sync_interval,
         write_linger: config.spool_write_linger,
         sync_linger: config.spool_sync_linger,
+        prefill_below: config.spool_prefill_below,
         clock: clock.clone(),
     };
     let (spool, reader, recovery) =

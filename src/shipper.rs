@@ -358,6 +358,7 @@ mod tests {
             sync_interval: Duration::from_millis(100),
             write_linger: Duration::ZERO,
             sync_linger: Duration::ZERO,
+            prefill_below: u64::MAX,
             clock: Default::default(),
         }
     }

@@ -45,6 +45,11 @@ const DEFAULT_STATS_MAX_BYTES: usize = 64 << 20;
 const DEFAULT_SPOOL_MAX_QUEUED_BYTES: u64 = 64 << 20;
 /// Big enough that rotation is rare, small enough that shipped space is freed promptly.
 const DEFAULT_SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
+/// Zero-filled spool segments pay while syncs are frequent and small (each `fdatasync` of an
+/// appended file also commits its block allocations). Measured here with 100-event batches:
+/// durable acks (~300 KB per sync) 1.1× the events/s with spares, memory acks (~30 MB per
+/// sync) 1.2× without; memory acks with single events (~1.5 MB) alike either way.
+const DEFAULT_SPOOL_PREFILL_BELOW: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,6 +107,8 @@ pub struct Config {
     pub spool_write_linger: Duration,
     /// With `EDGE_ACK=durable`: the same pause, after groups of many appends only (fewer syncs per request).
     pub spool_sync_linger: Duration,
+    /// Zero-fill the next spool segment ahead while syncs average fewer bytes than this.
+    pub spool_prefill_below: u64,
     /// In-process daily aggregates (`/api/v1/stats/events` without ClickHouse); oldest days go first.
     pub stats_max_bytes: usize,
     /// Accepted blocks waiting in memory for the spool writer; past it, 503.
@@ -199,6 +206,7 @@ impl Config {
             spool_sync_interval: r.duration("EDGE_SPOOL_SYNC_INTERVAL", Duration::from_millis(100)),
             spool_write_linger: r.duration("EDGE_SPOOL_WRITE_LINGER", Duration::from_millis(1)),
             spool_sync_linger: r.duration("EDGE_SPOOL_SYNC_LINGER", Duration::from_millis(1)),
+            spool_prefill_below: r.parse("EDGE_SPOOL_PREFILL_BELOW", DEFAULT_SPOOL_PREFILL_BELOW),
             stats_max_bytes: r.positive("EDGE_STATS_MAX_BYTES", DEFAULT_STATS_MAX_BYTES),
             spool_max_queued_bytes: r.parse("EDGE_SPOOL_MAX_QUEUED_BYTES", DEFAULT_SPOOL_MAX_QUEUED_BYTES),
             trusted_proxies: conn.trusted_proxies.clone(),

@@ -66,6 +66,10 @@ pub struct SpoolConfig {
     /// With durable acks, the same pause, only after a group of [`SYNC_LINGER_AFTER`] appends
     /// or more: under load one `fdatasync` then covers more requests.
     pub sync_linger: std::time::Duration,
+    /// The next segment is zero-filled ahead while the one being sealed averaged fewer bytes
+    /// than this per `fdatasync` (`0`: never; above `segment_bytes`: always). Until a segment
+    /// is sealed, durable acks assume small syncs and memory acks large ones.
+    pub prefill_below: u64,
     /// Stamps each record's write time (the shipper reports the oldest unshipped age from it).
     pub clock: crate::clock::Clock,
 }
@@ -185,7 +189,8 @@ impl Spool {
                 }
                 _ => None,
             };
-            let spare = Spare::start(&dir, segment_bytes)?;
+            let fill_first = config.ack == AckMode::Durable && config.prefill_below > 0;
+            let spare = Spare::start(&dir, segment_bytes, fill_first)?;
             let writer = Writer {
                 rx,
                 file,
@@ -199,6 +204,7 @@ impl Spool {
                 sync_every,
                 linger,
                 spare,
+                prefill_below: config.prefill_below,
             };
             std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer::run(writer))?
         };
@@ -326,6 +332,7 @@ mod tests {
             sync_interval: std::time::Duration::from_millis(100),
             write_linger: std::time::Duration::ZERO,
             sync_linger: std::time::Duration::ZERO,
+            prefill_below: u64::MAX,
             clock: Default::default(),
         }
     }
@@ -398,6 +405,47 @@ mod tests {
         assert_eq!(recovery.truncated_bytes, 1024 - stats.valid_end);
         assert_eq!(reader.read(1000, 1 << 20).unwrap().rows, 120);
         tokio::task::block_in_place(|| spool.close());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_are_zero_filled_ahead_only_while_syncs_are_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let spare = segment::spare_path(dir.path());
+        // Memory acks, syncing only at rotation: ~1 KiB per sync, above the threshold. A spare
+        // a previous run left goes at start.
+        std::fs::write(&spare, [0u8; 16]).unwrap();
+        let large = SpoolConfig {
+            ack: AckMode::Memory,
+            sync_interval: std::time::Duration::from_secs(3600),
+            prefill_below: 512,
+            ..config(dir.path(), 1 << 20)
+        };
+        // Spaced, so that each is a group of its own (a memory ack does not wait for the write).
+        let (spool, _reader, _) = append_spaced(&large, 100, std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!spare.exists(), "no segment zero-filled");
+        tokio::task::block_in_place(|| spool.close());
+        let seqs = segment::list_segments(dir.path()).unwrap();
+        assert!(seqs.len() > 2, "small segments rotate: {seqs:?}");
+        for seq in seqs {
+            let data = segment::read_all(&segment::segment_path(dir.path(), seq)).unwrap();
+            let (stats, _) = segment::scan(&data, 0, true, |_, _| {});
+            assert_eq!((stats.damaged_regions, stats.valid_end), (0, data.len() as u64), "segment {seq} appended");
+        }
+        drop(spool);
+
+        // The same spool with durable acks, a sync per append (~40 bytes): the first sealed
+        // segment asks for the next to be filled.
+        let small = SpoolConfig { ack: AckMode::Durable, ..large };
+        let (spool, mut reader, recovery) = Spool::open(&small).unwrap();
+        assert_eq!((recovery.replay_rows, recovery.damaged_regions), (300, 0));
+        let started = std::time::Instant::now();
+        while !spare.exists() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "no spare after small syncs");
+            spool.append(block(4)).await.unwrap();
+        }
+        tokio::task::block_in_place(|| spool.close());
+        assert!(reader.read(100_000, 1 << 20).unwrap().rows > 300);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,8 +68,11 @@ pub(super) struct Writer {
     /// holds what arrived during the pause: fewer wake-ups of the writer and, with durable
     /// acks, fewer `fdatasync`s per request.
     pub linger: Linger,
-    /// The next segment, zero-filled ahead of rotation.
+    /// The next segment, zero-filled ahead of rotation while syncs are small.
     pub spare: Spare,
+    /// Zero-fill the next segment while the one being sealed averaged fewer bytes than this
+    /// per `fdatasync` (see [`Spare`]).
+    pub prefill_below: u64,
 }
 
 /// Group commit: takes every append queued while the previous sync ran, writes them with one
@@ -89,12 +92,18 @@ pub(super) fn run(writer: Writer) {
         sync_every,
         linger,
         spare,
+        prefill_below,
     } = writer;
     let mut buf = Vec::with_capacity(1 << 20);
     let mut acks = Vec::new();
     let groups = metrics::histogram!(m::SPOOL_GROUP);
     let syncs = metrics::histogram!(m::SPOOL_FSYNC);
-    let sync_timed = |file: &File| sync_timed(file, &shared, &syncs);
+    // `fdatasync`s of the current segment, to judge whether the next is worth zero-filling.
+    let segment_syncs = std::cell::Cell::new(0u64);
+    let sync_timed = |file: &File| {
+        segment_syncs.set(segment_syncs.get() + 1);
+        sync_timed(file, &shared, &syncs)
+    };
     // Memory acks: when the oldest write not yet synced happened.
     let mut unsynced_since: Option<Instant> = None;
     loop {
@@ -139,8 +148,9 @@ pub(super) fn run(writer: Writer) {
                 // The zeros past the end go, so a sealed segment's length is what it holds.
                 file.set_len(head.offset)?;
                 unsynced_since = None;
+                let bytes_per_sync = head.offset / (segment_syncs.replace(0) + 1);
                 head = Position { seq: head.seq + 1, offset: 0 };
-                file = spare.take(&dir, head.seq)?;
+                file = spare.take(&dir, head.seq, bytes_per_sync < prefill_below)?;
             }
             file.write_all(&buf)?;
             match sync_every {
@@ -224,21 +234,28 @@ fn sync_timed(file: &File, shared: &Shared, histogram: &metrics::Histogram) -> i
     result
 }
 
-/// Segments are written into files zero-filled to full size ahead of time: appending grows
-/// the file, so each `fdatasync` would also commit its new size and block allocation, and
-/// writing over allocated blocks does not (here: 164 against 237–304 µs per `fdatasync`
-/// of 4 KiB, and 70 against 92–116 µs of CPU). A thread fills the next one while the
-/// current one is written; `fallocate` would not do, its unwritten extents are converted on
-/// first write, a metadata change again.
+/// Segments are written into files zero-filled to full size ahead of time while syncs are
+/// small: appending grows the file, so each `fdatasync` would also commit its new size and
+/// block allocation, and writing over allocated blocks does not (here: 164 against 237–304 µs
+/// per `fdatasync` of 4 KiB, and 70 against 92–116 µs of CPU). A thread fills the next one
+/// while the current one is written; `fallocate` would not do, its unwritten extents are
+/// converted on first write, a metadata change again. But the zeros cost a segment's worth of
+/// writing each: where each sync covers much (batches, memory acks' timer), appending is the
+/// cheaper of the two, so the writer asks for the next spare only while the segment it seals
+/// averaged fewer than `prefill_below` bytes per sync.
 pub(super) struct Spare {
     path: PathBuf,
     ready: Arc<AtomicBool>,
     /// Asks the filling thread for the next one; closed when the writer stops, which ends it.
     wanted: crossbeam::channel::Sender<()>,
+    /// A fill was asked for and its file not yet taken: never ask twice, a second fill would
+    /// truncate a spare that may already be in use as a segment.
+    asked: std::cell::Cell<bool>,
 }
 
 impl Spare {
-    pub fn start(dir: &Path, segment_bytes: u64) -> io::Result<Spare> {
+    /// `fill_first`: zero-fill one now, for the first rotation (nothing measured yet).
+    pub fn start(dir: &Path, segment_bytes: u64, fill_first: bool) -> io::Result<Spare> {
         let path = segment::spare_path(dir);
         let ready = Arc::new(AtomicBool::new(false));
         let (wanted, requests) = crossbeam::channel::bounded::<()>(1);
@@ -251,21 +268,39 @@ impl Spare {
                 }
             }
         })?;
-        let _ = wanted.try_send(());
-        Ok(Spare { path, ready, wanted })
+        let spare = Spare { path, ready, wanted, asked: Default::default() };
+        if fill_first {
+            spare.ask();
+        } else {
+            // One a previous run left: 64 MiB on disk (by default) that may never be used.
+            let _ = std::fs::remove_file(&spare.path);
+        }
+        Ok(spare)
     }
 
-    /// Segment `seq`, from the spare when it is ready (then a new spare is asked for), else
-    /// a new empty file.
-    fn take(&self, dir: &Path, seq: u64) -> io::Result<File> {
+    fn ask(&self) {
+        if !self.asked.replace(true) {
+            let _ = self.wanted.try_send(());
+        }
+    }
+
+    /// Segment `seq`, from the spare when it is ready, else a new empty file; `refill` asks
+    /// for the next spare (a request already pending counts).
+    fn take(&self, dir: &Path, seq: u64, refill: bool) -> io::Result<File> {
         if !self.ready.swap(false, Ordering::AcqRel) {
+            if refill {
+                self.ask();
+            }
             return create_segment(dir, seq);
         }
         let path = segment::segment_path(dir, seq);
+        // Renamed before the next fill is asked for, which starts by creating the spare's path;
+        // asked for even when the rename failed, or every later rotation would append.
         let renamed = std::fs::rename(&self.path, &path);
-        // A new spare either way: a failed rename would otherwise leave every later rotation
-        // appending.
-        let _ = self.wanted.try_send(());
+        self.asked.set(false);
+        if refill {
+            self.ask();
+        }
         renamed?;
         // The new name must survive a crash too.
         File::open(dir)?.sync_all()?;
