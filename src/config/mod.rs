@@ -204,7 +204,9 @@ impl Config {
             spool_max_bytes: r.parse("EDGE_SPOOL_MAX_BYTES", DEFAULT_SPOOL_MAX_BYTES),
             spool_segment_bytes: r.parse("EDGE_SPOOL_SEGMENT_BYTES", DEFAULT_SPOOL_SEGMENT_BYTES),
             spool_sync_interval: r.duration("EDGE_SPOOL_SYNC_INTERVAL", Duration::from_millis(100)),
-            spool_write_linger: r.duration("EDGE_SPOOL_WRITE_LINGER", Duration::from_millis(1)),
+            // 5 ms rather than 1: groups of ~250 single events instead of ~60 at 64 connections, and half
+            // the writer's CPU per request (1.3–1.6 → 0.5–0.9 µs); memory acks never wait for it.
+            spool_write_linger: r.duration("EDGE_SPOOL_WRITE_LINGER", Duration::from_millis(5)),
             spool_sync_linger: r.duration("EDGE_SPOOL_SYNC_LINGER", Duration::from_millis(1)),
             spool_prefill_below: r.parse("EDGE_SPOOL_PREFILL_BELOW", DEFAULT_SPOOL_PREFILL_BELOW),
             stats_max_bytes: r.positive("EDGE_STATS_MAX_BYTES", DEFAULT_STATS_MAX_BYTES),
