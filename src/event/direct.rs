@@ -489,28 +489,48 @@ fn exact_decimal(negative: bool, whole: &[u8], fraction: &[u8]) -> Option<f64> {
 /// mispredicted with every new string length (15 % of the edge's CPU under batch load).
 /// Built only for bodies without a backslash, where every quote opens or closes a string.
 struct Quotes {
-    words: SmallVec<[u64; 16]>,
+    /// From [`QUOTE_WORDS`] and back to it on drop: a bitmap per request without an allocation,
+    /// and plain slice reads (a `SmallVec` checked where its words live on every read).
+    words: Vec<u64>,
+}
+
+/// Bitmap words kept per thread between requests: up to 64 KiB of them (a 4 MiB body).
+const KEPT_QUOTE_WORDS: usize = 8 << 10;
+
+thread_local! {
+    static QUOTE_WORDS: std::cell::Cell<Vec<u64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for Quotes {
+    fn drop(&mut self) {
+        if self.words.capacity() <= KEPT_QUOTE_WORDS {
+            let mut words = std::mem::take(&mut self.words);
+            words.clear();
+            QUOTE_WORDS.set(words);
+        }
+    }
 }
 
 impl Quotes {
     /// The quotes of `bytes`, or `None` if a control character lies inside a string (JSON
     /// refuses them unescaped; outside strings the grammar refuses all but whitespace).
     fn find(bytes: &[u8]) -> Option<Quotes> {
-        let mut words = SmallVec::with_capacity(bytes.len().div_ceil(64));
+        let mut quotes = Quotes { words: QUOTE_WORDS.take() };
+        quotes.words.reserve(bytes.len().div_ceil(64));
         // All ones while the previous word ended inside a string.
         let mut inside_before = 0u64;
         for block in bytes.chunks(64) {
-            let (quotes, controls) = classify(block);
+            let (found, controls) = classify(block);
             // Bit i: an odd number of quotes up to and including byte i, so the opening quote
             // and the string's bytes, not its closing quote.
-            let inside = prefix_xor(quotes) ^ inside_before;
+            let inside = prefix_xor(found) ^ inside_before;
             if controls & inside != 0 {
                 return None;
             }
             inside_before = ((inside as i64) >> 63) as u64;
-            words.push(quotes);
+            quotes.words.push(found);
         }
-        Some(Quotes { words })
+        Some(quotes)
     }
 
     /// The first quote at or after `from`.
